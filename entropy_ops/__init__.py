@@ -1,0 +1,30 @@
+"""entropy_ops: exact, single-pass, sync-free token-entropy kernels for RL training of LLMs.
+
+    import entropy_ops as eo
+    logp, H = eo.logprobs_and_entropy(logits, labels, temperature=0.7)   # [B,T,V] -> [B,T], [B,T]
+"""
+from . import backends as _backends_impl  # noqa: F401  (registers the backends)
+from . import reference
+from ._backends import (
+    BackendUnavailableError,
+    NoKernelError,
+    available_backends,
+    get_backend,
+    set_backend,
+    use_backend,
+)
+from .ops.entropy import entropy, logprobs_and_entropy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "NoKernelError",
+    "available_backends",
+    "entropy",
+    "get_backend",
+    "logprobs_and_entropy",
+    "reference",
+    "set_backend",
+    "use_backend",
+]

@@ -1,0 +1,93 @@
+"""Validation at the Python entry of every op (SPEC §2): shapes, dtypes, devices and Python
+scalars, each error naming the argument and the fix. Nothing here reads tensor values, so compiled
+graphs stay whole; value checks (label range, temperature > 0) live inside the ops."""
+import math
+from typing import Optional, Tuple
+
+import torch
+
+LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+LABEL_DTYPES = (torch.int64, torch.int32)
+
+
+def logits(x) -> Tuple[int, ...]:
+    """Check ``logits [..., V]`` and return its leading shape."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"logits: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in LOGIT_DTYPES:
+        raise TypeError(
+            f"logits: dtype {x.dtype} is not supported; pass float32, bfloat16, float16 or float64 "
+            f"(e.g. logits.float())"
+        )
+    if x.dim() < 1:
+        raise ValueError("logits: expected shape [..., V] with at least one dimension, got a 0-d tensor")
+    if x.shape[-1] == 0:
+        raise ValueError(f"logits: the vocabulary dimension V is 0 (shape {tuple(x.shape)}); V must be >= 1")
+    if x.shape[-1] > 1 and x.stride(-1) != 1:
+        raise ValueError(
+            f"logits: the last dimension must be contiguous (stride 1), got stride {x.stride(-1)}; "
+            f"call logits.contiguous()"
+        )
+    return tuple(x.shape[:-1])
+
+
+def _same_device(name: str, t: torch.Tensor, ref: torch.Tensor) -> None:
+    if t.device != ref.device:
+        raise ValueError(f"{name}: is on {t.device} but logits is on {ref.device}; move it with .to(logits.device)")
+
+
+def _leading(name: str, t: torch.Tensor, leading: Tuple[int, ...], what: str) -> None:
+    if tuple(t.shape) != leading:
+        raise ValueError(
+            f"{name}: expected shape {list(leading)} ({what}), got {list(t.shape)}"
+        )
+
+
+def temperature(t, x: torch.Tensor, leading) -> Tuple[Optional[torch.Tensor], float]:
+    """Return ``(tensor or None, python float)``; a tensor is detached (no gradient flows to T)."""
+    if isinstance(t, bool) or not isinstance(t, (int, float, torch.Tensor)):
+        raise TypeError(f"temperature: expected a float > 0 or a tensor, got {type(t).__name__}")
+    if not isinstance(t, torch.Tensor):
+        if not (math.isfinite(t) and t > 0):
+            raise ValueError(f"temperature: must be a finite float > 0, got {t}")
+        return None, float(t)
+    if not t.is_floating_point():
+        raise TypeError(f"temperature: tensor dtype {t.dtype} is not floating point; use a float tensor")
+    if t.dim() != 0:
+        _leading("temperature", t, leading, "a 0-d tensor or one value per row, the full leading shape of logits; "
+                 "partial shapes are not broadcast")
+    _same_device("temperature", t, x)
+    return t.detach(), 1.0
+
+
+def labels(y, x: torch.Tensor, leading) -> torch.Tensor:
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"labels: expected an int64 or int32 tensor, got {type(y).__name__}")
+    if y.dtype not in LABEL_DTYPES:
+        raise TypeError(f"labels: dtype {y.dtype} is not supported; pass int64 or int32 (e.g. labels.long())")
+    _leading("labels", y, leading, "the leading shape of logits")
+    _same_device("labels", y, x)
+    return y
+
+
+def row_mask(m, x: torch.Tensor, leading) -> Optional[torch.Tensor]:
+    if m is None:
+        return None
+    if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
+        got = m.dtype if isinstance(m, torch.Tensor) else type(m).__name__
+        raise TypeError(f"mask: expected a bool tensor (True = compute the row), got {got}; use mask.bool()")
+    _leading("mask", m, leading, "the leading shape of logits")
+    _same_device("mask", m, x)
+    return m
+
+
+def integer(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
+    return v
+
+
+def flag(name: str, v) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"{name}: expected a bool, got {type(v).__name__}")
+    return v

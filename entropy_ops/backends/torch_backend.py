@@ -1,0 +1,96 @@
+"""The ``torch`` backend: pure PyTorch, chunked over rows, the portable fallback.
+
+At most one chunk of float32 temporaries (``_CHUNK_ELEMS`` elements each) is alive at a time, so
+memory stays flat in N. Eager torch changes bits with the batch, so this path is exempt from
+batch invariance (SPEC §2).
+"""
+import torch
+
+from .._backends import Backend, register_backend, register_kernel
+from .kernel import RowKernel, acc_dtype
+
+_CHUNK_ELEMS = 1 << 22
+
+
+def _chunks(n_rows: int, vocab: int):
+    step = max(1, _CHUNK_ELEMS // max(vocab, 1))
+    for start in range(0, n_rows, step):
+        yield start, min(n_rows, start + step)
+
+
+def _scaled(x, temperature, temperature_scalar, start, end):
+    z = x[start:end].to(acc_dtype(x.dtype))
+    if temperature is None:
+        return z / temperature_scalar
+    return z / temperature[start:end, None]
+
+
+def _label_terms(labels, ignore_index, vocab, start, end):
+    y = labels[start:end].long()
+    ignored = y == ignore_index
+    in_range = (y >= 0) & (y < vocab)
+    return y.clamp(0, vocab - 1), ignored, in_range
+
+
+def entropy_fwd_torch(x, labels, temperature, temperature_scalar, ignore_index, mask):
+    n_rows, vocab = x.shape
+    acc = acc_dtype(x.dtype)
+    lse = torch.empty(n_rows, dtype=acc, device=x.device)
+    entropy = torch.empty_like(lse)
+    logp = torch.empty_like(lse) if labels is not None else None
+    for start, end in _chunks(n_rows, vocab):
+        z = _scaled(x, temperature, temperature_scalar, start, end)
+        m = z.amax(dim=-1, keepdim=True)
+        shifted = z - m
+        e = shifted.exp()
+        s = e.sum(-1)
+        # Shifted accumulation of sum p z, and a p = 0 term is exactly 0 (never 0 * -inf).
+        s_z = torch.where(e > 0, e * shifted, 0).sum(-1)
+        log_s = s.log()
+        row_lse = m.squeeze(-1) + log_s
+        row_h = log_s - s_z / s
+        # An all -inf row has lse = -inf; SPEC wants NaN for it, like for NaN/+inf rows.
+        row_lse = torch.where(torch.isneginf(row_lse), float("nan"), row_lse)
+        row_h = torch.where(torch.isnan(row_lse), float("nan"), row_h)
+        lse[start:end] = row_lse
+        entropy[start:end] = row_h
+        if labels is not None:
+            y, ignored, in_range = _label_terms(labels, ignore_index, vocab, start, end)
+            z_y = z.gather(-1, y[:, None]).squeeze(-1)
+            row_logp = torch.where(in_range, z_y - row_lse, float("nan"))
+            logp[start:end] = torch.where(ignored, 0, row_logp)
+    if mask is not None:
+        lse = torch.where(mask, lse, 0)
+        entropy = torch.where(mask, entropy, 0)
+        logp = torch.where(mask, logp, 0) if logp is not None else None
+    return lse, entropy, logp
+
+
+def entropy_bwd_torch(x, labels, temperature, temperature_scalar, ignore_index, mask, lse, entropy,
+                      grad_entropy, grad_logp, out):
+    n_rows, vocab = x.shape
+    for start, end in _chunks(n_rows, vocab):
+        z = _scaled(x, temperature, temperature_scalar, start, end)
+        log_p = z - lse[start:end, None]
+        p = log_p.exp()
+        g = torch.zeros_like(z)
+        if grad_entropy is not None:
+            g_h = grad_entropy[start:end, None]
+            d_h = torch.where(p > 0, -p * (log_p + entropy[start:end, None]), 0)
+            g = g + torch.where(g_h != 0, g_h * d_h, 0)
+        if labels is not None and grad_logp is not None:
+            y, ignored, _ = _label_terms(labels, ignore_index, vocab, start, end)
+            one_hot = torch.nn.functional.one_hot(y, vocab).to(z.dtype)
+            g_l = grad_logp[start:end, None]
+            live = (g_l != 0) & ~ignored[:, None]
+            g = g + torch.where(live, g_l * (one_hot - p), 0)
+        g = g / (temperature_scalar if temperature is None else temperature[start:end, None])
+        if mask is not None:
+            g = torch.where(mask[start:end, None], g, 0)
+        out[start:end] = g
+
+
+register_backend(Backend("torch", lambda: (True, ""), devices=("cpu", "cuda", "xpu", "mps")))
+_KERNEL = RowKernel(entropy_fwd_torch, entropy_bwd_torch)
+register_kernel("torch", "entropy", _KERNEL)
+register_kernel("torch", "logprobs_and_entropy", _KERNEL)

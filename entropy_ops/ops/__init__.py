@@ -1,0 +1,1 @@
+"""Op definitions: one module per op family, each a public function over a torch.library custom op."""

@@ -1,0 +1,223 @@
+"""``entropy`` and ``logprobs_and_entropy``: one read of the logits per row (SPEC §2, §3.1).
+
+    z = logits / T,  lse = log sum_j exp z_j,  p = softmax z
+    H = lse - sum_j p_j z_j,  logp_y = z_y - lse
+    dH/dz_j = -p_j (log p_j + H),  dlogp_y/dz_j = 1[j=y] - p_j,  grad = g_z / T
+
+Both public functions call one custom op each; they share one backward op per mode
+(``entropy_ops::entropy_bwd`` out of place, ``entropy_ops::entropy_bwd_`` writing the gradient into
+the logits' own buffer).
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _backends, _validate
+from ..backends.kernel import acc_dtype
+from ._rows import check_values, flat_temperature, per_row, rows
+
+
+def _forward(logits, labels, temperature, temperature_scalar, ignore_index, mask, backend):
+    x = rows(logits)
+    n_rows = x.shape[0]
+    y = per_row(labels, n_rows)
+    t = flat_temperature(temperature, x, n_rows)
+    m = per_row(mask, n_rows)
+    check_values(x, y, t, ignore_index, m)
+    kernel = _backends.get_kernel(backend, "entropy")
+    lse, h, logp = kernel.fwd(x, y, t, temperature_scalar, ignore_index, m)
+    leading = logits.shape[:-1]
+    return lse.view(leading), h.view(leading), None if logp is None else logp.view(leading)
+
+
+def _leading_empty(logits):
+    return logits.new_empty(logits.shape[:-1], dtype=acc_dtype(logits.dtype))
+
+
+# ---- forward ops ---------------------------------------------------------------------------------
+
+@torch.library.custom_op("entropy_ops::entropy", mutates_args=())
+def _entropy_op(logits: Tensor, temperature: Optional[Tensor], temperature_scalar: float,
+                mask: Optional[Tensor], inplace_backward: bool, backend: str) -> Tuple[Tensor, Tensor]:
+    lse, h, _ = _forward(logits, None, temperature, temperature_scalar, -100, mask, backend)
+    return h, lse
+
+
+@_entropy_op.register_fake
+def _(logits, temperature, temperature_scalar, mask, inplace_backward, backend):
+    return _leading_empty(logits), _leading_empty(logits)
+
+
+@torch.library.custom_op("entropy_ops::logprobs_and_entropy", mutates_args=())
+def _logprobs_and_entropy_op(logits: Tensor, labels: Tensor, temperature: Optional[Tensor],
+                             temperature_scalar: float, ignore_index: int, mask: Optional[Tensor],
+                             inplace_backward: bool, backend: str) -> Tuple[Tensor, Tensor, Tensor]:
+    lse, h, logp = _forward(logits, labels, temperature, temperature_scalar, ignore_index, mask, backend)
+    return logp, h, lse
+
+
+@_logprobs_and_entropy_op.register_fake
+def _(logits, labels, temperature, temperature_scalar, ignore_index, mask, inplace_backward, backend):
+    return _leading_empty(logits), _leading_empty(logits), _leading_empty(logits)
+
+
+# ---- backward ops --------------------------------------------------------------------------------
+
+def _backward_into(out2d, logits, labels, temperature, temperature_scalar, ignore_index, mask,
+                   lse, entropy, grad_entropy, grad_logp, backend):
+    x = rows(logits)
+    n_rows = x.shape[0]
+    acc = acc_dtype(logits.dtype)
+    kernel = _backends.get_kernel(backend, "entropy")
+    kernel.bwd(
+        x, per_row(labels, n_rows), flat_temperature(temperature, x, n_rows), temperature_scalar,
+        ignore_index, per_row(mask, n_rows), per_row(lse, n_rows), per_row(entropy, n_rows),
+        per_row(grad_entropy, n_rows, acc), per_row(grad_logp, n_rows, acc), out2d,
+    )
+
+
+@torch.library.custom_op("entropy_ops::entropy_bwd", mutates_args=())
+def _entropy_bwd_op(logits: Tensor, labels: Optional[Tensor], temperature: Optional[Tensor],
+                    temperature_scalar: float, ignore_index: int, mask: Optional[Tensor], lse: Tensor,
+                    entropy: Tensor, grad_entropy: Optional[Tensor], grad_logp: Optional[Tensor],
+                    backend: str) -> Tensor:
+    grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    _backward_into(rows(grad), logits, labels, temperature, temperature_scalar, ignore_index, mask,
+                   lse, entropy, grad_entropy, grad_logp, backend)
+    return grad
+
+
+@_entropy_bwd_op.register_fake
+def _(logits, labels, temperature, temperature_scalar, ignore_index, mask, lse, entropy,
+      grad_entropy, grad_logp, backend):
+    return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+
+
+@torch.library.custom_op("entropy_ops::entropy_bwd_", mutates_args=("logits",))
+def _entropy_bwd_inplace_op(logits: Tensor, labels: Optional[Tensor], temperature: Optional[Tensor],
+                            temperature_scalar: float, ignore_index: int, mask: Optional[Tensor],
+                            lse: Tensor, entropy: Tensor, grad_entropy: Optional[Tensor],
+                            grad_logp: Optional[Tensor], backend: str) -> None:
+    try:
+        out2d = logits.view(-1, logits.shape[-1])
+    except RuntimeError:  # leading dims that do not collapse: compute aside, then copy back
+        out2d = None
+    args = (logits, labels, temperature, temperature_scalar, ignore_index, mask, lse, entropy,
+            grad_entropy, grad_logp, backend)
+    if out2d is not None:
+        _backward_into(out2d, *args)
+    else:
+        logits.copy_(_entropy_bwd_op(*args))
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError("entropy_ops: double backward through entropy ops is not supported")
+
+
+def _no_double_backward_setup(ctx, inputs, output):
+    pass
+
+
+_entropy_bwd_op.register_autograd(_no_double_backward, setup_context=_no_double_backward_setup)
+
+
+def _grad_logits(ctx, grad_entropy, grad_logp):
+    if grad_entropy is None and grad_logp is None:
+        return None
+    logits, labels, temperature, mask, lse, entropy = ctx.saved_tensors
+    args = (labels, temperature, ctx.temperature_scalar, ctx.ignore_index, mask, lse, entropy,
+            grad_entropy, grad_logp, ctx.backend)
+    if ctx.inplace_backward:
+        _entropy_bwd_inplace_op(logits, *args)
+        return logits
+    return _entropy_bwd_op(logits, *args)
+
+
+# ---- autograd ------------------------------------------------------------------------------------
+
+def _setup_entropy(ctx, inputs, output):
+    logits, temperature, temperature_scalar, mask, inplace_backward, backend = inputs
+    h, lse = output
+    ctx.save_for_backward(logits, None, temperature, mask, lse, h)
+    ctx.temperature_scalar, ctx.ignore_index = temperature_scalar, -100
+    ctx.inplace_backward, ctx.backend = inplace_backward, backend
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward_entropy(ctx, grad_h, grad_lse):
+    return _grad_logits(ctx, grad_h, None), None, None, None, None, None
+
+
+def _setup_logprobs_and_entropy(ctx, inputs, output):
+    logits, labels, temperature, temperature_scalar, ignore_index, mask, inplace_backward, backend = inputs
+    logp, h, lse = output
+    ctx.save_for_backward(logits, labels, temperature, mask, lse, h)
+    ctx.temperature_scalar, ctx.ignore_index = temperature_scalar, ignore_index
+    ctx.inplace_backward, ctx.backend = inplace_backward, backend
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward_logprobs_and_entropy(ctx, grad_logp, grad_h, grad_lse):
+    return _grad_logits(ctx, grad_h, grad_logp), None, None, None, None, None, None, None
+
+
+_entropy_op.register_autograd(_backward_entropy, setup_context=_setup_entropy)
+_logprobs_and_entropy_op.register_autograd(_backward_logprobs_and_entropy,
+                                           setup_context=_setup_logprobs_and_entropy)
+
+
+# ---- public API ----------------------------------------------------------------------------------
+
+def entropy(logits: Tensor, temperature=1.0, *, mask: Optional[Tensor] = None,
+            inplace_backward: bool = False) -> Tensor:
+    """Entropy of ``softmax(logits / temperature)`` over the last dimension.
+
+    Args:
+        logits: ``[..., V]`` float32, bfloat16, float16 or float64; last dim contiguous.
+        temperature: a Python float > 0 (a compile-time constant under ``torch.compile``: each new
+            value recompiles), a 0-d tensor, or a tensor of the leading shape ``[...]`` (one value
+            per row). Detached: no gradient flows to it.
+        mask: optional bool ``[...]``; rows where it is False are not read, give 0 and get a zero
+            gradient.
+        inplace_backward: write the gradient into ``logits``' own buffer (saves one ``[N, V]``
+            allocation; ``logits`` must not be needed afterwards).
+
+    Returns:
+        ``H [...]`` float32 (float64 for float64 logits):
+        ``H = lse - sum_j p_j z_j`` with ``z = logits / T``, ``p = softmax(z)``.
+    """
+    leading = _validate.logits(logits)
+    t, t_scalar = _validate.temperature(temperature, logits, leading)
+    mask = _validate.row_mask(mask, logits, leading)
+    _validate.flag("inplace_backward", inplace_backward)
+    backend = _backends.resolve("entropy", logits.device, logits.dtype)
+    h, _ = _entropy_op(logits, t, t_scalar, mask, inplace_backward, backend)
+    return h
+
+
+def logprobs_and_entropy(logits: Tensor, labels: Tensor, temperature=1.0, ignore_index: int = -100, *,
+                         mask: Optional[Tensor] = None, inplace_backward: bool = False) -> Tuple[Tensor, Tensor]:
+    """Log-probability of ``labels`` and entropy, in the same single pass over the logits.
+
+    Args:
+        logits: ``[..., V]`` float32, bfloat16, float16 or float64; last dim contiguous.
+        labels: ``[...]`` int64 or int32. A label equal to ``ignore_index`` gives ``logp = 0`` and
+            no gradient from that row's logp (its entropy is still computed). Labels outside
+            ``[0, V)`` raise on CPU tensors; on CUDA they are checked only under
+            ``ENTROPY_OPS_CHECK=1`` and otherwise give NaN logp in that row.
+        temperature, mask, inplace_backward: as in :func:`entropy`.
+
+    Returns:
+        ``(logp [...], H [...])`` float32 (float64 for float64 logits), ``logp = z_y - lse``.
+    """
+    leading = _validate.logits(logits)
+    labels = _validate.labels(labels, logits, leading)
+    t, t_scalar = _validate.temperature(temperature, logits, leading)
+    ignore_index = _validate.integer("ignore_index", ignore_index)
+    mask = _validate.row_mask(mask, logits, leading)
+    _validate.flag("inplace_backward", inplace_backward)
+    backend = _backends.resolve("logprobs_and_entropy", logits.device, logits.dtype)
+    logp, h, _ = _logprobs_and_entropy_op(logits, labels, t, t_scalar, ignore_index, mask,
+                                          inplace_backward, backend)
+    return logp, h
