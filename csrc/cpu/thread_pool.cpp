@@ -1,0 +1,109 @@
+#include "cpu/thread_pool.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+namespace entropy_ops {
+namespace cpu {
+namespace {
+
+constexpr int kMaxWorkers = 256;
+
+class ThreadPool {
+ public:
+  ThreadPool() : pid_(getpid()) {}
+  pid_t pid() const { return pid_; }
+
+  // Runs task(w) for w in [0, n_workers). One job at a time: a second caller arriving while a
+  // job runs (the GIL is released) runs its job inline instead of waiting.
+  void run(int n_workers, const std::function<void(int)>& task) {
+    std::unique_lock<std::mutex> job(job_mu_, std::try_to_lock);
+    if (n_workers <= 1 || !job.owns_lock()) {
+      for (int w = 0; w < n_workers; ++w) task(w);
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      while (n_threads_ < n_workers - 1) {
+        // Detached: after a fork the child abandons this pool (see pool()), so nothing may
+        // ever need to join these threads.
+        std::thread(&ThreadPool::worker_loop, this, ++n_threads_).detach();
+      }
+      task_ = &task;
+      active_ = n_workers;
+      pending_ = n_workers - 1;
+      ++generation_;
+    }
+    work_cv_.notify_all();
+    task(0);
+    std::unique_lock<std::mutex> lk(mu_);
+    done_cv_.wait(lk, [&] { return pending_ == 0; });
+    task_ = nullptr;
+  }
+
+ private:
+  // A worker cannot miss a generation it belongs to: run() waits for every active worker before
+  // it can start the next one.
+  void worker_loop(int id) {
+    uint64_t seen = 0;
+    std::unique_lock<std::mutex> lk(mu_);
+    for (;;) {
+      work_cv_.wait(lk, [&] { return generation_ != seen; });
+      seen = generation_;
+      if (id >= active_) continue;
+      const std::function<void(int)>* task = task_;
+      lk.unlock();
+      (*task)(id);
+      lk.lock();
+      if (--pending_ == 0) done_cv_.notify_one();
+    }
+  }
+
+  const pid_t pid_;
+  std::mutex job_mu_;
+  std::mutex mu_;
+  std::condition_variable work_cv_, done_cv_;
+  const std::function<void(int)>* task_ = nullptr;
+  int n_threads_ = 0;
+  int active_ = 0;
+  int pending_ = 0;
+  uint64_t generation_ = 0;
+};
+
+// The pool of this process. A forked child inherits the pointer but not the threads (and maybe
+// a locked mutex): it leaks the old pool and makes its own. Pools are never deleted, since
+// detached workers block on them until exit; creation is a CAS so no lock survives a fork.
+ThreadPool& pool() {
+  static std::atomic<ThreadPool*> current{nullptr};
+  ThreadPool* p = current.load(std::memory_order_acquire);
+  const pid_t me = getpid();
+  while (p == nullptr || p->pid() != me) {
+    ThreadPool* fresh = new ThreadPool();
+    if (current.compare_exchange_strong(p, fresh, std::memory_order_acq_rel)) return *fresh;
+    delete fresh;  // another thread won; p now holds its pool (it has no threads yet)
+  }
+  return *p;
+}
+
+}  // namespace
+
+void parallel_for(int64_t n, int n_workers, const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  const int workers = static_cast<int>(std::min<int64_t>(std::clamp(n_workers, 1, kMaxWorkers), n));
+  if (workers == 1) {
+    fn(0, n);
+    return;
+  }
+  pool().run(workers, [&](int w) {
+    const int64_t begin = n * w / workers, end = n * (w + 1) / workers;
+    if (begin < end) fn(begin, end);
+  });
+}
+
+}  // namespace cpu
+}  // namespace entropy_ops

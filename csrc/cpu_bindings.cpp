@@ -1,0 +1,123 @@
+// entropy_ops._C: the CPU kernels behind the torch-free ABI of csrc/README.md. Pointers arrive
+// as Python ints (t.data_ptr(), or 0 for "absent"); no torch header is included.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "cpu/entropy_cpu.h"
+#include "cpu/isa.h"
+#include "entropy_ops/dtype.h"
+
+namespace py = pybind11;
+namespace eo = entropy_ops;
+namespace eoc = entropy_ops::cpu;
+
+namespace {
+
+template <typename T>
+T* ptr(uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+eoc::RowsArgs rows_args(uintptr_t logits, int dtype, int64_t n_rows, int64_t vocab,
+                        int64_t row_stride, uintptr_t temperature, double temperature_scalar,
+                        uintptr_t labels, bool labels_int32, int64_t ignore_index, uintptr_t mask,
+                        int num_threads) {
+  if (dtype < eo::kFloat32 || dtype > eo::kFloat64) {
+    throw std::invalid_argument("entropy_ops._C: dtype code must be 0..3 (fp32, bf16, fp16, "
+                                "fp64), got " + std::to_string(dtype));
+  }
+  eoc::RowsArgs r;
+  r.logits = ptr<const void>(logits);
+  r.dtype = dtype;
+  r.n_rows = n_rows;
+  r.vocab = vocab;
+  r.row_stride = row_stride;
+  r.temperature = ptr<const void>(temperature);
+  r.temperature_scalar = temperature_scalar;
+  r.labels = ptr<const void>(labels);
+  r.labels_int32 = labels_int32;
+  r.ignore_index = ignore_index;
+  r.mask = ptr<const uint8_t>(mask);
+  r.num_threads = num_threads;
+  return r;
+}
+
+void entropy_fwd(uintptr_t logits, int dtype, int64_t n_rows, int64_t vocab, int64_t row_stride,
+                 uintptr_t temperature, double temperature_scalar, uintptr_t labels,
+                 bool labels_int32, int64_t ignore_index, uintptr_t mask, uintptr_t lse_out,
+                 uintptr_t entropy_out, uintptr_t logp_out, int num_threads) {
+  const eoc::RowsArgs r = rows_args(logits, dtype, n_rows, vocab, row_stride, temperature,
+                                    temperature_scalar, labels, labels_int32, ignore_index, mask,
+                                    num_threads);
+  eoc::entropy_fwd_cpu(r, ptr<void>(lse_out), ptr<void>(entropy_out), ptr<void>(logp_out));
+}
+
+void entropy_bwd(uintptr_t logits, int dtype, int64_t n_rows, int64_t vocab, int64_t row_stride,
+                 uintptr_t temperature, double temperature_scalar, uintptr_t labels,
+                 bool labels_int32, int64_t ignore_index, uintptr_t mask, uintptr_t lse,
+                 uintptr_t entropy, uintptr_t grad_entropy, uintptr_t grad_logp,
+                 uintptr_t grad_logits, int64_t grad_row_stride, int num_threads) {
+  const eoc::RowsArgs r = rows_args(logits, dtype, n_rows, vocab, row_stride, temperature,
+                                    temperature_scalar, labels, labels_int32, ignore_index, mask,
+                                    num_threads);
+  eoc::entropy_bwd_cpu(r, ptr<const void>(lse), ptr<const void>(entropy),
+                       ptr<const void>(grad_entropy), ptr<const void>(grad_logp),
+                       ptr<void>(grad_logits), grad_row_stride);
+}
+
+void set_isa(const std::string& name) {
+  if (eoc::set_isa(name)) return;
+  std::string supported;
+  for (const std::string& s : eoc::supported_isas()) {
+    supported += (supported.empty() ? "" : ", ") + s;
+  }
+  throw py::value_error("entropy_ops: CPU ISA '" + name +
+                        "' is unknown or not supported by this CPU; supported: " + supported +
+                        " (or 'auto')");
+}
+
+template <typename Src, typename Dst, Dst (*Convert)(Src)>
+void convert(uintptr_t src, uintptr_t dst, int64_t n) {
+  const Src* s = ptr<const Src>(src);
+  Dst* d = ptr<Dst>(dst);
+  for (int64_t i = 0; i < n; ++i) d[i] = Convert(s[i]);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "entropy_ops CPU kernels (torch-free ABI; see csrc/README.md)";
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+
+  m.def("entropy_fwd_cpu", &entropy_fwd, nogil, py::arg("logits"), py::arg("dtype"),
+        py::arg("n_rows"), py::arg("vocab"), py::arg("row_stride"), py::arg("temperature"),
+        py::arg("temperature_scalar"), py::arg("labels"), py::arg("labels_int32"),
+        py::arg("ignore_index"), py::arg("mask"), py::arg("lse_out"), py::arg("entropy_out"),
+        py::arg("logp_out"), py::arg("num_threads"),
+        "Per row: lse, entropy and (with labels) logp of softmax(logits / T).");
+  m.def("entropy_bwd_cpu", &entropy_bwd, nogil, py::arg("logits"), py::arg("dtype"),
+        py::arg("n_rows"), py::arg("vocab"), py::arg("row_stride"), py::arg("temperature"),
+        py::arg("temperature_scalar"), py::arg("labels"), py::arg("labels_int32"),
+        py::arg("ignore_index"), py::arg("mask"), py::arg("lse"), py::arg("entropy"),
+        py::arg("grad_entropy"), py::arg("grad_logp"), py::arg("grad_logits"),
+        py::arg("grad_row_stride"), py::arg("num_threads"),
+        "grad_logits = (gH dH/dz + glogp dlogp/dz) / T, in the logits' dtype.");
+
+  m.def("set_isa", &set_isa, py::arg("name"),
+        "Force the CPU kernels: 'avx512', 'avx2', 'scalar' or 'auto'.");
+  m.def("get_isa", &eoc::get_isa, "The CPU kernel set in use.");
+  m.def("supported_isas", &eoc::supported_isas,
+        "CPU kernel sets this machine can run, best first.");
+
+  m.def("bf16_to_float", &convert<uint16_t, float, eo::bf16_to_float>, nogil, py::arg("src"),
+        py::arg("dst"), py::arg("n"));
+  m.def("half_to_float", &convert<uint16_t, float, eo::half_to_float>, nogil, py::arg("src"),
+        py::arg("dst"), py::arg("n"));
+  m.def("float_to_bf16", &convert<float, uint16_t, eo::float_to_bf16>, nogil, py::arg("src"),
+        py::arg("dst"), py::arg("n"));
+  m.def("float_to_half", &convert<float, uint16_t, eo::float_to_half>, nogil, py::arg("src"),
+        py::arg("dst"), py::arg("n"));
+}
