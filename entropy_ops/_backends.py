@@ -68,7 +68,10 @@ def _check_name(name: str) -> str:
     return name
 
 
-_default = _check_name(os.environ.get("ENTROPY_OPS_BACKEND", "auto"))
+_env_backend = os.environ.get("ENTROPY_OPS_BACKEND", "auto")
+# A bad ENTROPY_OPS_BACKEND must not make `import entropy_ops` crash: it is reported by the first
+# op call (and by `info`) instead.
+_default = _env_backend if _env_backend in BACKEND_NAMES else None
 # Plain module state (not a ContextVar, which torch.compile cannot trace): dynamo guards on it, so
 # changing the backend recompiles instead of silently reusing a graph built for another backend.
 _overrides = []
@@ -82,7 +85,13 @@ def set_backend(name: str) -> None:
 
 def get_backend() -> str:
     """The backend name in force (``use_backend`` > ``set_backend`` > ``ENTROPY_OPS_BACKEND`` > auto)."""
-    return _overrides[-1] if _overrides else _default
+    if _overrides:
+        return _overrides[-1]
+    if _default is None:
+        raise ValueError(
+            f"ENTROPY_OPS_BACKEND={_env_backend!r} is not a backend; choose one of {', '.join(BACKEND_NAMES)}"
+        )
+    return _default
 
 
 @contextlib.contextmanager

@@ -84,6 +84,8 @@ def row_mask(m, x: torch.Tensor, leading) -> Optional[torch.Tensor]:
 def integer(name: str, v) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
+    if not -(2**63) <= v < 2**63:
+        raise ValueError(f"{name}: {v} does not fit in int64")
     return v
 
 

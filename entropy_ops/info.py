@@ -31,7 +31,11 @@ def report() -> str:
     if cuda is not None:
         lines.append(f"  archs     {cuda.compiled_archs()}")
     lines.append(f"threads     {torch.get_num_threads()}")
-    lines.append(f"backend     {_backends.get_backend()} (set_backend / use_backend / ENTROPY_OPS_BACKEND)")
+    try:
+        chosen = _backends.get_backend()
+    except ValueError as e:
+        chosen = f"invalid: {e}"
+    lines.append(f"backend     {chosen} (set_backend / use_backend / ENTROPY_OPS_BACKEND)")
     lines.append("backends:")
     for name, (ok, reason) in _backends.available_backends().items():
         kernels = ", ".join(sorted(_backends.registered_backends()[name].kernels)) or "none yet"

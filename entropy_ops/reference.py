@@ -20,9 +20,10 @@ def _masked(value, mask):
 
 def _lse_and_entropy(z):
     lse = torch.logsumexp(z, dim=-1)
-    log_p = z - lse.unsqueeze(-1)
-    p = log_p.exp()
-    h = -torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(-1)
+    p = (z - lse.unsqueeze(-1)).exp()
+    # H = lse - sum p z, with -inf logits (p = 0) taken as z = 0 so that autograd through the
+    # reference gives 0, not 0 * -inf = NaN, for masked vocabulary entries.
+    h = lse - (p * torch.where(torch.isneginf(z), torch.zeros_like(z), z)).sum(-1)
     # SPEC §2: an all -inf row (lse = -inf) or one holding NaN/+inf gives NaN.
     bad = ~torch.isfinite(lse) | torch.isnan(z).any(-1) | torch.isposinf(z).any(-1)
     nan = torch.full_like(lse, float("nan"))

@@ -18,11 +18,14 @@ def _chunks(n_rows: int, vocab: int):
         yield start, min(n_rows, start + step)
 
 
-def _scaled(x, temperature, temperature_scalar, start, end):
-    z = x[start:end].to(acc_dtype(x.dtype))
-    if temperature is None:
-        return z / temperature_scalar
-    return z / temperature[start:end, None]
+def _shifted(x, temperature, temperature_scalar, start, end):
+    """``(z - max z, max z)`` of a chunk of rows, ``z = x / T``. The shift is taken in raw-logit
+    units before dividing (``x - max x`` is exact), so rows shifted by 1e4 keep their digits."""
+    raw = x[start:end].to(acc_dtype(x.dtype))
+    m = raw.amax(dim=-1, keepdim=True)
+    t = temperature_scalar if temperature is None else temperature[start:end, None]
+    # An all -inf row would give -inf - -inf = NaN here; it is made NaN explicitly below anyway.
+    return (raw - m) / t, m / t
 
 
 def _label_terms(labels, ignore_index, vocab, start, end):
@@ -39,9 +42,7 @@ def entropy_fwd_torch(x, labels, temperature, temperature_scalar, ignore_index, 
     entropy = torch.empty_like(lse)
     logp = torch.empty_like(lse) if labels is not None else None
     for start, end in _chunks(n_rows, vocab):
-        z = _scaled(x, temperature, temperature_scalar, start, end)
-        m = z.amax(dim=-1, keepdim=True)
-        shifted = z - m
+        shifted, m = _shifted(x, temperature, temperature_scalar, start, end)
         e = shifted.exp()
         s = e.sum(-1)
         # Shifted accumulation of sum p z, and a p = 0 term is exactly 0 (never 0 * -inf).
@@ -56,8 +57,9 @@ def entropy_fwd_torch(x, labels, temperature, temperature_scalar, ignore_index, 
         entropy[start:end] = row_h
         if labels is not None:
             y, ignored, in_range = _label_terms(labels, ignore_index, vocab, start, end)
-            z_y = z.gather(-1, y[:, None]).squeeze(-1)
-            row_logp = torch.where(in_range, z_y - row_lse, float("nan"))
+            # (z_y - m) - log s keeps the digits that z_y - lse loses on rows shifted by 1e4.
+            shifted_y = shifted.gather(-1, y[:, None]).squeeze(-1)
+            row_logp = torch.where(in_range & ~torch.isnan(row_lse), shifted_y - log_s, float("nan"))
             logp[start:end] = torch.where(ignored, 0, row_logp)
     if mask is not None:
         lse = torch.where(mask, lse, 0)
@@ -70,17 +72,19 @@ def entropy_bwd_torch(x, labels, temperature, temperature_scalar, ignore_index, 
                       grad_entropy, grad_logp, out):
     n_rows, vocab = x.shape
     for start, end in _chunks(n_rows, vocab):
-        z = _scaled(x, temperature, temperature_scalar, start, end)
-        log_p = z - lse[start:end, None]
+        # log p from the row's own max and log-sum, not z - lse: an fp32 lse near 1e4 is off by
+        # ~5e-4 and every p_j would inherit that (the saved lse is not precise enough).
+        shifted, _ = _shifted(x, temperature, temperature_scalar, start, end)
+        log_p = shifted - shifted.logsumexp(dim=-1, keepdim=True)
         p = log_p.exp()
-        g = torch.zeros_like(z)
+        g = torch.zeros_like(shifted)
         if grad_entropy is not None:
             g_h = grad_entropy[start:end, None]
             d_h = torch.where(p > 0, -p * (log_p + entropy[start:end, None]), 0)
             g = g + torch.where(g_h != 0, g_h * d_h, 0)
         if labels is not None and grad_logp is not None:
             y, ignored, _ = _label_terms(labels, ignore_index, vocab, start, end)
-            one_hot = torch.nn.functional.one_hot(y, vocab).to(z.dtype)
+            one_hot = torch.nn.functional.one_hot(y, vocab).to(shifted.dtype)
             g_l = grad_logp[start:end, None]
             live = (g_l != 0) & ~ignored[:, None]
             g = g + torch.where(live, g_l * (one_hot - p), 0)

@@ -1,0 +1,129 @@
+"""Every implementation behind one calling convention: ``fn(logits [N, V], labels [N]) -> (logp, H)``
+(``logp`` None for the ``entropy`` op; ``H`` None for baselines that compute log-probs only).
+
+Baselines are the formulas trainers run today; backends go through ``eo.use_backend``.
+``build(name, case)`` raises ``Skip`` with the reason when an implementation cannot run here.
+"""
+import importlib.util
+from typing import Callable, Dict, List, Tuple
+
+import torch
+
+import entropy_ops as eo
+
+# verl's entropy_from_logits_with_chunking uses 2048 rows; a fixed element budget instead keeps
+# the chunk's fp32 temporaries at 64 MiB whatever V is (2048 rows of a 262144 vocab would be 2 GiB).
+CHUNK_ELEMS = 1 << 24
+
+BASELINES = ("eager", "compile", "chunked", "trl", "liger", "flash_attn")
+BACKENDS = ("torch", "cpu", "triton", "cuda")
+_OPTIONAL = {"trl": "trl", "liger": "liger_kernel", "flash_attn": "flash_attn"}
+_LOGP_ONLY = ("liger", "flash_attn")
+
+
+class Skip(Exception):
+    """The implementation cannot run this case here; the message says why."""
+
+
+class NotApplicable(Exception):
+    """The implementation has no such op (a log-prob-only kernel asked for entropy): no row."""
+
+
+def eager_entropy(logits, labels=None, temperature=1.0):
+    """The formula trainers use (verl, TRL, OpenRLHF), fp32 upcast."""
+    z = logits.float() / temperature
+    return None, torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1)
+
+
+def eager_logprobs_and_entropy(logits, labels, temperature=1.0):
+    z = logits.float() / temperature
+    logp = torch.log_softmax(z, -1).gather(-1, labels[:, None]).squeeze(-1)
+    return logp, torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1)
+
+
+_EAGER = {"entropy": eager_entropy, "logprobs_and_entropy": eager_logprobs_and_entropy}
+
+
+def _chunked(eager):
+    def chunked(logits, labels=None):
+        step = max(1, CHUNK_ELEMS // logits.shape[-1])
+        parts = [eager(logits[i:i + step], None if labels is None else labels[i:i + step])
+                 for i in range(0, logits.shape[0], step)]
+        logp = None if parts[0][0] is None else torch.cat([p[0] for p in parts])
+        return logp, torch.cat([p[1] for p in parts])
+    return chunked
+
+
+def _compiled(eager):
+    # A fresh dynamo cache per case: shapes are static and no case hits the recompile limit.
+    torch._dynamo.reset()
+    return torch.compile(eager, dynamic=False)
+
+
+def _backend(name, op):
+    def run(logits, labels=None):
+        with eo.use_backend(name):
+            if op == "entropy":
+                return None, eo.entropy(logits)
+            return eo.logprobs_and_entropy(logits, labels)
+    return run
+
+
+def _trl(op):
+    from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+
+    def run(logits, labels=None):
+        logp = None if op == "entropy" else selective_log_softmax(logits, labels)
+        return logp, entropy_from_logits(logits)
+    return run
+
+
+def _liger(op):
+    from liger_kernel.transformers.functional import liger_cross_entropy
+    return lambda logits, labels: (-liger_cross_entropy(logits, labels, reduction="none"), None)
+
+
+def _flash_attn(op):
+    from flash_attn.ops.triton.cross_entropy import cross_entropy_loss
+    return lambda logits, labels: (-cross_entropy_loss(logits, labels)[0], None)
+
+
+_OPTIONAL_BUILD = {"trl": _trl, "liger": _liger, "flash_attn": _flash_attn}
+
+
+def default_impls(device: str) -> Tuple[List[str], List[str]]:
+    """``(names, optional baselines left out because not installed)``. Eager comes first (the
+    speed-up column divides by it), then compile (the summary needs it)."""
+    names = ["eager", "compile", "chunked", "trl", "torch"]
+    names += ["triton", "cuda", "liger", "flash_attn"] if device == "cuda" else ["cpu"]
+    missing = [n for n in names if n in _OPTIONAL and importlib.util.find_spec(_OPTIONAL[n]) is None]
+    return [n for n in names if n not in missing], missing
+
+
+def build(name: str, case) -> Callable:
+    """``fn(logits, labels) -> (logp | None, H | None)`` for ``case``; raise ``Skip`` (a row with
+    the reason) or ``NotApplicable`` (no row)."""
+    if name in BACKENDS:
+        return _backend(name, case.op)
+    if name == "eager":
+        return _EAGER[case.op]
+    if name == "chunked":
+        return _chunked(_EAGER[case.op])
+    if name == "compile":
+        return _compiled(_EAGER[case.op])
+    if name in _OPTIONAL:
+        if importlib.util.find_spec(_OPTIONAL[name]) is None:
+            raise Skip(f"{_OPTIONAL[name]} is not installed")
+        if name in _LOGP_ONLY and case.op != "logprobs_and_entropy":
+            raise NotApplicable(name)
+        if name in _LOGP_ONLY and case.device != "cuda":
+            raise Skip(f"{name} runs on CUDA tensors only")
+        try:
+            return _OPTIONAL_BUILD[name](case.op)
+        except ImportError as e:
+            raise Skip(f"{name} failed to import: {e}") from None
+    raise ValueError(f"--impls: unknown implementation {name!r}; choose from {', '.join(known())}")
+
+
+def known() -> Dict[str, str]:
+    return {**{b: "baseline" for b in BASELINES}, **{b: "backend" for b in BACKENDS}}

@@ -1,0 +1,33 @@
+"""Which machine ran the benchmark: device name, slug for the CSV file name, header line."""
+import datetime
+import platform
+import re
+
+import torch
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def slug(name: str) -> str:
+    """``"NVIDIA H100 80GB HBM3"`` -> ``"nvidia-h100-80gb-hbm3"``."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
+
+
+def now() -> str:
+    return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+def header(device: str, name: str, threads: int, bandwidth_gbs: float, date: str) -> str:
+    return (f"device: {device} ({name}) | threads {threads} | torch {torch.__version__} | {date}\n"
+            f"measured copy bandwidth: {bandwidth_gbs:.1f} GB/s (1 GiB dst.copy_(src), 2 x bytes / median time)")

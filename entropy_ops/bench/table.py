@@ -1,0 +1,84 @@
+"""The result table: one ``Row`` per (case, implementation), printed as it comes and appended to
+a CSV (with the device, date, torch version and thread count of the run on every line)."""
+import csv
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Dict, List, Optional
+
+
+@dataclass
+class Row:
+    op: str
+    direction: str
+    shape: str
+    dtype: str
+    impl: str
+    time_ms: Optional[float] = None
+    gb_s: Optional[float] = None
+    pct_bw: Optional[float] = None
+    gexp_s: Optional[float] = None
+    speedup: Optional[float] = None  # eager time / this time, same run
+    err_h: Optional[float] = None  # max |H - H_ref|, reference in float64
+    err_logp: Optional[float] = None
+    err_grad: Optional[float] = None
+    note: str = ""
+
+
+# (field, title, width, format)
+_COLUMNS = (
+    ("op", "op", 20, "{}"), ("direction", "dir", 7, "{}"), ("shape", "shape (NxV)", 12, "{}"),
+    ("dtype", "dtype", 5, "{}"), ("impl", "impl", 10, "{}"), ("time_ms", "ms", 9, "{:.2f}"),
+    ("gb_s", "GB/s", 7, "{:.1f}"), ("pct_bw", "% BW", 6, "{:.1f}"), ("gexp_s", "G exp/s", 7, "{:.2f}"),
+    ("speedup", "vs eager", 8, "{:.2f}x"), ("err_h", "err H", 8, "{:.1e}"),
+    ("err_logp", "err logp", 8, "{:.1e}"), ("err_grad", "err grad", 8, "{:.1e}"),
+)
+META = ("device", "date", "torch", "threads", "bandwidth_gb_s")
+
+
+def _cell(value, fmt, width, numeric) -> str:
+    text = "" if value is None else fmt.format(value)
+    return text.rjust(width) if numeric else text.ljust(width)
+
+
+class Printer:
+    """Prints rows as they come; long notes (skip reasons) become numbered footnotes."""
+
+    def __init__(self):
+        self.notes: Dict[str, int] = {}
+
+    def head(self) -> str:
+        titles = [_cell(t, "{}", w, i >= 5) for i, (_, t, w, _) in enumerate(_COLUMNS)]
+        line = " ".join(titles) + "  note"
+        return line + "\n" + "-" * len(line)
+
+    def line(self, row: Row) -> str:
+        cells = [_cell(getattr(row, f), fmt, w, i >= 5) for i, (f, _, w, fmt) in enumerate(_COLUMNS)]
+        return " ".join(cells) + "  " + self._note(row.note)
+
+    def _note(self, note: str) -> str:
+        if len(note) <= 30:
+            return note
+        number = self.notes.setdefault(note, len(self.notes) + 1)
+        return f"{note.split(':')[0]} [{number}]"
+
+    def footnotes(self) -> str:
+        return "\n".join(f"[{n}] {note}" for note, n in self.notes.items())
+
+
+def append_csv(path: str, rows: List[Row], meta: Dict[str, object]) -> None:
+    """Append ``rows`` to ``path`` (created with a header line when new)."""
+    names = list(META) + [f.name for f in fields(Row)]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    new = not os.path.exists(path) or os.path.getsize(path) == 0
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=names)
+        if new:
+            writer.writeheader()
+        for row in rows:
+            writer.writerow({**meta, **{k: _csv_value(v) for k, v in asdict(row).items()}})
+
+
+def _csv_value(value):
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else value

@@ -1,0 +1,160 @@
+"""Bad input raises a named error (SPEC §2, STYLE): each check asserts the exception type and that
+the message names the offending argument. Value checks (label range, per-row temperature) run
+inside the op on CPU tensors."""
+import pytest
+import torch
+
+import entropy_ops as eo
+from conftest import assert_within_eager_bound, eager_logprobs_and_entropy
+from entropy_ops.reference import logprobs_and_entropy_ref
+
+B, T, V = 2, 3, 11
+
+
+def x_():
+    return torch.randn(B, T, V)
+
+
+def y_():
+    return torch.randint(V, (B, T))
+
+
+def both_ops(**kwargs):
+    """Call ``entropy`` and ``logprobs_and_entropy`` with the same (bad) common arguments."""
+    logits = kwargs.pop("logits", x_())
+    yield lambda: eo.entropy(logits, **kwargs)
+    yield lambda: eo.logprobs_and_entropy(logits, y_() if logits.dim() == 3 else torch.tensor(0), **kwargs)
+
+
+def raises_naming(exc, name, fn):
+    with pytest.raises(exc) as info:
+        fn()
+    assert name in str(info.value), f"message {str(info.value)!r} does not name {name!r}"
+
+
+@pytest.mark.parametrize("labels, exc", [
+    (torch.zeros(B, T), TypeError),
+    (torch.zeros(B, T, dtype=torch.int16), TypeError),
+    (torch.zeros(B, dtype=torch.long), ValueError),
+    (torch.zeros(B, T, 1, dtype=torch.long), ValueError),
+    ([[0, 1, 2], [0, 1, 2]], TypeError),
+], ids=["float", "int16", "shape_B", "shape_BT1", "list"])
+def test_bad_labels(backend, labels, exc):
+    raises_naming(exc, "labels", lambda: eo.logprobs_and_entropy(x_(), labels))
+
+
+@pytest.mark.parametrize("bad", [V, 1000, -1, -101])
+def test_labels_out_of_range_raise_on_cpu(backend, bad):
+    y = y_()
+    y[1, 2] = bad
+    raises_naming(ValueError, "labels", lambda: eo.logprobs_and_entropy(x_(), y))
+    raises_naming(ValueError, "labels", lambda: eo.logprobs_and_entropy(x_(), y.int()))
+
+
+def test_out_of_range_label_in_masked_row_is_fine(backend):
+    x, y = x_(), y_()
+    y[1, 2] = 10**6
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[1, 2] = False
+    logp, h = eo.logprobs_and_entropy(x, y, mask=mask)
+    assert logp[1, 2] == 0 and h[1, 2] == 0
+    ref_logp, ref_h = logprobs_and_entropy_ref(x, y, mask=mask)
+    eager_logp, eager_h = eager_logprobs_and_entropy(x, y.clamp(max=V - 1), mask=mask)
+    assert_within_eager_bound(logp.reshape(-1), ref_logp.reshape(-1), eager_logp.reshape(-1), what="logp")
+    assert_within_eager_bound(h.reshape(-1), ref_h.reshape(-1), eager_h.reshape(-1), what="entropy")
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan"), float("inf"), -float("inf")])
+def test_bad_float_temperature(backend, temperature):
+    for call in both_ops(temperature=temperature):
+        raises_naming(ValueError, "temperature", call)
+
+
+@pytest.mark.parametrize("temperature", ["1.0", None, True, [1.0]], ids=["str", "None", "bool", "list"])
+def test_temperature_of_wrong_type(backend, temperature):
+    for call in both_ops(temperature=temperature):
+        raises_naming(TypeError, "temperature", call)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, float("nan"), float("inf")])
+def test_bad_per_row_temperature_raises_inside_op(backend, bad):
+    t = torch.rand(B, T) + 0.5
+    t[0, 1] = bad
+    for call in both_ops(temperature=t):
+        raises_naming(ValueError, "temperature", call)
+    for call in both_ops(temperature=torch.tensor(bad)):
+        raises_naming(ValueError, "temperature", call)
+
+
+@pytest.mark.parametrize("shape", [(B,), (T,), (B, 1), (1, T), (B, T, 1), (B, T, V)], ids=str)
+def test_partial_shape_temperature_is_rejected(backend, shape):
+    for call in both_ops(temperature=torch.ones(shape)):
+        raises_naming(ValueError, "temperature", call)
+
+
+def test_integer_temperature_tensor_is_rejected(backend):
+    for call in both_ops(temperature=torch.ones(B, T, dtype=torch.long)):
+        raises_naming(TypeError, "temperature", call)
+
+
+@pytest.mark.parametrize("logits, exc", [
+    (torch.randn(B, 0), ValueError),
+    (torch.randn(0), ValueError),
+    (torch.ones(B, T, V, dtype=torch.long), TypeError),
+    (torch.ones(B, T, V, dtype=torch.int32), TypeError),
+    (torch.ones(B, T, V, dtype=torch.bool), TypeError),
+    (torch.tensor(1.0), ValueError),
+    (torch.randn(B, T, 2 * V)[..., ::2], ValueError),
+    (torch.randn(B, V, T).transpose(1, 2), ValueError),
+], ids=["V0_2d", "V0_1d", "int64", "int32", "bool", "0d", "strided_last_dim", "transposed"])
+def test_bad_logits(backend, logits, exc):
+    raises_naming(exc, "logits", lambda: eo.entropy(logits))
+    labels = torch.zeros(logits.shape[:-1], dtype=torch.long) if logits.dim() else torch.tensor(0)
+    raises_naming(exc, "logits", lambda: eo.logprobs_and_entropy(logits, labels))
+
+
+def test_logits_not_a_tensor(backend):
+    raises_naming(TypeError, "logits", lambda: eo.entropy([[1.0, 2.0]]))
+
+
+def test_strided_last_dim_message_says_contiguous(backend):
+    with pytest.raises(ValueError, match="contiguous"):
+        eo.entropy(torch.randn(4, 20)[:, ::2])
+
+
+@pytest.mark.parametrize("arg", ["labels", "mask", "temperature"])
+def test_device_mismatch(backend, arg):
+    meta = {"labels": torch.zeros(B, T, dtype=torch.long, device="meta"),
+            "mask": torch.ones(B, T, dtype=torch.bool, device="meta"),
+            "temperature": torch.ones(B, T, device="meta")}[arg]
+    kwargs = {"mask": meta} if arg == "mask" else {"temperature": meta} if arg == "temperature" else {}
+    labels = meta if arg == "labels" else y_()
+    raises_naming(ValueError, arg, lambda: eo.logprobs_and_entropy(x_(), labels, **kwargs))
+    if arg != "labels":
+        raises_naming(ValueError, arg, lambda: eo.entropy(x_(), **kwargs))
+
+
+@pytest.mark.parametrize("mask, exc", [
+    (torch.ones(B, T, dtype=torch.uint8), TypeError),
+    (torch.ones(B, T, dtype=torch.long), TypeError),
+    (torch.ones(B, T), TypeError),
+    ([[True] * T] * B, TypeError),
+    (torch.ones(B, dtype=torch.bool), ValueError),
+    (torch.ones(B, T, V, dtype=torch.bool), ValueError),
+    (torch.ones(T, B, dtype=torch.bool), ValueError),
+], ids=["uint8", "int64", "float", "list", "shape_B", "shape_BTV", "shape_TB"])
+def test_bad_mask(backend, mask, exc):
+    for call in both_ops(mask=mask):
+        raises_naming(exc, "mask", call)
+
+
+@pytest.mark.parametrize("ignore_index", [1.5, -100.0, torch.tensor(-100), "x", True, None],
+                         ids=["float", "float_int", "tensor", "str", "bool", "None"])
+def test_ignore_index_not_int(backend, ignore_index):
+    raises_naming(TypeError, "ignore_index", lambda: eo.logprobs_and_entropy(x_(), y_(), ignore_index=ignore_index))
+
+
+@pytest.mark.parametrize("flag", [1, 0, "yes", None, torch.tensor(True)], ids=["one", "zero", "str", "None", "tensor"])
+def test_inplace_backward_not_bool(backend, flag):
+    for call in both_ops(inplace_backward=flag):
+        raises_naming(TypeError, "inplace_backward", call)
