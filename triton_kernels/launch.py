@@ -1,0 +1,60 @@
+"""Launchers: choose block and split sizes (the kernels never guess), allocate, launch.
+
+Split size is a function of V alone (SPEC §2 batch invariance): rows up to ``_SPLIT`` elements are
+one program; longer rows are cut into ``_SPLIT``-element chunks so that a few hundred long rows still
+fill the GPU.
+"""
+import torch
+import triton
+
+from .entropy import entropy_bwd_kernel, entropy_combine_kernel, entropy_fwd_kernel
+
+_SPLIT = 8192
+_MAX_BLOCK = 4096
+
+
+def _sizes(vocab: int):
+    split_size = vocab if vocab <= _SPLIT else _SPLIT
+    block = min(_MAX_BLOCK, triton.next_power_of_2(split_size))
+    return split_size, triton.cdiv(vocab, split_size), block
+
+
+def _num_warps(block: int) -> int:
+    return 8 if block >= 2048 else 4
+
+
+def entropy_fwd_triton(x, labels, temperature, temperature_scalar, ignore_index, mask):
+    n_rows, vocab = x.shape
+    lse = torch.empty(n_rows, dtype=torch.float32, device=x.device)
+    entropy = torch.empty_like(lse)
+    logp = torch.empty_like(lse) if labels is not None else None
+    if n_rows == 0:
+        return lse, entropy, logp
+    split_size, n_splits, block = _sizes(vocab)
+    part = torch.empty(n_rows * n_splits * 4 if n_splits > 1 else 1, dtype=torch.float32, device=x.device)
+    flags = dict(HAS_TEMP=temperature is not None, HAS_LABELS=labels is not None, HAS_MASK=mask is not None)
+    row_args = (temperature, float(temperature_scalar), labels, int(ignore_index), mask)
+    entropy_fwd_kernel[(n_rows, n_splits)](
+        x, x.stride(0), vocab, split_size, *row_args, lse, entropy, logp, part, n_splits,
+        SPLIT=n_splits > 1, BLOCK=block, num_warps=_num_warps(block), **flags,
+    )
+    if n_splits > 1:
+        entropy_combine_kernel[(n_rows,)](part, n_splits, vocab, *row_args, lse, entropy, logp,
+                                          num_warps=1, **flags)
+    return lse, entropy, logp
+
+
+def entropy_bwd_triton(x, labels, temperature, temperature_scalar, ignore_index, mask, lse, entropy,
+                       grad_entropy, grad_logp, out):
+    n_rows, vocab = x.shape
+    if n_rows == 0:
+        return
+    split_size, n_splits, block = _sizes(vocab)
+    entropy_bwd_kernel[(n_rows, n_splits)](
+        x, x.stride(0), vocab, split_size,
+        temperature, float(temperature_scalar), labels, int(ignore_index), mask,
+        lse, entropy, grad_entropy, grad_logp, out, out.stride(0),
+        HAS_TEMP=temperature is not None, HAS_LABELS=labels is not None, HAS_MASK=mask is not None,
+        HAS_GRAD_ENTROPY=grad_entropy is not None, HAS_GRAD_LOGP=grad_logp is not None,
+        BLOCK=block, num_warps=_num_warps(block),
+    )
