@@ -25,7 +25,7 @@ def _signature(x_dtype, out_dtype="*fp32"):
         "temp_ptr": "*fp32", "temp_scalar": "fp32", "labels_ptr": "*i64", "ignore_index": "i64",
         "mask_ptr": "*i1", "lse_ptr": "*fp32", "entropy_ptr": "*fp32", "logp_ptr": "*fp32",
         "part_ptr": "*fp32", "n_splits": "i32", "grad_entropy_ptr": "*fp32", "grad_logp_ptr": "*fp32",
-        "out_ptr": out_dtype, "out_stride_row": "i64",
+        "out_ptr": out_dtype, "out_stride_row": "i64", "shift_ptr": "*fp32", "c_ptr": "*fp32",
     }
 
 
@@ -58,7 +58,10 @@ def test_fwd_compiles(arch, split):
 def test_bwd_compiles(arch, x_dtype):
     block = launch._MAX_BLOCK
     flags = dict.fromkeys(ROW_FLAGS + ("HAS_GRAD_ENTROPY", "HAS_GRAD_LOGP"), True)
-    _compile(kernels.entropy_bwd_kernel, _signature(x_dtype, out_dtype=x_dtype), dict(flags, BLOCK=block),
+    for shift_given in (False, True):
+        _compile(kernels.entropy_bwd_kernel, _signature(x_dtype, out_dtype=x_dtype),
+                 dict(flags, SHIFT_GIVEN=shift_given, BLOCK=block), arch, launch._num_warps(block))
+    _compile(kernels.entropy_shift_kernel, _signature(x_dtype), dict(HAS_TEMP=True, HAS_MASK=True, BLOCK=block),
              arch, launch._num_warps(block))
 
 
@@ -66,5 +69,5 @@ def test_bwd_compiles(arch, x_dtype):
 def test_every_row_flag_combination_compiles(flags):
     for fn, extra in ((kernels.entropy_fwd_kernel, dict(SPLIT=False, BLOCK=1024)),
                       (kernels.entropy_bwd_kernel, dict(HAS_GRAD_ENTROPY=True, HAS_GRAD_LOGP=flags["HAS_LABELS"],
-                                                        BLOCK=1024))):
+                                                        SHIFT_GIVEN=False, BLOCK=1024))):
         _compile(fn, _signature("*bf16", out_dtype="*bf16"), dict(flags, **extra), 90, 4)

@@ -89,6 +89,20 @@ def test_entropy_backward_and_inplace():
     assert torch.equal(base.grad, ours_grad(eo.entropy, x, 0.7, weights=(torch.ones(6),)))
 
 
+def test_inplace_backward_of_shifted_split_rows():
+    """Rows with |lse| >= 64 re-derive their max and log-sum before the gradient is written; on
+    split rows (V > one chunk) that happens in a pre-pass, because with inplace_backward another
+    split's gradient already overwrites the logits a late re-read would see."""
+    x, _ = make_rows(4, 20000, torch.float32, kinds=("shift_pos", "shift_neg"))
+    weights = (torch.ones(4),)
+    expected = ours_grad(eo.entropy, x, weights=weights)
+    base = x.clone().requires_grad_(True)
+    eo.entropy(base * 1.0, inplace_backward=True).sum().backward()
+    assert torch.equal(base.grad, expected)
+    ref = reference_grad(R.entropy_ref, x, weights=weights)
+    assert_within_eager_bound(base.grad, ref, eager_grad(eager_entropy, x, weights=weights), what="grad")
+
+
 def test_masked_rows_are_zero_and_never_read():
     x, _ = make_rows(5, 9000)
     x[1] = float("nan")

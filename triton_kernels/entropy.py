@@ -106,13 +106,49 @@ def entropy_combine_kernel(
 
 
 @triton.jit
+def _precise_shift(row_ptr, V, lse, inv_t, active, BLOCK: tl.constexpr):
+    """``(shift, c)`` with ``log p = (x - shift) / T - c``. With shift = 0, c = lse, an fp32 lse
+    near 1e4 is off by ~5e-4 and every p_j would inherit it; for such rows (|lse| >= 64, rare:
+    normal logits never get there) the row's max and log-sum are recomputed (one more read of the
+    row, a function of the row alone, so batch invariance holds)."""
+    shift = 0.0
+    c = lse
+    if (tl.abs(lse) >= 64.0) & active:
+        k = LOG2E * inv_t
+        m = tl.full([BLOCK], float("-inf"), tl.float32)
+        s = tl.zeros([BLOCK], tl.float32)
+        sz = tl.zeros([BLOCK], tl.float32)
+        for off in range(0, V, BLOCK):
+            cols = off + tl.arange(0, BLOCK)
+            x = tl.load(row_ptr + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
+            m, s, sz = block_update(m, s, sz, x, k)
+        m_row, s_row, _ = reduce_lanes(m, s, sz, k)
+        shift = m_row
+        c = tl.log(s_row)
+    return shift, c
+
+
+@triton.jit
+def entropy_shift_kernel(x_ptr, stride_row, V, temp_ptr, temp_scalar, mask_ptr, lse_ptr, shift_ptr, c_ptr,
+                         HAS_TEMP: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr):
+    """Backward pre-pass for split rows: each row's ``(shift, c)`` before any split writes its
+    gradient (with ``inplace_backward`` the gradient overwrites the logits being re-read)."""
+    row = tl.program_id(0).to(tl.int64)
+    active, inv_t = _row_setup(row, mask_ptr, temp_ptr, temp_scalar, HAS_MASK, HAS_TEMP)
+    shift, c = _precise_shift(x_ptr + row * stride_row, V, tl.load(lse_ptr + row), inv_t, active, BLOCK)
+    tl.store(shift_ptr + row, shift)
+    tl.store(c_ptr + row, c)
+
+
+@triton.jit
 def entropy_bwd_kernel(
     x_ptr, stride_row, V, split_size,
     temp_ptr, temp_scalar, labels_ptr, ignore_index, mask_ptr,
     lse_ptr, entropy_ptr, grad_entropy_ptr, grad_logp_ptr,
-    out_ptr, out_stride_row,
+    out_ptr, out_stride_row, shift_ptr, c_ptr,
     HAS_TEMP: tl.constexpr, HAS_LABELS: tl.constexpr, HAS_MASK: tl.constexpr,
-    HAS_GRAD_ENTROPY: tl.constexpr, HAS_GRAD_LOGP: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_GRAD_ENTROPY: tl.constexpr, HAS_GRAD_LOGP: tl.constexpr, SHIFT_GIVEN: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """``g_z_j = gH * (-p_j (log p_j + H)) + glogp * (1[j=y] - p_j)``, written as ``g_z / T``."""
     row = tl.program_id(0).to(tl.int64)
@@ -135,24 +171,11 @@ def entropy_bwd_kernel(
     read_end = tl.where(active, end, start)  # a masked row is written (zeros) but never read
     row_ptr = x_ptr + row * stride_row
     out_row_ptr = out_ptr + row * out_stride_row
-    # log p = (x - shift) / T - c. With shift = 0, c = lse, an fp32 lse near 1e4 is off by ~5e-4 and
-    # every p_j inherits it; for such rows (|lse| >= 64, rare: normal logits never get there) the
-    # row's max and log sum are recomputed first (one more read of the row, a function of the row
-    # alone, so batch invariance holds).
-    shift = 0.0
-    c = lse
-    if (tl.abs(lse) >= 64.0) & active:
-        k = LOG2E * inv_t
-        m = tl.full([BLOCK], float("-inf"), tl.float32)
-        s = tl.zeros([BLOCK], tl.float32)
-        sz = tl.zeros([BLOCK], tl.float32)
-        for off in range(0, V, BLOCK):
-            cols = off + tl.arange(0, BLOCK)
-            x = tl.load(row_ptr + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
-            m, s, sz = block_update(m, s, sz, x, k)
-        m_row, s_row, _ = reduce_lanes(m, s, sz, k)
-        shift = m_row
-        c = tl.log(s_row)
+    if SHIFT_GIVEN:  # split rows: computed by entropy_shift_kernel before any split writes
+        shift = tl.load(shift_ptr + row)
+        c = tl.load(c_ptr + row)
+    else:  # one program owns the whole row: it reads all of it before writing any of it
+        shift, c = _precise_shift(row_ptr, V, lse, inv_t, active, BLOCK)
     for off in range(start, end, BLOCK):
         cols = off + tl.arange(0, BLOCK)
         in_row = cols < end

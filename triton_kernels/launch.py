@@ -7,7 +7,7 @@ fill the GPU.
 import torch
 import triton
 
-from .entropy import entropy_bwd_kernel, entropy_combine_kernel, entropy_fwd_kernel
+from .entropy import entropy_bwd_kernel, entropy_combine_kernel, entropy_fwd_kernel, entropy_shift_kernel
 
 _SPLIT = 8192
 _MAX_BLOCK = 4096
@@ -50,11 +50,20 @@ def entropy_bwd_triton(x, labels, temperature, temperature_scalar, ignore_index,
     if n_rows == 0:
         return
     split_size, n_splits, block = _sizes(vocab)
+    shift = c = None
+    if n_splits > 1:
+        shift = torch.empty(n_rows, dtype=torch.float32, device=x.device)
+        c = torch.empty_like(shift)
+        entropy_shift_kernel[(n_rows,)](
+            x, x.stride(0), vocab, temperature, float(temperature_scalar), mask, lse, shift, c,
+            HAS_TEMP=temperature is not None, HAS_MASK=mask is not None, BLOCK=block,
+            num_warps=_num_warps(block),
+        )
     entropy_bwd_kernel[(n_rows, n_splits)](
         x, x.stride(0), vocab, split_size,
         temperature, float(temperature_scalar), labels, int(ignore_index), mask,
-        lse, entropy, grad_entropy, grad_logp, out, out.stride(0),
+        lse, entropy, grad_entropy, grad_logp, out, out.stride(0), shift, c,
         HAS_TEMP=temperature is not None, HAS_LABELS=labels is not None, HAS_MASK=mask is not None,
         HAS_GRAD_ENTROPY=grad_entropy is not None, HAS_GRAD_LOGP=grad_logp is not None,
-        BLOCK=block, num_warps=_num_warps(block),
+        SHIFT_GIVEN=n_splits > 1, BLOCK=block, num_warps=_num_warps(block),
     )
