@@ -9,6 +9,7 @@
 #include "cpu/entropy_cpu.h"
 #include "cpu/isa.h"
 #include "entropy_ops/dtype.h"
+#include "entropy_ops/online_softmax.h"
 
 namespace py = pybind11;
 namespace eo = entropy_ops;
@@ -86,6 +87,25 @@ void convert(uintptr_t src, uintptr_t dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) d[i] = Convert(s[i]);
 }
 
+// The per-thread math of the CUDA kernels (Exp2Accumulator) run on the CPU, one "thread" over a
+// float32 row in groups of 8 (the bf16 vector width), the last one padded with -inf: lets the CPU
+// tests check the device code's arithmetic against the reference (SPEC §6).
+void exp2_accumulate_row(uintptr_t src, int64_t n, double temperature, uintptr_t out) {
+  constexpr int W = 8;
+  const float s = static_cast<float>(1.0 / temperature);
+  const float k = 1.4426950408889634f * s;
+  const float* x = ptr<const float>(src);
+  auto acc = eo::Exp2Accumulator<float>::empty();
+  for (int64_t g = 0; g < n; g += W) {
+    float group[W];
+    for (int i = 0; i < W; ++i) group[i] = g + i < n ? x[g + i] : -INFINITY;
+    acc.add(group, k, eo::kExp2FloorF);
+  }
+  const auto stats = eo::finalize(acc.state(s), s);
+  ptr<float>(out)[0] = stats.lse;
+  ptr<float>(out)[1] = stats.entropy;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -106,6 +126,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("grad_row_stride"), py::arg("num_threads"),
         "grad_logits = (gH dH/dz + glogp dlogp/dz) / T, in the logits' dtype.");
 
+  m.def("exp2_accumulate_row", &exp2_accumulate_row, py::arg("src"), py::arg("n"),
+        py::arg("temperature"), py::arg("out"),
+        "Test hook: (lse, entropy) of a float32 row through the CUDA kernels' per-thread math.");
   m.def("set_isa", &set_isa, py::arg("name"),
         "Force the CPU kernels: 'avx512', 'avx2', 'scalar' or 'auto'.");
   m.def("get_isa", &eoc::get_isa, "The CPU kernel set in use.");

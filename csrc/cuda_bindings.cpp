@@ -33,6 +33,69 @@ int query_int(F query, const char* what) {
   return value;
 }
 
+template <typename T>
+T* ptr(std::uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+// Argument errors that the launchers would only report as cudaErrorInvalidValue, named here.
+void check_args(const char* what, int dtype, int64_t n_rows, int64_t vocab,
+                int64_t workspace_size) {
+  if (dtype < 0 || dtype > 2) {
+    throw py::value_error(std::string("entropy_ops._C_cuda.") + what +
+                          ": dtype code must be 0..2 (fp32, bf16, fp16; fp64 runs on the torch "
+                          "backend), got " + std::to_string(dtype));
+  }
+  const int64_t need = entropy_ops::entropy_fwd_workspace_cuda(n_rows, vocab);
+  if (workspace_size < need) {
+    throw py::value_error(std::string("entropy_ops._C_cuda.") + what + ": workspace holds " +
+                          std::to_string(workspace_size) + " floats, needs " +
+                          std::to_string(need) + " (entropy_fwd_workspace(n_rows, vocab))");
+  }
+}
+
+void entropy_fwd(std::uintptr_t logits, int dtype, int64_t n_rows, int64_t vocab,
+                 int64_t row_stride, std::uintptr_t temperature, double temperature_scalar,
+                 std::uintptr_t labels, bool labels_int32, int64_t ignore_index,
+                 std::uintptr_t mask, std::uintptr_t lse_out, std::uintptr_t entropy_out,
+                 std::uintptr_t logp_out, std::uintptr_t workspace, int64_t workspace_size,
+                 int device, std::uintptr_t stream) {
+  check_args("entropy_fwd_cuda", dtype, n_rows, vocab, workspace_size);
+  cudaError_t err;
+  {
+    py::gil_scoped_release release;
+    err = entropy_ops::entropy_fwd_cuda(
+        ptr<const void>(logits), dtype, n_rows, vocab, row_stride, ptr<const float>(temperature),
+        temperature_scalar, ptr<const void>(labels), labels_int32, ignore_index,
+        ptr<const uint8_t>(mask), ptr<float>(lse_out), ptr<float>(entropy_out),
+        ptr<float>(logp_out), ptr<float>(workspace), workspace_size, device,
+        reinterpret_cast<cudaStream_t>(stream));
+  }
+  check(err, "entropy_fwd_cuda");
+}
+
+void entropy_bwd(std::uintptr_t logits, int dtype, int64_t n_rows, int64_t vocab,
+                 int64_t row_stride, std::uintptr_t temperature, double temperature_scalar,
+                 std::uintptr_t labels, bool labels_int32, int64_t ignore_index,
+                 std::uintptr_t mask, std::uintptr_t lse, std::uintptr_t entropy,
+                 std::uintptr_t grad_entropy, std::uintptr_t grad_logp,
+                 std::uintptr_t grad_logits, int64_t grad_row_stride, std::uintptr_t workspace,
+                 int64_t workspace_size, int device, std::uintptr_t stream) {
+  check_args("entropy_bwd_cuda", dtype, n_rows, vocab, workspace_size);
+  cudaError_t err;
+  {
+    py::gil_scoped_release release;
+    err = entropy_ops::entropy_bwd_cuda(
+        ptr<const void>(logits), dtype, n_rows, vocab, row_stride, ptr<const float>(temperature),
+        temperature_scalar, ptr<const void>(labels), labels_int32, ignore_index,
+        ptr<const uint8_t>(mask), ptr<const float>(lse), ptr<const float>(entropy),
+        ptr<const float>(grad_entropy), ptr<const float>(grad_logp), ptr<void>(grad_logits),
+        grad_row_stride, ptr<float>(workspace), workspace_size, device,
+        reinterpret_cast<cudaStream_t>(stream));
+  }
+  check(err, "entropy_bwd_cuda");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C_cuda, m) {
@@ -70,4 +133,23 @@ PYBIND11_MODULE(_C_cuda, m) {
     check(err, "fill_f32");
   }, py::arg("ptr"), py::arg("n"), py::arg("value"), py::arg("device"), py::arg("stream"),
      "ptr[0, n) = value (float32), launched on `stream` of `device`; n == 0 launches nothing.");
+
+  m.def("entropy_fwd_workspace", &entropy_ops::entropy_fwd_workspace_cuda, py::arg("n_rows"),
+        py::arg("vocab"),
+        "Floats of workspace entropy_fwd_cuda and entropy_bwd_cuda need (0: none).");
+  m.def("entropy_fwd_cuda", &entropy_fwd, py::arg("logits"), py::arg("dtype"), py::arg("n_rows"),
+        py::arg("vocab"), py::arg("row_stride"), py::arg("temperature"),
+        py::arg("temperature_scalar"), py::arg("labels"), py::arg("labels_int32"),
+        py::arg("ignore_index"), py::arg("mask"), py::arg("lse_out"), py::arg("entropy_out"),
+        py::arg("logp_out"), py::arg("workspace"), py::arg("workspace_size"), py::arg("device"),
+        py::arg("stream"),
+        "Per row: lse, entropy and (with labels) logp of softmax(logits / T), on `stream`.");
+  m.def("entropy_bwd_cuda", &entropy_bwd, py::arg("logits"), py::arg("dtype"), py::arg("n_rows"),
+        py::arg("vocab"), py::arg("row_stride"), py::arg("temperature"),
+        py::arg("temperature_scalar"), py::arg("labels"), py::arg("labels_int32"),
+        py::arg("ignore_index"), py::arg("mask"), py::arg("lse"), py::arg("entropy"),
+        py::arg("grad_entropy"), py::arg("grad_logp"), py::arg("grad_logits"),
+        py::arg("grad_row_stride"), py::arg("workspace"), py::arg("workspace_size"),
+        py::arg("device"), py::arg("stream"),
+        "grad_logits = (gH dH/dz + glogp dlogp/dz) / T in the logits' dtype, on `stream`.");
 }

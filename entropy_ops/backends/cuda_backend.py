@@ -1,15 +1,19 @@
 """The ``cuda`` backend: hand-written CUDA kernels of ``entropy_ops._C_cuda`` (csrc/cuda).
 
 The module is linked with static cudart and makes no CUDA call at import; ``available()`` asks it
-on first use whether a driver new enough for it (>= r580) and a device are present. Its row
-kernels arrive with the GPU issue; until then it has none.
+on first use whether a driver new enough for it (>= r580) and a device are present. Python
+allocates every buffer (outputs and the small workspace of split rows) with torch on the logits'
+device and passes raw pointers, the device index and that device's current stream
+(csrc/README.md gives the ABI). float64 never reaches it (dispatch routes it to ``torch``).
 """
 import functools
 
 import torch
 
 from .. import _native
-from .._backends import Backend, register_backend
+from .._backends import Backend, register_backend, register_kernel
+from .cpu_backend import DTYPE_CODES
+from .kernel import RowKernel
 
 
 @functools.lru_cache(maxsize=None)
@@ -22,4 +26,57 @@ def _available():
     return tuple(module.available())
 
 
+def _ptr(t):
+    return 0 if t is None else t.data_ptr()
+
+
+def _rows(x, labels, temperature, temperature_scalar, ignore_index, mask):
+    return (
+        x.data_ptr(), DTYPE_CODES[x.dtype], x.shape[0], x.shape[1], x.stride(0),
+        _ptr(temperature), float(temperature_scalar),
+        _ptr(labels), labels is not None and labels.dtype == torch.int32, int(ignore_index),
+        _ptr(mask),
+    )
+
+
+def _workspace(C, x):
+    size = C.entropy_fwd_workspace(x.shape[0], x.shape[1])
+    return torch.empty(size, dtype=torch.float32, device=x.device), size
+
+
+def _launch(x):
+    return x.device.index, torch.cuda.current_stream(x.device).cuda_stream
+
+
+def entropy_fwd_cuda(x, labels, temperature, temperature_scalar, ignore_index, mask):
+    C, _ = _native.cuda_module()
+    n_rows = x.shape[0]
+    lse = torch.empty(n_rows, dtype=torch.float32, device=x.device)
+    entropy = torch.empty_like(lse)
+    logp = torch.empty_like(lse) if labels is not None else None
+    workspace, size = _workspace(C, x)
+    C.entropy_fwd_cuda(
+        *_rows(x, labels, temperature, temperature_scalar, ignore_index, mask),
+        lse.data_ptr(), entropy.data_ptr(), _ptr(logp),
+        _ptr(workspace), size, *_launch(x),
+    )
+    return lse, entropy, logp
+
+
+def entropy_bwd_cuda(x, labels, temperature, temperature_scalar, ignore_index, mask, lse, entropy,
+                     grad_entropy, grad_logp, out):
+    C, _ = _native.cuda_module()
+    workspace, size = _workspace(C, x)
+    C.entropy_bwd_cuda(
+        *_rows(x, labels, temperature, temperature_scalar, ignore_index, mask),
+        lse.data_ptr(), entropy.data_ptr(),
+        _ptr(grad_entropy), _ptr(grad_logp),
+        out.data_ptr(), out.stride(0),
+        _ptr(workspace), size, *_launch(x),
+    )
+
+
 register_backend(Backend("cuda", _available, devices=("cuda",)))
+_KERNEL = RowKernel(entropy_fwd_cuda, entropy_bwd_cuda)
+register_kernel("cuda", "entropy", _KERNEL)
+register_kernel("cuda", "logprobs_and_entropy", _KERNEL)

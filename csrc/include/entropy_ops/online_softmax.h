@@ -23,6 +23,10 @@ EO_HOST_DEVICE inline float eo_log(float x) { return ::logf(x); }
 EO_HOST_DEVICE inline double eo_log(double x) { return ::log(x); }
 EO_HOST_DEVICE inline bool eo_isnan(float x) { return x != x; }
 EO_HOST_DEVICE inline bool eo_isnan(double x) { return x != x; }
+EO_HOST_DEVICE inline float eo_exp2(float x) { return ::exp2f(x); }
+EO_HOST_DEVICE inline double eo_exp2(double x) { return ::exp2(x); }
+EO_HOST_DEVICE inline float eo_fmax(float a, float b) { return ::fmaxf(a, b); }
+EO_HOST_DEVICE inline double eo_fmax(double a, double b) { return ::fmax(a, b); }
 
 template <typename T>
 EO_HOST_DEVICE inline T quiet_nan();
@@ -66,6 +70,62 @@ EO_HOST_DEVICE inline OnlineSoftmax<T> merge(const OnlineSoftmax<T>& a, const On
   const OnlineSoftmax<T> rb = b.rescaled(m, s);
   return {m, ra.sum_exp + rb.sum_exp, ra.sum_exp_z + rb.sum_exp_z};
 }
+
+// The CPU kernels' exp floor (-87, in units of z) in log2 units: terms below it are exactly 0,
+// and every kept 2^t is a normal fp32.
+constexpr float kExp2FloorF = -125.5f;
+
+// A running state fed a few raw logits at a time (one vector load of a GPU thread), with one exp2
+// per element: in raw-logit units,
+//
+//   sum_exp   = sum_j 2^(t_j),  sum_exp_d = sum_j 2^(t_j) (x_j - max),  t_j = (x_j - max) k,
+//
+// k = log2(e) s, so sum_exp is the OnlineSoftmax's and sum_exp_z = s sum_exp_d (`state`). A group
+// first raises the max (one rescale when it grew), then adds its terms. Terms with t_j < floor2
+// are left out (exactly 0, never 0 * -inf; -inf logits and padding); a NaN term is kept, and a
+// +inf logit makes its own term NaN (inf - inf), so either poisons sum_exp and `state` is NaN.
+// `max` ignores NaN (fmax) and stays -inf for a slice of only -inf: shifting by 0 then keeps
+// -inf - -inf out of the terms.
+template <typename T>
+struct Exp2Accumulator {
+  T max;
+  T sum_exp;
+  T sum_exp_d;
+
+  EO_HOST_DEVICE static Exp2Accumulator empty() {
+    return {-static_cast<T>(INFINITY), T(0), T(0)};
+  }
+
+  template <int N>
+  EO_HOST_DEVICE void add(const T (&x)[N], T k, T floor2) {
+    T group_max = x[0];
+    for (int i = 1; i < N; ++i) group_max = eo_fmax(group_max, x[i]);
+    if (group_max > max) {
+      if (max != -static_cast<T>(INFINITY)) {
+        const T delta = max - group_max;
+        const T f = eo_exp2(delta * k);
+        sum_exp_d = (sum_exp_d + sum_exp * delta) * f;
+        sum_exp *= f;
+      }
+      max = group_max;
+    }
+    const T base = max == -static_cast<T>(INFINITY) ? T(0) : max;
+    for (int i = 0; i < N; ++i) {
+      const T d = x[i] - base;
+      const T t = d * k;
+      const T e = eo_exp2(t);
+      if (!(t < floor2)) {  // written so that a NaN t is kept
+        sum_exp += e;
+        sum_exp_d += e * d;
+      }
+    }
+  }
+
+  EO_HOST_DEVICE OnlineSoftmax<T> state(T s) const {
+    if (eo_isnan(sum_exp)) return OnlineSoftmax<T>::nan();
+    return {max, sum_exp, sum_exp_d * s};
+  }
+};
 
 template <typename T>
 struct SoftmaxStats {
