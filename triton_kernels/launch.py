@@ -4,6 +4,8 @@ Split size is a function of V alone (SPEC §2 batch invariance): rows up to ``_S
 one program; longer rows are cut into ``_SPLIT``-element chunks so that a few hundred long rows still
 fill the GPU.
 """
+import contextlib
+
 import torch
 import triton
 
@@ -23,6 +25,12 @@ def _num_warps(block: int) -> int:
     return 8 if block >= 2048 else 4
 
 
+def _on_device(x):
+    """Triton launches on the current device and its current stream: make that the logits' own
+    device, so tensors on cuda:1 work while cuda:0 is current (CPU tensors: the interpreter)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
 def entropy_fwd_triton(x, labels, temperature, temperature_scalar, ignore_index, mask):
     n_rows, vocab = x.shape
     lse = torch.empty(n_rows, dtype=torch.float32, device=x.device)
@@ -34,13 +42,14 @@ def entropy_fwd_triton(x, labels, temperature, temperature_scalar, ignore_index,
     part = torch.empty(n_rows * n_splits * 4 if n_splits > 1 else 1, dtype=torch.float32, device=x.device)
     flags = dict(HAS_TEMP=temperature is not None, HAS_LABELS=labels is not None, HAS_MASK=mask is not None)
     row_args = (temperature, float(temperature_scalar), labels, int(ignore_index), mask)
-    entropy_fwd_kernel[(n_rows, n_splits)](
-        x, x.stride(0), vocab, split_size, *row_args, lse, entropy, logp, part, n_splits,
-        SPLIT=n_splits > 1, BLOCK=block, num_warps=_num_warps(block), **flags,
-    )
-    if n_splits > 1:
-        entropy_combine_kernel[(n_rows,)](part, n_splits, vocab, *row_args, lse, entropy, logp,
-                                          num_warps=1, **flags)
+    with _on_device(x):
+        entropy_fwd_kernel[(n_rows, n_splits)](
+            x, x.stride(0), vocab, split_size, *row_args, lse, entropy, logp, part, n_splits,
+            SPLIT=n_splits > 1, BLOCK=block, num_warps=_num_warps(block), **flags,
+        )
+        if n_splits > 1:
+            entropy_combine_kernel[(n_rows,)](part, n_splits, vocab, *row_args, lse, entropy, logp,
+                                              num_warps=1, **flags)
     return lse, entropy, logp
 
 
@@ -50,20 +59,21 @@ def entropy_bwd_triton(x, labels, temperature, temperature_scalar, ignore_index,
     if n_rows == 0:
         return
     split_size, n_splits, block = _sizes(vocab)
-    shift = c = None
-    if n_splits > 1:
-        shift = torch.empty(n_rows, dtype=torch.float32, device=x.device)
-        c = torch.empty_like(shift)
-        entropy_shift_kernel[(n_rows,)](
-            x, x.stride(0), vocab, temperature, float(temperature_scalar), mask, lse, shift, c,
-            HAS_TEMP=temperature is not None, HAS_MASK=mask is not None, BLOCK=block,
-            num_warps=_num_warps(block),
+    with _on_device(x):
+        shift = c = None
+        if n_splits > 1:
+            shift = torch.empty(n_rows, dtype=torch.float32, device=x.device)
+            c = torch.empty_like(shift)
+            entropy_shift_kernel[(n_rows,)](
+                x, x.stride(0), vocab, temperature, float(temperature_scalar), mask, lse, shift, c,
+                HAS_TEMP=temperature is not None, HAS_MASK=mask is not None, BLOCK=block,
+                num_warps=_num_warps(block),
+            )
+        entropy_bwd_kernel[(n_rows, n_splits)](
+            x, x.stride(0), vocab, split_size,
+            temperature, float(temperature_scalar), labels, int(ignore_index), mask,
+            lse, entropy, grad_entropy, grad_logp, out, out.stride(0), shift, c,
+            HAS_TEMP=temperature is not None, HAS_LABELS=labels is not None, HAS_MASK=mask is not None,
+            HAS_GRAD_ENTROPY=grad_entropy is not None, HAS_GRAD_LOGP=grad_logp is not None,
+            SHIFT_GIVEN=n_splits > 1, BLOCK=block, num_warps=_num_warps(block),
         )
-    entropy_bwd_kernel[(n_rows, n_splits)](
-        x, x.stride(0), vocab, split_size,
-        temperature, float(temperature_scalar), labels, int(ignore_index), mask,
-        lse, entropy, grad_entropy, grad_logp, out, out.stride(0), shift, c,
-        HAS_TEMP=temperature is not None, HAS_LABELS=labels is not None, HAS_MASK=mask is not None,
-        HAS_GRAD_ENTROPY=grad_entropy is not None, HAS_GRAD_LOGP=grad_logp is not None,
-        SHIFT_GIVEN=n_splits > 1, BLOCK=block, num_warps=_num_warps(block),
-    )

@@ -1,0 +1,95 @@
+"""Shared pieces of the GPU tests (`pytest -m gpu`, tests/test_gpu_*.py): every GPU backend
+("triton", "cuda") on CUDA tensors vs the float64 reference (SPEC §2, §3.1, §6), batch
+invariance, no host sync, CUDA graphs, torch.compile, ENTROPY_OPS_CHECK, dispatch, 64-bit indexing.
+
+Skipped as a whole without a CUDA device; per backend when it is unavailable or has no kernel yet
+(the reason is in the skip message). Tolerance: ``assert_within_eager_bound`` with the eager fp32
+formula run on the same CUDA input; the comparison itself runs on CPU copies.
+Diagnosis: a sticky CUDA error (illegal address) fails every later test in the process; the first
+failure is the culprit. Subprocess tests print the child's stdout/stderr when they fail.
+"""
+import os
+
+import pytest
+import torch
+
+import entropy_ops as eo
+from conftest import (
+    FINITE_KINDS,
+    assert_within_eager_bound,
+    skip_unless_available,
+)
+from entropy_ops import _backends
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)"),
+]
+
+DEVICE = "cuda"
+GPU_BACKENDS = ("triton", "cuda")
+OPS = ("entropy", "logprobs_and_entropy")
+GPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+VOCABS = (1, 2, 111, 1023, 1024, 32000, 151936)
+LAYOUTS = ("N0", "N1", "Nodd", "BT", "1d", "strided")
+TEMPERATURES = ("float", "tensor_0d", "per_row")
+UNSHIFTED_KINDS = tuple(k for k in FINITE_KINDS if not k.startswith("shift"))
+
+
+# ---- backend selection and checking helpers ------------------------------------------------------
+
+def require_gpu_backend(name):
+    """Skip (with the reason) unless ``name`` can run both ops on CUDA tensors; then make sure the
+    dispatcher really routes to it, so that a test never passes on the torch fallback."""
+    skip_unless_available(name)
+    if name == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("GPU tests run compiled Triton kernels; unset TRITON_INTERPRET")
+    kernels = _backends.registered_backends()[name].kernels
+    for op in OPS:
+        if op not in kernels:
+            pytest.skip(f"{name}: no kernel for `{op}` yet")
+    with eo.use_backend(name):
+        for dtype in GPU_DTYPES:
+            got = _backends.resolve("entropy", torch.device(DEVICE), dtype)
+            assert got == name, f"use_backend({name!r}) resolves {dtype} CUDA logits to {got!r}"
+
+
+@pytest.fixture(params=GPU_BACKENDS)
+def gpu_backend(request, monkeypatch):
+    require_gpu_backend(request.param)
+    monkeypatch.delenv("ENTROPY_OPS_CHECK", raising=False)
+    with eo.use_backend(request.param):
+        yield request.param
+
+
+def check(ours, ref, eager, kinds=None, what="value", abs_tol=1e-5):
+    """SPEC §2's bound, on CPU copies (the comparison's boolean indexing stays off the GPU)."""
+    cpu = [t.detach().cpu() for t in (ours, ref, eager)]
+    assert_within_eager_bound(*cpu, kinds, what=what, abs_tol=abs_tol)
+
+
+def assert_same_bits(got, want, what):
+    assert got.shape == want.shape and got.dtype == want.dtype, (
+        f"{what}: {tuple(got.shape)} {got.dtype} vs {tuple(want.shape)} {want.dtype}")
+    same = (got == want) | (got.isnan() & want.isnan())
+    if not bool(same.all()):
+        bad = (~same).nonzero()[:5]
+        idx = tuple(bad.t())
+        raise AssertionError(f"{what}: bits differ at {bad.tolist()}: got {got[idx].tolist()}, "
+                             f"want {want[idx].tolist()}")
+
+
+def assert_outputs(tensors, device, dtype=torch.float32):
+    for name, t in tensors.items():
+        assert t.device == torch.device(device) and t.dtype == dtype, f"{name}: {t.device} {t.dtype}"
+
+
+def temperature_of(kind, leading, seed=11):
+    if kind == "float":
+        return 0.7
+    if kind == "tensor_0d":
+        return torch.tensor(1.3, device=DEVICE)
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(leading, generator=gen) * 1.75 + 0.25).to(DEVICE)
+
+
