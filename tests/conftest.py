@@ -207,14 +207,18 @@ def reference_grad(fn, logits, *args, weights, **kwargs):
     return grad
 
 
-def eager_grad(fn, logits, *args, weights, **kwargs):
-    """The same gradient through the eager fp32-upcast formula, in logits' dtype."""
+def autograd_grad(fn, logits, *args, weights, **kwargs):
+    """Gradient wrt logits of ``sum_k (weights[k] * out[k]).sum()`` through ``fn`` as it is (our
+    ops, or the eager fp32-upcast formula as the yardstick), in logits' dtype."""
     x = logits.detach().clone().requires_grad_(True)
     out = fn(x, *args, **kwargs)
     out = out if isinstance(out, tuple) else (out,)
     loss = sum((w.to(o.dtype) * o).sum() for w, o in zip(weights, out) if w is not None)
     (grad,) = torch.autograd.grad(loss, x)
     return grad
+
+
+eager_grad = ours_grad = autograd_grad
 
 
 def assert_neginf_grad_is_zero(grad, x, labels=None):
@@ -229,12 +233,3 @@ def assert_neginf_grad_is_zero(grad, x, labels=None):
         neginf &= ~hit
     assert not grad.isnan().any(), "NaN in the gradient"
     assert (grad[neginf] == 0).all(), "-inf logits must get an exact 0 gradient"
-
-
-def ours_grad(fn, logits, *args, weights, **kwargs):
-    x = logits.detach().clone().requires_grad_(True)
-    out = fn(x, *args, **kwargs)
-    out = out if isinstance(out, tuple) else (out,)
-    loss = sum((w.to(o.dtype) * o).sum() for w, o in zip(weights, out) if w is not None)
-    (grad,) = torch.autograd.grad(loss, x)
-    return grad
