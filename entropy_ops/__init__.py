@@ -13,18 +13,22 @@ from ._backends import (
     set_backend,
     use_backend,
 )
+from .ops._types import TokenStats
 from .ops.entropy import entropy, logprobs_and_entropy
+from .ops.token_stats import token_stats
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
     "NoKernelError",
+    "TokenStats",
     "available_backends",
     "entropy",
     "get_backend",
     "logprobs_and_entropy",
     "reference",
     "set_backend",
+    "token_stats",
     "use_backend",
 ]

@@ -3,7 +3,11 @@
 Everything is computed in float64 (tests compare in float64). Temperatures, masks and labels follow
 the same conventions as the public ops (SPEC §2).
 """
+import math
+
 import torch
+
+from .ops._types import TokenStats
 
 
 def _z(logits, temperature):
@@ -48,3 +52,29 @@ def logprobs_and_entropy_ref(logits, labels, temperature=1.0, ignore_index=-100,
     logp = torch.where(in_range, z_y - lse, torch.full_like(lse, float("nan")))
     logp = torch.where(y == ignore_index, torch.zeros_like(logp), logp)
     return _masked(logp, mask), _masked(h, mask)
+
+
+def token_stats_ref(logits, labels=None, temperature=1.0, ignore_index=-100, mask=None):
+    """:class:`TokenStats` in float64, straight from the definitions of SPEC §3.1 (``varentropy`` as
+    ``sum p (log p)^2 - H^2``, ``self_certainty`` with the mean over all V entries, so ``+inf`` on
+    rows with ``-inf`` logits); NaN in rows that are all ``-inf`` or hold NaN/+inf; ``logp`` as in
+    :func:`logprobs_and_entropy_ref` (None without labels); all 0 where ``mask`` is False."""
+    z = _z(logits, temperature)
+    lse, h = _lse_and_entropy(z)
+    log_p = z - lse.unsqueeze(-1)
+    p = log_p.exp()
+    live = p > 0
+    zero = torch.zeros_like(p)
+    stats = {
+        "lse": lse,
+        "entropy": h,
+        "max_logp": z.amax(-1) - lse,
+        "collision": (p * p).sum(-1),
+        "varentropy": torch.where(live, p * log_p ** 2, zero).sum(-1) - h ** 2,
+        "self_certainty": lse - z.mean(-1) - math.log(z.shape[-1]),
+        "entropy_drift": torch.where(live, p * p * (log_p + h.unsqueeze(-1)), zero).sum(-1),
+    }
+    nan = torch.isnan(h)
+    stats = {k: _masked(torch.where(nan, torch.full_like(v, float("nan")), v), mask) for k, v in stats.items()}
+    logp = None if labels is None else logprobs_and_entropy_ref(logits, labels, temperature, ignore_index, mask)[0]
+    return TokenStats(logp=logp, **stats)

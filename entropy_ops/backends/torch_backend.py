@@ -4,9 +4,12 @@ At most one chunk of float32 temporaries (``_CHUNK_ELEMS`` elements each) is ali
 memory stays flat in N. Eager torch changes bits with the batch, so this path is exempt from
 batch invariance (SPEC §2).
 """
+import math
+
 import torch
 
 from .._backends import Backend, register_backend, register_kernel
+from ..ops._types import TokenStats
 from .kernel import RowKernel, acc_dtype
 
 _CHUNK_ELEMS = 1 << 22
@@ -94,7 +97,54 @@ def entropy_bwd_torch(x, labels, temperature, temperature_scalar, ignore_index, 
         out[start:end] = g
 
 
+def token_stats_torch(x, labels, temperature, temperature_scalar, ignore_index, mask):
+    """:class:`TokenStats` of SPEC §3.1 as ``[N]`` tensors in the accumulation dtype (``logp`` None
+    without labels), from one shifted pass per chunk. Every statistic is taken relative to the
+    row's own max and log-sum (``log p = (z - m) - log s``), never from ``z - lse``, so rows shifted
+    by 1e4 keep their digits."""
+    n_rows, vocab = x.shape
+    acc = acc_dtype(x.dtype)
+    names = ("lse", "entropy", "max_logp", "collision", "varentropy", "self_certainty", "entropy_drift")
+    out = {name: torch.empty(n_rows, dtype=acc, device=x.device) for name in names}
+    out["logp"] = torch.empty(n_rows, dtype=acc, device=x.device) if labels is not None else None
+    for start, end in _chunks(n_rows, vocab):
+        shifted, m = _shifted(x, temperature, temperature_scalar, start, end)
+        e = shifted.exp()
+        live = e > 0  # p_j = 0 terms contribute exactly 0 (never 0 * -inf)
+        s = e.sum(-1, keepdim=True)
+        log_s = s.log()
+        log_p = shifted - log_s
+        p = e / s
+        h = log_s - torch.where(live, e * shifted, 0).sum(-1, keepdim=True) / s
+        # varentropy as sum p (log p + H)^2: equal to sum p (log p)^2 - H^2, never negative, and
+        # free of the cancellation between two terms of size H^2.
+        centred = log_p + h
+        lse = (m + log_s).squeeze(-1)
+        bad = torch.isnan(lse) | torch.isneginf(lse)  # NaN/+inf entries, or an all -inf row
+        rows = {
+            "lse": lse,
+            "entropy": h.squeeze(-1),
+            "max_logp": -log_s.squeeze(-1),  # max_j z_j - lse = (m - m) - log s
+            "collision": (p * p).sum(-1),
+            "varentropy": torch.where(live, p * centred * centred, 0).sum(-1),
+            # mean_j z_j - m is the mean of the shifted row: -inf (so +inf here) with -inf entries.
+            "self_certainty": log_s.squeeze(-1) - shifted.mean(-1) - math.log(vocab),
+            "entropy_drift": torch.where(live, p * p * centred, 0).sum(-1),
+        }
+        for name, value in rows.items():
+            out[name][start:end] = torch.where(bad, float("nan"), value)
+        if labels is not None:
+            y, ignored, in_range = _label_terms(labels, ignore_index, vocab, start, end)
+            shifted_y = shifted.gather(-1, y[:, None]).squeeze(-1)
+            row_logp = torch.where(in_range & ~bad, shifted_y - log_s.squeeze(-1), float("nan"))
+            out["logp"][start:end] = torch.where(ignored, 0, row_logp)
+    if mask is not None:
+        out = {name: None if v is None else torch.where(mask, v, 0) for name, v in out.items()}
+    return TokenStats(**out)
+
+
 register_backend(Backend("torch", lambda: (True, ""), devices=("cpu", "cuda", "xpu", "mps")))
 _KERNEL = RowKernel(entropy_fwd_torch, entropy_bwd_torch)
 register_kernel("torch", "entropy", _KERNEL)
 register_kernel("torch", "logprobs_and_entropy", _KERNEL)
+register_kernel("torch", "token_stats", token_stats_torch)
