@@ -217,13 +217,13 @@ cudaError_t entropy_bwd_cuda(const void* logits, int dtype, int64_t n_rows, int6
                              cudaStream_t stream) {
   using namespace gpu;
   if (n_rows <= 0) return cudaSuccess;
-  if (dtype != kFloat32 && dtype != kBFloat16 && dtype != kFloat16) return cudaErrorInvalidValue;
-  if (workspace_size < entropy_fwd_workspace_cuda(n_rows, vocab)) return cudaErrorInvalidValue;
+  if (!launchable(dtype, workspace_size, entropy_fwd_workspace_cuda(n_rows, vocab))) {
+    return cudaErrorInvalidValue;
+  }
   DeviceGuard guard(device);
   EO_CUDA_CHECK(guard.status());
-  const RowArgs r = {logits, n_rows, vocab, row_stride, temperature,
-                     static_cast<float>(temperature_scalar), labels, labels_int32, ignore_index,
-                     mask};
+  const RowArgs r = make_row_args(logits, n_rows, vocab, row_stride, temperature,
+                                  temperature_scalar, labels, labels_int32, ignore_index, mask);
   const BwdIn b = {lse, entropy, grad_entropy, grad_logp, grad_logits, grad_row_stride, workspace};
   // One path for loads and stores: in place, both are the same rows.
   const bool aligned = rows_aligned(logits, row_stride, dtype) &&

@@ -211,5 +211,20 @@ inline bool rows_aligned(const void* ptr, int64_t stride, int dtype) {
 
 constexpr int64_t kMaxGridX = 2147483647;
 
+// The launchers' shared argument checks: a dtype the kernels handle (fp64 is routed to the torch
+// backend in Python) and a workspace as large as entropy_fwd_workspace_cuda asks for.
+inline bool launchable(int dtype, int64_t workspace_size, int64_t workspace_needed) {
+  return (dtype == kFloat32 || dtype == kBFloat16 || dtype == kFloat16) &&
+         workspace_size >= workspace_needed;
+}
+
+inline RowArgs make_row_args(const void* logits, int64_t n_rows, int64_t vocab,
+                             int64_t row_stride, const float* temperature,
+                             double temperature_scalar, const void* labels, bool labels_int32,
+                             int64_t ignore_index, const uint8_t* mask) {
+  return {logits, n_rows, vocab, row_stride, temperature, static_cast<float>(temperature_scalar),
+          labels, labels_int32, ignore_index, mask};
+}
+
 }  // namespace gpu
 }  // namespace entropy_ops

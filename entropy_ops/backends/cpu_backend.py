@@ -8,26 +8,11 @@ import torch
 from .. import _native
 from .._backends import Backend, register_backend, register_kernel
 from .kernel import RowKernel, acc_dtype
-
-DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.float64: 3}
-
+from .native_args import ptr, row_args
 
 def _available():
     module, reason = _native.cpu_module()
     return (module is not None, reason)
-
-
-def _ptr(t):
-    return 0 if t is None else t.data_ptr()
-
-
-def _common(x, labels, temperature, temperature_scalar, ignore_index, mask):
-    return (
-        x.data_ptr(), DTYPE_CODES[x.dtype], x.shape[0], x.shape[1], x.stride(0),
-        _ptr(temperature), float(temperature_scalar),
-        _ptr(labels), labels is not None and labels.dtype == torch.int32, int(ignore_index),
-        _ptr(mask),
-    )
 
 
 def entropy_fwd_cpu(x, labels, temperature, temperature_scalar, ignore_index, mask):
@@ -38,8 +23,8 @@ def entropy_fwd_cpu(x, labels, temperature, temperature_scalar, ignore_index, ma
     entropy = torch.empty(n_rows, dtype=acc)
     logp = torch.empty(n_rows, dtype=acc) if labels is not None else None
     C.entropy_fwd_cpu(
-        *_common(x, labels, temperature, temperature_scalar, ignore_index, mask),
-        lse.data_ptr(), entropy.data_ptr(), _ptr(logp),
+        *row_args(x, labels, temperature, temperature_scalar, ignore_index, mask),
+        lse.data_ptr(), entropy.data_ptr(), ptr(logp),
         torch.get_num_threads(),
     )
     return lse, entropy, logp
@@ -49,9 +34,9 @@ def entropy_bwd_cpu(x, labels, temperature, temperature_scalar, ignore_index, ma
                     grad_entropy, grad_logp, out):
     C, _ = _native.cpu_module()
     C.entropy_bwd_cpu(
-        *_common(x, labels, temperature, temperature_scalar, ignore_index, mask),
+        *row_args(x, labels, temperature, temperature_scalar, ignore_index, mask),
         lse.data_ptr(), entropy.data_ptr(),
-        _ptr(grad_entropy), _ptr(grad_logp),
+        ptr(grad_entropy), ptr(grad_logp),
         out.data_ptr(), out.stride(0),
         torch.get_num_threads(),
     )

@@ -12,8 +12,8 @@ import torch
 
 from .. import _native
 from .._backends import Backend, register_backend, register_kernel
-from .cpu_backend import DTYPE_CODES
 from .kernel import RowKernel
+from .native_args import ptr, row_args
 
 
 @functools.lru_cache(maxsize=None)
@@ -24,19 +24,6 @@ def _available():
     if module is None:
         return False, reason
     return tuple(module.available())
-
-
-def _ptr(t):
-    return 0 if t is None else t.data_ptr()
-
-
-def _rows(x, labels, temperature, temperature_scalar, ignore_index, mask):
-    return (
-        x.data_ptr(), DTYPE_CODES[x.dtype], x.shape[0], x.shape[1], x.stride(0),
-        _ptr(temperature), float(temperature_scalar),
-        _ptr(labels), labels is not None and labels.dtype == torch.int32, int(ignore_index),
-        _ptr(mask),
-    )
 
 
 def _workspace(C, x):
@@ -56,9 +43,9 @@ def entropy_fwd_cuda(x, labels, temperature, temperature_scalar, ignore_index, m
     logp = torch.empty_like(lse) if labels is not None else None
     workspace, size = _workspace(C, x)
     C.entropy_fwd_cuda(
-        *_rows(x, labels, temperature, temperature_scalar, ignore_index, mask),
-        lse.data_ptr(), entropy.data_ptr(), _ptr(logp),
-        _ptr(workspace), size, *_launch(x),
+        *row_args(x, labels, temperature, temperature_scalar, ignore_index, mask),
+        lse.data_ptr(), entropy.data_ptr(), ptr(logp),
+        ptr(workspace), size, *_launch(x),
     )
     return lse, entropy, logp
 
@@ -68,11 +55,11 @@ def entropy_bwd_cuda(x, labels, temperature, temperature_scalar, ignore_index, m
     C, _ = _native.cuda_module()
     workspace, size = _workspace(C, x)
     C.entropy_bwd_cuda(
-        *_rows(x, labels, temperature, temperature_scalar, ignore_index, mask),
+        *row_args(x, labels, temperature, temperature_scalar, ignore_index, mask),
         lse.data_ptr(), entropy.data_ptr(),
-        _ptr(grad_entropy), _ptr(grad_logp),
+        ptr(grad_entropy), ptr(grad_logp),
         out.data_ptr(), out.stride(0),
-        _ptr(workspace), size, *_launch(x),
+        ptr(workspace), size, *_launch(x),
     )
 
 

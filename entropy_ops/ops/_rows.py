@@ -13,6 +13,11 @@ def rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
+def leading_empty(logits: torch.Tensor) -> torch.Tensor:
+    """An uninitialized per-row output: the leading shape of ``logits``, in its accumulation dtype."""
+    return logits.new_empty(logits.shape[:-1], dtype=acc_dtype(logits.dtype))
+
+
 def per_row(t: Optional[torch.Tensor], n_rows: int, dtype=None) -> Optional[torch.Tensor]:
     """A 0-d or leading-shape tensor as a contiguous ``[N]`` tensor (expanded when 0-d)."""
     if t is None:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .. import _backends, _validate
 from ..backends.kernel import acc_dtype
-from ._rows import check_values, flat_temperature, per_row, rows
+from ._rows import check_values, flat_temperature, leading_empty, per_row, rows
 
 
 def _forward(logits, labels, temperature, temperature_scalar, ignore_index, mask, backend):
@@ -31,10 +31,6 @@ def _forward(logits, labels, temperature, temperature_scalar, ignore_index, mask
     return lse.view(leading), h.view(leading), None if logp is None else logp.view(leading)
 
 
-def _leading_empty(logits):
-    return logits.new_empty(logits.shape[:-1], dtype=acc_dtype(logits.dtype))
-
-
 # ---- forward ops ---------------------------------------------------------------------------------
 
 @torch.library.custom_op("entropy_ops::entropy", mutates_args=())
@@ -46,7 +42,7 @@ def _entropy_op(logits: Tensor, temperature: Optional[Tensor], temperature_scala
 
 @_entropy_op.register_fake
 def _(logits, temperature, temperature_scalar, mask, inplace_backward, backend):
-    return _leading_empty(logits), _leading_empty(logits)
+    return leading_empty(logits), leading_empty(logits)
 
 
 @torch.library.custom_op("entropy_ops::logprobs_and_entropy", mutates_args=())
@@ -59,7 +55,7 @@ def _logprobs_and_entropy_op(logits: Tensor, labels: Tensor, temperature: Option
 
 @_logprobs_and_entropy_op.register_fake
 def _(logits, labels, temperature, temperature_scalar, ignore_index, mask, inplace_backward, backend):
-    return _leading_empty(logits), _leading_empty(logits), _leading_empty(logits)
+    return leading_empty(logits), leading_empty(logits), leading_empty(logits)
 
 
 # ---- backward ops --------------------------------------------------------------------------------

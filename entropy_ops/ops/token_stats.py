@@ -14,15 +14,10 @@ import torch
 from torch import Tensor
 
 from .. import _backends, _validate
-from ..backends.kernel import acc_dtype
-from ._rows import check_values, flat_temperature, per_row, rows
+from ._rows import check_values, flat_temperature, leading_empty, per_row, rows
 from ._types import TokenStats
 
 _N_OUT = len(TokenStats._fields)
-
-
-def _leading_empty(logits):
-    return logits.new_empty(logits.shape[:-1], dtype=acc_dtype(logits.dtype))
 
 
 @torch.library.custom_op("entropy_ops::token_stats", mutates_args=())
@@ -45,7 +40,7 @@ def _token_stats_op(logits: Tensor, labels: Optional[Tensor], temperature: Optio
 
 @_token_stats_op.register_fake
 def _(logits, labels, temperature, temperature_scalar, ignore_index, mask, backend):
-    return tuple(_leading_empty(logits) for _ in range(_N_OUT))
+    return tuple(leading_empty(logits) for _ in range(_N_OUT))
 
 
 def _setup_no_grad(ctx, inputs, output):

@@ -1,0 +1,21 @@
+"""The leading arguments of every native row kernel (``_C`` and ``_C_cuda``; csrc/README.md gives
+the ABI): raw pointers as Python ints (0 for an absent tensor), sizes, strides in elements and the
+dtype code."""
+import torch
+
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.float64: 3}
+
+
+def ptr(t):
+    return 0 if t is None else t.data_ptr()
+
+
+def row_args(x, labels, temperature, temperature_scalar, ignore_index, mask):
+    """``logits, dtype, n_rows, vocab, row_stride, temperature, temperature_scalar, labels,
+    labels_int32, ignore_index, mask`` for the ``[N, V]`` rows ``x``."""
+    return (
+        x.data_ptr(), DTYPE_CODES[x.dtype], x.shape[0], x.shape[1], x.stride(0),
+        ptr(temperature), float(temperature_scalar),
+        ptr(labels), labels is not None and labels.dtype == torch.int32, int(ignore_index),
+        ptr(mask),
+    )
