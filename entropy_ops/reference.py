@@ -78,3 +78,67 @@ def token_stats_ref(logits, labels=None, temperature=1.0, ignore_index=-100, mas
     stats = {k: _masked(torch.where(nan, torch.full_like(v, float("nan")), v), mask) for k, v in stats.items()}
     logp = None if labels is None else logprobs_and_entropy_ref(logits, labels, temperature, ignore_index, mask)[0]
     return TokenStats(logp=logp, **stats)
+
+
+def _nucleus_ref(z, top_p, inclusive):
+    """Bool ``[..., V]``: sort by (p descending, index ascending), keep the prefix whose cumulative
+    mass is ``< top_p`` (exclusive, at least one token) or whose mass *before* the token is
+    ``< top_p`` (inclusive: the crossing token too); ``top_p >= 1`` keeps everything."""
+    p = torch.softmax(z, dim=-1)
+    order = torch.sort(p, dim=-1, descending=True, stable=True).indices
+    sorted_p = p.gather(-1, order)
+    cum = sorted_p.cumsum(-1)
+    keep_sorted = (cum - sorted_p < top_p) if inclusive else (cum < top_p)
+    keep_sorted[..., 0] = True
+    if top_p >= 1:
+        keep_sorted[:] = True
+    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+
+
+def _bad_rows(z):
+    return torch.isnan(z).any(-1) | torch.isposinf(z).any(-1) | torch.isneginf(z).all(-1)
+
+
+def top_p_entropy_ref(logits, top_p=0.8, temperature=1.0, mask=None):
+    """Entropy of the exclusive nucleus renormalized, float64, by a full sort (SPEC §3.1); the kept
+    set is fixed (found without gradient), so autograd gives gradient to kept logits only."""
+    z = _z(logits, temperature)
+    with torch.no_grad():
+        kept = _nucleus_ref(z, top_p, inclusive=False)
+        bad = _bad_rows(z)
+    _, h = _lse_and_entropy(torch.where(kept, z, torch.full_like(z, float("-inf"))))
+    h = torch.where(bad, torch.full_like(h, float("nan")), h)
+    return _masked(h, mask)
+
+
+def top_p_mask_ref(logits, top_p, temperature=1.0, inclusive=True, mask=None):
+    """Bool nucleus ``[..., V]`` by a full sort; all False in rows that are bad or masked."""
+    z = _z(logits, temperature)
+    kept = _nucleus_ref(z, top_p, inclusive)
+    live = ~_bad_rows(z)
+    if mask is not None:
+        live = live & mask
+    return kept & live.unsqueeze(-1)
+
+
+def min_p_logprobs_ref(logits, labels, min_p=0.02, temperature=1.0, ignore_index=-100, mask=None):
+    """``log q_y`` for ``q = softmax`` over the tokens with ``p_j >= min_p * max p``, float64;
+    ``-inf`` where the label is filtered, 0 where it is ``ignore_index``, NaN where it is out of
+    range or the row is bad, 0 where ``mask`` is False. Gradient flows to kept logits only."""
+    z = _z(logits, temperature)
+    with torch.no_grad():
+        p = torch.softmax(z, dim=-1)
+        kept = p >= min_p * p.amax(-1, keepdim=True)
+        bad = _bad_rows(z)
+    lse = torch.logsumexp(torch.where(kept, z, torch.full_like(z, float("-inf"))), dim=-1)
+    vocab = z.shape[-1]
+    y = labels.long()
+    in_range = (y >= 0) & (y < vocab)
+    y_c = y.clamp(0, vocab - 1).unsqueeze(-1)
+    z_y = z.gather(-1, y_c).squeeze(-1)
+    kept_y = kept.gather(-1, y_c).squeeze(-1)
+    nan = torch.full_like(lse, float("nan"))
+    logp = torch.where(kept_y, z_y - lse, torch.full_like(lse, float("-inf")))
+    logp = torch.where(in_range & ~bad, logp, nan)
+    logp = torch.where(y == ignore_index, torch.zeros_like(logp), logp)
+    return _masked(logp, mask)

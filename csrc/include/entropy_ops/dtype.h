@@ -35,6 +35,16 @@ EO_HOST_DEVICE inline uint32_t float_to_bits(float f) {
 #endif
 }
 
+EO_HOST_DEVICE inline uint64_t double_to_bits(double d) {
+#ifdef __CUDA_ARCH__
+  return static_cast<uint64_t>(__double_as_longlong(d));
+#else
+  uint64_t u;
+  memcpy(&u, &d, sizeof u);
+  return u;
+#endif
+}
+
 EO_HOST_DEVICE inline double bits_to_double(uint64_t u) {
 #ifdef __CUDA_ARCH__
   return __longlong_as_double(static_cast<long long>(u));
