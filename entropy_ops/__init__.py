@@ -15,7 +15,9 @@ from ._backends import (
 )
 from .ops._types import TokenStats
 from .ops.entropy import entropy, logprobs_and_entropy
+from .ops.min_p import min_p_logprobs
 from .ops.token_stats import token_stats
+from .ops.top_p import top_p_entropy, top_p_mask
 
 __version__ = "0.1.0"
 
@@ -27,8 +29,11 @@ __all__ = [
     "entropy",
     "get_backend",
     "logprobs_and_entropy",
+    "min_p_logprobs",
     "reference",
     "set_backend",
     "token_stats",
+    "top_p_entropy",
+    "top_p_mask",
     "use_backend",
 ]

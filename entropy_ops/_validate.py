@@ -93,3 +93,15 @@ def flag(name: str, v) -> bool:
     if not isinstance(v, bool):
         raise TypeError(f"{name}: expected a bool, got {type(v).__name__}")
     return v
+
+
+def probability(name: str, v, *, open_low: bool) -> float:
+    """A Python float in (0, 1] (``open_low``) or [0, 1]."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name}: expected a Python float, got {type(v).__name__}")
+    v = float(v)
+    ok = (0.0 < v <= 1.0) if open_low else (0.0 <= v <= 1.0)
+    if not ok:
+        interval = "(0, 1]" if open_low else "[0, 1]"
+        raise ValueError(f"{name}: must be in {interval}, got {v}")
+    return v

@@ -1,0 +1,103 @@
+"""Helpers shared by the tests of the selective row ops (top-p, min-p) on every backend.
+
+Random rows are compared with the float64 sort-based references only where the cut is not
+decided by rounding: the reference's cumulative mass stays > ``MARGIN`` away from ``top_p`` at
+every position (SPEC §3.1), and no ``p_j / max p`` sits within a relative ``MARGIN`` of ``min_p``.
+Equal probabilities are tested on rows built exactly (``tied_rows``).
+"""
+import torch
+
+from conftest import _eager_z, acc_dtype
+from entropy_ops import reference as R
+
+MARGIN = 1e-4
+
+
+def _z64(x, temperature):
+    z = x.double()
+    if isinstance(temperature, torch.Tensor) and temperature.dim() > 0:
+        return z / temperature.double().unsqueeze(-1)
+    return z / (temperature.double() if isinstance(temperature, torch.Tensor) else temperature)
+
+
+def clear_of_top_p_cut(x, top_p, temperature=1.0):
+    """Bool ``[...]``: rows whose sorted cumulative mass never comes within ``MARGIN`` of ``top_p``
+    (and that are not NaN rows, which are compared separately)."""
+    p = torch.softmax(_z64(x, temperature), dim=-1)
+    cum = p.sort(dim=-1, descending=True).values.cumsum(-1)
+    clear = ((cum - top_p).abs() > MARGIN).all(-1) | (top_p >= 1.0)
+    return clear & ~torch.isnan(p).any(-1)
+
+
+def clear_of_min_p_cut(x, min_p, temperature=1.0):
+    if min_p == 0:
+        return torch.ones(x.shape[:-1], dtype=torch.bool)
+    z = _z64(x, temperature)
+    ratio = (z - z.amax(-1, keepdim=True)).exp()
+    near = ((ratio - min_p).abs() <= MARGIN * max(min_p, 1e-30)) & (ratio != 1.0)
+    return ~near.any(-1)
+
+
+def eager_top_p_entropy(x, top_p, temperature=1.0):
+    """The yardstick: the reference's nucleus, its entropy computed eagerly with fp32 upcast."""
+    kept = R.top_p_mask_ref(x, top_p, temperature, inclusive=False)
+    z = _eager_z(x, temperature)
+    z = torch.where(kept, z, float("-inf"))
+    lse = torch.logsumexp(z, dim=-1)
+    p = torch.softmax(z, dim=-1)
+    return lse - (p * torch.where(p > 0, z, 0)).sum(-1)
+
+
+def eager_min_p_logprobs(x, labels, min_p, temperature=1.0, ignore_index=-100):
+    z = _eager_z(x, temperature)
+    p = torch.softmax(z, dim=-1)
+    kept = p >= min_p * p.amax(-1, keepdim=True)
+    lse = torch.logsumexp(torch.where(kept, z, float("-inf")), dim=-1)
+    y = labels.long().clamp(0, x.shape[-1] - 1)
+    z_y = z.gather(-1, y[..., None]).squeeze(-1)
+    kept_y = kept.gather(-1, y[..., None]).squeeze(-1)
+    logp = torch.where(kept_y, z_y - lse, float("-inf"))
+    return torch.where(labels == ignore_index, 0, logp)
+
+
+def with_clear_cuts(x, kinds, seed=0, head=16):
+    """``x`` with its random (``normal``) rows replaced by rows whose mass sits on ``head`` random
+    logits (the rest at -40, negligible mass): their sorted cumulative masses take steps large
+    enough that most rows are clear of any ``top_p`` cut. Special rows are kept as they are."""
+    gen = torch.Generator().manual_seed(seed)
+    x = x.clone()
+    vocab = x.shape[-1]
+    for r, kind in enumerate(kinds):
+        if kind == "normal" and vocab > head:
+            row = torch.full((vocab,), -40.0)
+            row[torch.randperm(vocab, generator=gen)[:head]] = torch.randn(head, generator=gen) * 3
+            x[r] = row.to(x.dtype)
+    return x
+
+
+def tied_rows(vocab, dtype, seed=0):
+    """``([4, V] logits, ties [4])``: row r holds ``ties[r]`` equal logits (p = 1/ties exactly, the
+    rest ``-inf``) at random positions: 8, 8, 8 and 16 tokens (16 only where V allows)."""
+    gen = torch.Generator().manual_seed(seed)
+    ties = [8, 8, 8, 16 if vocab >= 16 else 8]
+    x = torch.full((4, vocab), float("-inf"))
+    for r, n_tied in enumerate(ties):
+        x[r, torch.randperm(vocab, generator=gen)[:n_tied]] = 2.0
+    return x.to(dtype), torch.tensor(ties)
+
+
+def within(ours, ref, eager, abs_tol=1e-5):
+    """SPEC §2's bound for a subset of rows already selected: ``|ours - ref| <= 2 |eager - ref| +
+    abs_tol``, infinities and NaN matched exactly."""
+    ref = ref.double()
+    same_special = (torch.isnan(ours) == torch.isnan(ref)).all() and (
+        ours.double()[torch.isinf(ref)] == ref[torch.isinf(ref)]).all()
+    assert same_special, f"NaN/inf pattern differs: ours {ours}, ref {ref}"
+    finite = torch.isfinite(ref)
+    err = (ours.double() - ref)[finite].abs()
+    bound = 2 * (eager.double() - ref)[finite].abs().max().item() + abs_tol if finite.any() else 0.0
+    assert err.numel() == 0 or err.max().item() <= bound, f"max error {err.max().item():.3e} > {bound:.3e}"
+
+
+__all__ = ["MARGIN", "acc_dtype", "clear_of_min_p_cut", "clear_of_top_p_cut", "eager_min_p_logprobs",
+           "eager_top_p_entropy", "tied_rows", "with_clear_cuts", "within"]
