@@ -2,7 +2,6 @@
 references: V at regime boundaries, every dtype, ``top_p`` in {tiny, 0.5, 0.999, 1}, special rows,
 exact ties, temperatures, row mask, gradients with the nucleus held fixed, batch invariance,
 opcheck, ``torch.compile`` and bad arguments."""
-import math
 
 import pytest
 import torch

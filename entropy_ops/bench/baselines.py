@@ -1,5 +1,6 @@
-"""Every implementation behind one calling convention: ``fn(logits [N, V], labels [N]) -> (logp, H)``
-(``logp`` None for the ``entropy`` op; ``H`` None for baselines that compute log-probs only).
+"""Every implementation behind one calling convention: ``fn(logits [N, V], labels [N]) -> (logp, H,
+*other outputs)`` (``logp`` None for ops without labels; ``H`` None for log-prob-only ops and
+baselines).
 
 Baselines are the formulas trainers run today; backends go through ``eo.use_backend``.
 ``build(name, case)`` raises ``Skip`` with the reason when an implementation cannot run here.
@@ -10,6 +11,8 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 import entropy_ops as eo
+
+from .eager import EAGER, MIN_P, TOP_P
 
 # verl's entropy_from_logits_with_chunking uses 2048 rows; a fixed element budget instead keeps
 # the chunk's fp32 temporaries at 64 MiB whatever V is (2048 rows of a 262144 vocab would be 2 GiB).
@@ -29,28 +32,12 @@ class NotApplicable(Exception):
     """The implementation has no such op (a log-prob-only kernel asked for entropy): no row."""
 
 
-def eager_entropy(logits, labels=None, temperature=1.0):
-    """The formula trainers use (verl, TRL, OpenRLHF), fp32 upcast."""
-    z = logits.float() / temperature
-    return None, torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1)
-
-
-def eager_logprobs_and_entropy(logits, labels, temperature=1.0):
-    z = logits.float() / temperature
-    logp = torch.log_softmax(z, -1).gather(-1, labels[:, None]).squeeze(-1)
-    return logp, torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1)
-
-
-_EAGER = {"entropy": eager_entropy, "logprobs_and_entropy": eager_logprobs_and_entropy}
-
-
 def _chunked(eager):
     def chunked(logits, labels=None):
         step = max(1, CHUNK_ELEMS // logits.shape[-1])
         parts = [eager(logits[i:i + step], None if labels is None else labels[i:i + step])
                  for i in range(0, logits.shape[0], step)]
-        logp = None if parts[0][0] is None else torch.cat([p[0] for p in parts])
-        return logp, torch.cat([p[1] for p in parts])
+        return tuple(None if out[0] is None else torch.cat(list(out)) for out in zip(*parts))
     return chunked
 
 
@@ -60,12 +47,19 @@ def _compiled(eager):
     return torch.compile(eager, dynamic=False)
 
 
+_OURS = {
+    "entropy": lambda x, y: (None, eo.entropy(x)),
+    "logprobs_and_entropy": eo.logprobs_and_entropy,
+    "top_p_entropy": lambda x, y: (None, eo.top_p_entropy(x, TOP_P)),
+    "min_p_logprobs": lambda x, y: (eo.min_p_logprobs(x, y, MIN_P), None),
+    "token_stats": lambda x, y: (lambda s: (s.logp, s.entropy, *s[:2], *s[3:]))(eo.token_stats(x, y)),
+}
+
+
 def _backend(name, op):
     def run(logits, labels=None):
         with eo.use_backend(name):
-            if op == "entropy":
-                return None, eo.entropy(logits)
-            return eo.logprobs_and_entropy(logits, labels)
+            return _OURS[op](logits, labels)
     return run
 
 
@@ -106,15 +100,17 @@ def build(name: str, case) -> Callable:
     if name in BACKENDS:
         return _backend(name, case.op)
     if name == "eager":
-        return _EAGER[case.op]
+        return EAGER[case.op]
     if name == "chunked":
-        return _chunked(_EAGER[case.op])
+        return _chunked(EAGER[case.op])
     if name == "compile":
-        return _compiled(_EAGER[case.op])
+        return _compiled(EAGER[case.op])
     if name in _OPTIONAL:
         if importlib.util.find_spec(_OPTIONAL[name]) is None:
             raise Skip(f"{_OPTIONAL[name]} is not installed")
         if name in _LOGP_ONLY and case.op != "logprobs_and_entropy":
+            raise NotApplicable(name)
+        if case.op not in ("entropy", "logprobs_and_entropy"):
             raise NotApplicable(name)
         if name in _LOGP_ONLY and case.device != "cuda":
             raise Skip(f"{name} runs on CUDA tensors only")

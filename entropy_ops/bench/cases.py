@@ -11,7 +11,9 @@ from typing import List, Sequence, Tuple
 
 import torch
 
-OPS = ("entropy", "logprobs_and_entropy")
+OPS = ("entropy", "logprobs_and_entropy", "top_p_entropy", "min_p_logprobs", "token_stats")
+FORWARD_ONLY = ("token_stats",)  # not differentiable: forward rows only
+_LABELLED = ("logprobs_and_entropy", "min_p_logprobs", "token_stats")
 DIRECTIONS = ("fwd", "fwd+bwd", "bwd")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
@@ -23,7 +25,7 @@ CPU_VOCABS = (32000, 128256, 151936, 262144)
 GPU_ROWS = (1024, 8192, 16384)
 GPU_VOCABS = (32000, 128256, 151936, 262144)
 QUICK_SHAPE = {"cpu": (256, 32000), "cuda": (1024, 32000)}
-_OUTPUTS = {"entropy": 1, "logprobs_and_entropy": 2}
+_OUTPUTS = {"entropy": 1, "logprobs_and_entropy": 2, "top_p_entropy": 1, "min_p_logprobs": 1, "token_stats": 8}
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class Case:
     def bytes_moved(self) -> int:
         elem = torch.tensor([], dtype=self.dtype).element_size()
         fwd = self.n * self.v * elem + 4 * self.n * _OUTPUTS[self.op]
-        if self.op == "logprobs_and_entropy":
+        if self.op in _LABELLED:
             fwd += 8 * self.n
         bwd = 2 * self.n * self.v * elem + 4 * self.n * _OUTPUTS[self.op]
         return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[self.direction]
@@ -92,13 +94,19 @@ def build_cases(device: str, dtype: torch.dtype, ops: Sequence[str], shapes, dir
     for n, v in shapes:
         for op in ops:
             wanted = directions or (headline if (n, v) == shapes[0] and op == ops[0] else ("fwd",))
+            if op in FORWARD_ONLY:
+                wanted = [d for d in wanted if d == "fwd"]
             cases += [Case(op, d, n, v, dtype, device) for d in DIRECTIONS if d in wanted]
     return cases
 
 
 def make_inputs(case: Case, seed: int = 0):
-    """Logits ``[N, V]`` with the spread of real LM logits (std 2) and labels ``[N]`` int64."""
+    """Logits ``[N, V]`` with the spread of real LM logits (std 2) and labels ``[N]`` int64; for
+    ``min_p_logprobs`` the labels are the rows' argmax (always kept by the proxy: finite log-probs,
+    and a gradient every implementation agrees on; a filtered label's -inf has none)."""
     gen = torch.Generator(device=case.device).manual_seed(seed)
     logits = torch.randn(case.n, case.v, generator=gen, device=case.device, dtype=case.dtype).mul_(2.0)
     labels = torch.randint(0, case.v, (case.n,), generator=gen, device=case.device)
+    if case.op == "min_p_logprobs":
+        labels = logits.argmax(-1)
     return logits, labels

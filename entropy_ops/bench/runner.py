@@ -12,6 +12,7 @@ from entropy_ops import reference
 
 from . import baselines, timing
 from .cases import Case, make_inputs
+from .eager import MIN_P, TOP_P
 from .table import Row
 
 # Rows of the float64 reference per chunk: its temporaries stay near 64M doubles.
@@ -27,6 +28,15 @@ def _terms(logp, h):
     return loss
 
 
+_REFERENCES = {
+    "entropy": lambda x, y: (None, reference.entropy_ref(x)),
+    "logprobs_and_entropy": reference.logprobs_and_entropy_ref,
+    "top_p_entropy": lambda x, y: (None, reference.top_p_entropy_ref(x, TOP_P)),
+    "min_p_logprobs": lambda x, y: (reference.min_p_logprobs_ref(x, y, MIN_P), None),
+    "token_stats": lambda x, y: (lambda s: (s.logp, s.entropy))(reference.token_stats_ref(x, y)),
+}
+
+
 def _reference(case: Case, logits, labels, grad_terms: Optional[tuple]):
     """``(logp, H, grad)`` in float64, row chunk by row chunk (rows are independent);
     ``grad`` is d(sum of ``grad_terms``)/d logits, None when ``grad_terms`` is None."""
@@ -35,23 +45,24 @@ def _reference(case: Case, logits, labels, grad_terms: Optional[tuple]):
     for i in range(0, case.n, step):
         x = logits[i:i + step].double().requires_grad_(grad_terms is not None)
         with torch.set_grad_enabled(grad_terms is not None):
-            if case.op == "entropy":
-                logp, h = None, reference.entropy_ref(x)
-            else:
-                logp, h = reference.logprobs_and_entropy_ref(x, labels[i:i + step])
+            logp, h = _REFERENCES[case.op](x, labels[i:i + step])
             if grad_terms is not None:
                 loss = _terms(logp if "logp" in grad_terms else None, h if "H" in grad_terms else None)
                 grads.append(torch.autograd.grad(loss, x)[0])
-        hs.append(h.detach())
+        if h is not None:
+            hs.append(h.detach())
         if logp is not None:
             logps.append(logp.detach())
-    return (torch.cat(logps) if logps else None, torch.cat(hs), torch.cat(grads) if grads else None)
+    return (torch.cat(logps) if logps else None, torch.cat(hs) if hs else None,
+            torch.cat(grads) if grads else None)
 
 
 def _max_err(value, ref) -> Optional[float]:
     if value is None or ref is None:
         return None
-    return (value.detach().double() - ref).abs().max().item()
+    value = value.detach().double()
+    # Equal infinities (a label filtered out by min-p: -inf in both) are no error.
+    return torch.where(value == ref, 0, (value - ref).abs()).max().item()
 
 
 class Step(NamedTuple):
@@ -70,13 +81,13 @@ def make_step(fn, case: Case, logits, labels) -> Step:
     if case.direction == "fwd":
         def fwd():
             with torch.no_grad():
-                logp, h = fn(logits, labels)
+                logp, h, *_ = fn(logits, labels)
             return logp, h, None
         return Step(fwd)
     x = logits.detach().clone().requires_grad_(True)
     if case.direction == "fwd+bwd":
         def fwd_bwd():
-            logp, h = fn(x, labels)
+            logp, h, *_ = fn(x, labels)
             return logp, h, torch.autograd.grad(_terms(logp, h), x)[0]
         return Step(fwd_bwd)
     # bwd: a fresh forward graph before each timed backward (no retain_graph: torch.compile's
@@ -84,7 +95,7 @@ def make_step(fn, case: Case, logits, labels) -> Step:
     graph = {}
 
     def forward():
-        graph["logp"], graph["h"] = fn(x, labels)
+        graph["logp"], graph["h"], *_ = fn(x, labels)
 
     def bwd():
         logp, h = graph.pop("logp"), graph.pop("h")

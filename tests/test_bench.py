@@ -1,0 +1,58 @@
+"""The benchmark runner (``python -m entropy_ops bench``) on tiny shapes: every op, the eager
+baselines and the CPU backends produce rows with times and small errors vs the float64 reference;
+forward-only ops get no backward rows; the SPEC §4 summary lines; argument errors."""
+import pytest
+import torch
+
+from entropy_ops.bench import baselines, cases, runner, summary
+from entropy_ops.bench.table import Row
+
+
+@pytest.mark.parametrize("op", cases.OPS)
+def test_every_op_measures_with_small_errors(op):
+    directions = ("fwd",) if op in cases.FORWARD_ONLY else ("fwd", "fwd+bwd")
+    todo = cases.build_cases("cpu", torch.float32, [op], [(6, 300)], directions)
+    assert [c.direction for c in todo] == list(directions)
+    for case in todo:
+        rows = runner.measure_case(case, ["eager", "chunked", "torch", "cpu"], repeats=1, bandwidth_gbs=10.0)
+        assert [r.impl for r in rows] == ["eager", "chunked", "torch", "cpu"]
+        for r in rows:
+            assert r.time_ms is not None and r.time_ms > 0, (r.impl, r.note)
+            errors = [e for e in (r.err_h, r.err_logp) if e is not None]
+            assert errors and max(errors) < 1e-4, (r.impl, r.err_h, r.err_logp)
+            if case.direction != "fwd":
+                assert r.err_grad is not None and r.err_grad < 1e-4, (r.impl, r.err_grad)
+
+
+def test_forward_only_ops_get_no_backward_rows():
+    todo = cases.build_cases("cpu", torch.bfloat16, ["token_stats", "entropy"], [(8, 64)], ("fwd", "fwd+bwd"))
+    assert [(c.op, c.direction) for c in todo] == [
+        ("token_stats", "fwd"), ("entropy", "fwd"), ("entropy", "fwd+bwd")]
+
+
+def test_log_prob_only_baselines_are_not_applicable_to_other_ops():
+    case = cases.Case("top_p_entropy", "fwd", 4, 16, torch.float32, "cpu")
+    for name in ("trl", "liger", "flash_attn"):
+        with pytest.raises((baselines.NotApplicable, baselines.Skip)):
+            baselines.build(name, case)
+
+
+def _row(op, impl, ms, direction="fwd", shape="512x151936"):
+    return Row(op, direction, shape, "bf16", impl, time_ms=ms)
+
+
+def test_top_p_summary_lines():
+    rows = [_row("entropy", "cpu", 10.0), _row("top_p_entropy", "cpu", 30.0), _row("top_p_entropy", "eager", 900.0)]
+    lines = summary.top_p_lines(rows, "512x151936", ("cpu",))
+    assert lines == [
+        "top_p_entropy fwd 512x151936 bf16: cpu costs 3.00x its entropy: MET (3.00x <= 4x)",
+        "top_p_entropy fwd 512x151936 bf16: cpu vs sort-based eager MET (30.00x >= 10x)",
+    ]
+    rows[1].time_ms = 50.0
+    assert "MISSED (5.00x > 4x)" in summary.top_p_lines(rows, "512x151936", ("cpu",))[0]
+
+
+def test_infinite_reference_values_are_no_error():
+    inf = float("inf")
+    assert runner._max_err(torch.tensor([-inf, 1.0]), torch.tensor([-inf, 1.0], dtype=torch.float64)) == 0
+    assert runner._max_err(torch.tensor([0.0]), torch.tensor([-inf], dtype=torch.float64)) == inf
