@@ -13,9 +13,11 @@ from ._backends import (
     set_backend,
     use_backend,
 )
-from .ops._types import TokenStats
+from .ops._types import PolicyLossOutput, TokenStats
+from .ops.agg_loss import agg_loss
 from .ops.entropy import entropy, logprobs_and_entropy
 from .ops.min_p import min_p_logprobs
+from .ops.policy_loss import clip_cov_policy_loss, kl_cov_policy_loss, token_covariance
 from .ops.token_stats import token_stats
 from .ops.top_p import top_p_entropy, top_p_mask
 
@@ -24,14 +26,19 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendUnavailableError",
     "NoKernelError",
+    "PolicyLossOutput",
     "TokenStats",
+    "agg_loss",
     "available_backends",
+    "clip_cov_policy_loss",
     "entropy",
     "get_backend",
+    "kl_cov_policy_loss",
     "logprobs_and_entropy",
     "min_p_logprobs",
     "reference",
     "set_backend",
+    "token_covariance",
     "token_stats",
     "top_p_entropy",
     "top_p_mask",

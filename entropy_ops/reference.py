@@ -142,3 +142,94 @@ def min_p_logprobs_ref(logits, labels, min_p=0.02, temperature=1.0, ignore_index
     logp = torch.where(in_range & ~bad, logp, nan)
     logp = torch.where(y == ignore_index, torch.zeros_like(logp), logp)
     return _masked(logp, mask)
+
+
+# ---- policy losses (SPEC §3.2), written from the formulas with Python loops over tokens ----
+
+def agg_loss_ref(loss_mat, mask, mode, dp_size=1, batch_num_tokens=None, global_batch_size=None,
+                 loss_scale_factor=None):
+    """verl 0.9.1's ``agg_loss`` in float64; 0 for an empty mask."""
+    m = mask.bool()
+    L = loss_mat.double()
+    B, T = L.shape
+    seq_sums = [sum((L[b, t] for t in range(T) if m[b, t]), L.new_zeros(())) for b in range(B)]
+    seq_counts = [int(m[b].sum()) for b in range(B)]
+    if mode == "token-sum":
+        return sum(seq_sums, L.new_zeros(())) * dp_size
+    if mode == "token-mean":
+        count = sum(seq_counts) if batch_num_tokens is None else int(batch_num_tokens)
+        return sum(seq_sums, L.new_zeros(())) / max(count, 1) * dp_size
+    live = [b for b in range(B) if seq_counts[b] > 0]
+    n_seqs = len(live) if global_batch_size is None else int(global_batch_size)
+    if mode == "seq-mean-token-mean":
+        total = sum((seq_sums[b] / (seq_counts[b] + 1e-8) for b in live), L.new_zeros(()))
+    else:
+        total = sum((seq_sums[b] for b in live), L.new_zeros(()))
+    loss = total / max(n_seqs, 1) * dp_size
+    if mode == "seq-mean-token-sum-norm":
+        loss = loss / (T if loss_scale_factor is None else loss_scale_factor)
+    return loss
+
+
+def token_covariance_ref(logp, advantages, mask):
+    m = mask.bool()
+    x, a = logp.detach().double(), advantages.detach().double()
+    n = int(m.sum())
+    if n == 0:
+        return torch.zeros_like(x)
+    return torch.where(m, (a - a[m].mean()) * (x - x[m].mean()), torch.zeros_like(x))
+
+
+def _top_k_tokens(scores, eligible, k):
+    """Flat indices of the k eligible tokens of largest score, ties to the lowest index."""
+    values, ok = scores.reshape(-1).tolist(), eligible.reshape(-1).tolist()  # exact ints for int64 keys
+    flat = [(-values[i], i) for i in range(len(values)) if ok[i]]
+    return {i for _, i in sorted(flat)[:k]}
+
+
+def clip_cov_policy_loss_ref(logp, old_logp, advantages, mask, random_keys, clip_ratio=0.2,
+                             clip_ratio_low=None, clip_ratio_high=None, clip_cov_ratio=2e-4,
+                             clip_cov_lb=1.0, clip_cov_ub=5.0, loss_agg_mode="token-mean", weights=None):
+    """Clip-Cov with the random choice given as ``random_keys`` (the candidates with the largest
+    keys are chosen); float64, differentiable wrt ``logp``."""
+    m = mask.bool()
+    x, old, a = logp.double(), old_logp.double(), advantages.double()
+    low = clip_ratio if clip_ratio_low is None else clip_ratio_low
+    high = clip_ratio if clip_ratio_high is None else clip_ratio_high
+    r = torch.exp(x - old)
+    l1, l2 = -a * r, -a * torch.clamp(r, 1 - low, 1 + high)
+    cov = token_covariance_ref(x, a, m)
+    candidate = m & ~(l2 > l1) & (cov > clip_cov_lb) & (cov < clip_cov_ub)
+    n_valid = int(m.sum())
+    k = max(int(clip_cov_ratio * n_valid), 1)
+    chosen = _top_k_tokens(random_keys, candidate, k)
+    selected = torch.zeros(m.numel(), dtype=torch.bool)
+    selected[list(chosen)] = True
+    selected = selected.view(m.shape).to(m.device)
+    losses = torch.where(selected, torch.zeros_like(l1), torch.maximum(l1, l2))
+    if weights is not None:
+        losses = losses * weights.double()
+    ppo_kl = (old - x.detach())[m].mean() if n_valid else x.new_zeros(())
+    frac = selected.sum().double() / n_valid if n_valid else x.new_zeros(())
+    return agg_loss_ref(losses, m, loss_agg_mode), ppo_kl, selected, frac
+
+
+def kl_cov_policy_loss_ref(logp, old_logp, advantages, mask, kl_cov_ratio=2e-4, kl_coef=1.0,
+                           loss_agg_mode="token-mean", weights=None):
+    """KL-Cov in float64, differentiable wrt ``logp``."""
+    m = mask.bool()
+    x, old, a = logp.double(), old_logp.double(), advantages.double()
+    abs_kl = (x - old).abs()
+    l = -a * torch.exp(x - old)
+    n_valid = int(m.sum())
+    k = max(int(kl_cov_ratio * n_valid), 1) if n_valid else 0
+    chosen = _top_k_tokens(token_covariance_ref(x, a, m), m, k)
+    selected = torch.zeros(m.numel(), dtype=torch.bool)
+    selected[list(chosen)] = True
+    selected = selected.view(m.shape).to(m.device)
+    losses = torch.where(selected, l + kl_coef * abs_kl, l)
+    if weights is not None:
+        losses = losses * weights.double()
+    ppo_kl = abs_kl.detach()[m].mean() if n_valid else x.new_zeros(())
+    frac = selected.sum().double() / n_valid if n_valid else x.new_zeros(())
+    return agg_loss_ref(losses, m, loss_agg_mode), ppo_kl, selected, frac

@@ -1,0 +1,82 @@
+"""Entry checks of the token-level losses: shapes, dtypes, devices and Python scalars, each error
+naming the argument and the fix. Value checks (a float mask holding only 0 and 1) run inside, on
+CPU tensors only or under ``ENTROPY_OPS_CHECK=1`` as device asserts (no host sync)."""
+import os
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+
+def _float_tensor(name: str, t) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name}: expected a floating point tensor, got {t.dtype}; use {name}.float()")
+    return t
+
+
+def like(name: str, t, ref: torch.Tensor, ref_name: str, optional: bool = False) -> Optional[torch.Tensor]:
+    """A floating tensor of ``ref``'s shape and device."""
+    if t is None and optional:
+        return None
+    _float_tensor(name, t)
+    if tuple(t.shape) != tuple(ref.shape):
+        raise ValueError(f"{name}: expected shape {list(ref.shape)} (that of {ref_name}), got {list(t.shape)}")
+    if t.device != ref.device:
+        raise ValueError(f"{name}: is on {t.device} but {ref_name} is on {ref.device}; move it with .to()")
+    return t
+
+
+def matrix_and_mask(values, mask, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    _float_tensor(name, values)
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask: expected a bool (or 0/1 float) tensor, got {type(mask).__name__}")
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        raise TypeError(f"mask: expected a bool or 0/1 floating point tensor, got {mask.dtype}; use mask.bool()")
+    if tuple(mask.shape) != tuple(values.shape):
+        raise ValueError(f"mask: expected shape {list(values.shape)} (that of {name}), got {list(mask.shape)}")
+    if mask.device != values.device:
+        raise ValueError(f"mask: is on {mask.device} but {name} is on {values.device}; move it with .to()")
+    return values, mask
+
+
+def binary_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A bool mask; a float mask must hold only 0 and 1 (checked without a host sync on CUDA)."""
+    if mask.dtype == torch.bool:
+        return mask
+    ok = ((mask == 0) | (mask == 1)).all()
+    if mask.device.type == "cpu":
+        if not bool(ok):
+            raise ValueError("mask: a floating point mask must hold only 0 and 1; pass a bool mask for selections")
+    elif os.environ.get("ENTROPY_OPS_CHECK", "0") == "1":
+        torch._assert_async(ok, "mask: a floating point mask must hold only 0 and 1")
+    return mask != 0
+
+
+def choice(name: str, value, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def positive_int(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+    return v
+
+
+def ratio(name: str, v, *, low_open: bool = True, high: float = 1.0) -> float:
+    """A Python float in (0, high] (``low_open``) or [0, high]."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name}: expected a Python float, got {type(v).__name__}")
+    v = float(v)
+    ok = (0.0 < v <= high) if low_open else (0.0 <= v <= high)
+    if not ok:
+        raise ValueError(f"{name}: must be in {'(' if low_open else '['}0, {high:g}], got {v}")
+    return v
+
+
+def number(name: str, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+        raise TypeError(f"{name}: expected a real Python number, got {v!r}")
+    return float(v)

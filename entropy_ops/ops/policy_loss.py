@@ -1,0 +1,176 @@
+"""Covariance-based policy losses of the Entropy Mechanism paper, with verl's semantics (SPEC §3.2):
+``token_covariance``, ``clip_cov_policy_loss`` (Clip-Cov) and ``kl_cov_policy_loss`` (KL-Cov).
+
+    r = exp(logp - old_logp),  cov = (A - mean_valid A)(logp - mean_valid logp)  (detached)
+
+Clip-Cov: among the valid tokens that PPO does not clip and whose ``lb < cov < ub``, ``k`` chosen
+uniformly at random get no gradient; KL-Cov: the ``k`` valid tokens of largest ``cov`` get a
+``kl_coef * |logp - old_logp|`` penalty; ``k = max(floor(ratio * n_valid), 1)``.
+
+Everything stays on the device: the selections are ranks from one stable descending sort (ties
+by lowest flat index), compared with a ``k`` that is itself a tensor, so there is no ``.item()``,
+``nonzero`` or data-dependent shape, and the losses compile with ``fullgraph=True``. Clip-Cov's
+random choice uses int64 keys from ``torch.randint(generator=...)``: the ``k`` candidates with the
+largest keys are chosen, a uniform choice reproducible with the generator.
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import _validate_losses as V
+from ._types import PolicyLossOutput
+from .agg_loss import MODES, agg_loss, masked_mean
+
+
+def _descending_rank(scores: Tensor) -> Tensor:
+    """The 0-based rank of each element in the (score descending, flat index ascending) order."""
+    flat = scores.reshape(-1)
+    order = torch.sort(flat, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(0, order, torch.arange(flat.numel(), device=flat.device))
+    return rank.view(scores.shape)
+
+
+def _count_k(ratio: float, n_valid: Tensor) -> Tensor:
+    # Python's int(ratio * n) on a float64 product, as verl computes it, then at least 1.
+    return torch.floor(n_valid.double() * ratio).clamp(min=1).long()
+
+
+def _covariance(logp: Tensor, advantages: Tensor, mask: Tensor) -> Tensor:
+    logp, advantages = logp.detach(), advantages.detach()
+    cov = (advantages - masked_mean(advantages, mask)) * (logp - masked_mean(logp, mask))
+    return torch.where(mask, cov, 0)
+
+
+def token_covariance(logp: Tensor, advantages: Tensor, mask: Tensor) -> Tensor:
+    """Per-token ``(A - mean A)(logp - mean logp)``, means over the valid tokens, 0 at masked ones.
+
+    Args:
+        logp: ``[B, T]`` (any shape) log-probabilities under the current policy.
+        advantages: same shape, floating point.
+        mask: same shape, bool (or a 0/1 float mask).
+
+    Returns:
+        Detached tensor of ``logp``'s shape and dtype.
+    """
+    logp, mask = V.matrix_and_mask(logp, mask, "logp")
+    V.like("advantages", advantages, logp, "logp")
+    return _covariance(logp, advantages, V.binary_mask(mask))
+
+
+def _losses_args(logp, old_logp, advantages, mask, loss_agg_mode, weights):
+    logp, mask = V.matrix_and_mask(logp, mask, "logp")
+    V.like("old_logp", old_logp, logp, "logp")
+    V.like("advantages", advantages, logp, "logp")
+    V.like("weights", weights, logp, "logp", optional=True)
+    V.choice("loss_agg_mode", loss_agg_mode, MODES)
+    if logp.dim() != 2:
+        raise ValueError(f"logp: expected a [B, T] tensor, got shape {list(logp.shape)}")
+    return V.binary_mask(mask)
+
+
+def clip_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *,
+                         clip_ratio: float = 0.2, clip_ratio_low: Optional[float] = None,
+                         clip_ratio_high: Optional[float] = None, clip_cov_ratio: float = 2e-4,
+                         clip_cov_lb: float = 1.0, clip_cov_ub: float = 5.0,
+                         loss_agg_mode: str = "token-mean", weights: Optional[Tensor] = None,
+                         generator: Optional[torch.Generator] = None,
+                         random_keys: Optional[Tensor] = None) -> PolicyLossOutput:
+    """Clip-Cov policy loss (verl's ``clip_cov``).
+
+    ``l1 = -A r``, ``l2 = -A clamp(r, 1 - low, 1 + high)``; candidates are the valid tokens with
+    ``l2 <= l1`` (not clipped by PPO) and ``clip_cov_lb < cov < clip_cov_ub``; ``min(k, candidates)``
+    of them, ``k = max(floor(clip_cov_ratio * n_valid), 1)``, chosen uniformly at random (``generator``
+    makes it reproducible), get their loss multiplied by 0. ``loss = agg(max(l1, l2) * keep * weights)``.
+
+    Args:
+        logp, old_logp, advantages: ``[B, T]`` floating point (``old_logp``, ``advantages`` detached
+            in effect: no gradient is taken through them by the loss's selection).
+        mask: ``[B, T]`` bool (or 0/1 float) response mask.
+        clip_ratio, clip_ratio_low, clip_ratio_high: PPO's clip range (low/high default to clip_ratio).
+        clip_cov_ratio: the fraction ``(0, 1]`` of valid tokens to detach; clip_cov_lb, clip_cov_ub:
+            the covariance window of candidates.
+        loss_agg_mode: see :func:`agg_loss`. weights: optional ``[B, T]`` rollout importance weights.
+        generator: a ``torch.Generator`` on ``logp``'s device for the random choice.
+        random_keys: instead of ``generator``, the keys themselves: int64 ``[B, T]`` in
+            ``[0, 2**62)``, e.g. ``torch.randint(0, 2**62, logp.shape, generator=g)``; the
+            candidates with the largest keys are chosen. ``torch.compile`` cannot trace a
+            ``torch.Generator``: under ``fullgraph=True`` draw the keys outside and pass them here
+            (without either, the global RNG is used, which compiles).
+
+    Returns:
+        :class:`PolicyLossOutput`: ``loss``; ``ppo_kl`` = masked mean of ``old_logp - logp``;
+        ``selected`` the detached tokens; ``selected_frac`` = selected / n_valid. An empty mask gives
+        0 for the scalars, with a zero gradient.
+    """
+    mask = _losses_args(logp, old_logp, advantages, mask, loss_agg_mode, weights)
+    clip_ratio = V.number("clip_ratio", clip_ratio)
+    low = clip_ratio if clip_ratio_low is None else V.number("clip_ratio_low", clip_ratio_low)
+    high = clip_ratio if clip_ratio_high is None else V.number("clip_ratio_high", clip_ratio_high)
+    clip_cov_ratio = V.ratio("clip_cov_ratio", clip_cov_ratio)
+    lb, ub = V.number("clip_cov_lb", clip_cov_lb), V.number("clip_cov_ub", clip_cov_ub)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+    if random_keys is not None:
+        if generator is not None:
+            raise ValueError("random_keys: pass either random_keys or generator, not both")
+        if not isinstance(random_keys, torch.Tensor) or random_keys.dtype != torch.int64:
+            raise TypeError("random_keys: expected an int64 tensor from torch.randint(0, 2**62, logp.shape)")
+        if tuple(random_keys.shape) != tuple(logp.shape) or random_keys.device != logp.device:
+            raise ValueError(f"random_keys: expected shape {list(logp.shape)} on {logp.device}, "
+                             f"got {list(random_keys.shape)} on {random_keys.device}")
+
+    log_ratio = logp - old_logp
+    ratio = torch.exp(log_ratio)
+    l1 = -advantages * ratio
+    l2 = -advantages * torch.clamp(ratio, 1 - low, 1 + high)
+    cov = _covariance(logp, advantages, mask)
+    candidate = mask & ~(l2 > l1).detach() & (cov > lb) & (cov < ub)
+    # Uniform choice of k candidates: the k largest of independent random keys (non-candidates -1).
+    keys = random_keys
+    if keys is None:
+        keys = torch.randint(0, 2**62, logp.shape, generator=generator, device=logp.device)
+    rank = _descending_rank(torch.where(candidate, keys, -1))
+    selected = candidate & (rank < _count_k(clip_cov_ratio, mask.sum()))
+    losses = torch.where(selected, 0, torch.maximum(l1, l2))
+    if weights is not None:
+        losses = losses * weights
+    loss = agg_loss(losses, mask, loss_agg_mode)
+    return PolicyLossOutput(loss, masked_mean(-log_ratio.detach(), mask), selected,
+                            masked_mean(selected.to(logp.dtype), mask))
+
+
+def kl_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *,
+                       kl_cov_ratio: float = 2e-4, kl_coef: float = 1.0,
+                       loss_agg_mode: str = "token-mean", weights: Optional[Tensor] = None) -> PolicyLossOutput:
+    """KL-Cov policy loss (verl's ``kl_cov``).
+
+    ``l = -A r``; the ``k = max(floor(kl_cov_ratio * n_valid), 1)`` valid tokens of largest ``cov``
+    (ties by lowest flat index; ``k = 0`` without valid tokens) get ``l + kl_coef * |logp - old_logp|``.
+    No clipping. ``loss = agg(l * weights)``.
+
+    Args:
+        logp, old_logp, advantages, mask, loss_agg_mode, weights: as in :func:`clip_cov_policy_loss`.
+        kl_cov_ratio: the fraction ``(0, 1]`` of valid tokens penalized. kl_coef: the penalty weight.
+
+    Returns:
+        :class:`PolicyLossOutput`: ``loss``; ``ppo_kl`` = masked mean of ``|logp - old_logp|``;
+        ``selected`` the penalized tokens; ``selected_frac`` = selected / n_valid.
+    """
+    mask = _losses_args(logp, old_logp, advantages, mask, loss_agg_mode, weights)
+    kl_cov_ratio = V.ratio("kl_cov_ratio", kl_cov_ratio)
+    kl_coef = V.number("kl_coef", kl_coef)
+
+    log_ratio = logp - old_logp
+    abs_kl = log_ratio.abs()
+    l = -advantages * torch.exp(log_ratio)
+    cov = _covariance(logp, advantages, mask)
+    rank = _descending_rank(torch.where(mask, cov, float("-inf")))
+    selected = mask & (rank < _count_k(kl_cov_ratio, mask.sum()))
+    losses = torch.where(selected, l + kl_coef * abs_kl, l)
+    if weights is not None:
+        losses = losses * weights
+    loss = agg_loss(losses, mask, loss_agg_mode)
+    return PolicyLossOutput(loss, masked_mean(abs_kl.detach(), mask), selected,
+                            masked_mean(selected.to(logp.dtype), mask))
