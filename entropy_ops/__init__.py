@@ -18,13 +18,16 @@ from .ops.agg_loss import agg_loss
 from .ops.entropy import entropy, logprobs_and_entropy
 from .ops.min_p import min_p_logprobs
 from .ops.policy_loss import clip_cov_policy_loss, kl_cov_policy_loss, token_covariance
+from .ops.quantile import EntropyThreshold, masked_quantile, peak_entropy_mask
 from .ops.token_stats import token_stats
 from .ops.top_p import top_p_entropy, top_p_mask
+from .ops.window import window_entropy
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
+    "EntropyThreshold",
     "NoKernelError",
     "PolicyLossOutput",
     "TokenStats",
@@ -35,7 +38,9 @@ __all__ = [
     "get_backend",
     "kl_cov_policy_loss",
     "logprobs_and_entropy",
+    "masked_quantile",
     "min_p_logprobs",
+    "peak_entropy_mask",
     "reference",
     "set_backend",
     "token_covariance",
@@ -43,4 +48,5 @@ __all__ = [
     "top_p_entropy",
     "top_p_mask",
     "use_backend",
+    "window_entropy",
 ]

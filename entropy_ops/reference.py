@@ -233,3 +233,65 @@ def kl_cov_policy_loss_ref(logp, old_logp, advantages, mask, kl_cov_ratio=2e-4, 
     ppo_kl = abs_kl.detach()[m].mean() if n_valid else x.new_zeros(())
     frac = selected.sum().double() / n_valid if n_valid else x.new_zeros(())
     return agg_loss_ref(losses, m, loss_agg_mode), ppo_kl, selected, frac
+
+
+# ---- token-level ops ----
+
+def _sequences_ref(values, cu_seqlens):
+    """``[(start, end)]`` of each sequence in the flattened tokens: rows of ``[B, T]``, or the
+    ``cu_seqlens`` segments of packed ``[N]``."""
+    if cu_seqlens is None:
+        n_rows, row_len = values.shape
+        return [(b * row_len, (b + 1) * row_len) for b in range(n_rows)]
+    cu = [int(c) for c in cu_seqlens.tolist()]
+    return list(zip(cu[:-1], cu[1:]))
+
+
+def window_entropy_ref(entropy, mask=None, window=4, offset=1, cu_seqlens=None):
+    """``out_t`` = mean of the valid ``entropy_j``, ``j in [t + offset, min(t + offset + window,
+    end_t))``, 0 where none, as ``A @ entropy`` with a float64 matrix ``A[t, j] = 1 / #valid``
+    built by loops (so autograd gives the reference gradient ``A^T g``)."""
+    x = entropy.double().reshape(-1)
+    valid = [True] * x.numel() if mask is None else mask.reshape(-1).tolist()
+    weights = torch.zeros(x.numel(), x.numel(), dtype=torch.float64)
+    for start, end in _sequences_ref(entropy, cu_seqlens):
+        for t in range(start, end):
+            js = [j for j in range(t + offset, min(t + offset + window, end)) if valid[j]]
+            for j in js:
+                weights[t, j] = 1.0 / len(js)
+    x = torch.where(torch.tensor(valid, dtype=torch.bool), x, 0)  # a masked NaN is not read
+    return (weights @ x).reshape(entropy.shape)
+
+
+def _quantile_ref(v, q):
+    """``torch.quantile`` ('linear') of a 1-d float64 tensor; numpy past torch's 16M-element cap."""
+    if v.numel() == 0:
+        return torch.full(q.shape, float("nan"), dtype=torch.float64)
+    if v.numel() <= 1 << 24:
+        return torch.quantile(v, q)
+    import numpy as np
+    return torch.from_numpy(np.quantile(v.numpy(), q.numpy(), method="linear"))
+
+
+def masked_quantile_ref(values, mask, q, per_sequence=True, cu_seqlens=None):
+    """float64 q-quantile (linear interpolation) of the valid, non-NaN entries, per sequence
+    (``[S]``) or over all (``[]``), a 1-d ``q`` leading; NaN where a sequence has no valid entry."""
+    v = values.double().reshape(-1)
+    keep = ~torch.isnan(v) if mask is None else mask.reshape(-1) & ~torch.isnan(v)
+    qs = torch.as_tensor(q, dtype=torch.float64).reshape(-1)
+    spans = _sequences_ref(values, cu_seqlens) if per_sequence else [(0, v.numel())]
+    out = torch.stack([_quantile_ref(v[s:e][keep[s:e]], qs) for s, e in spans], dim=-1)
+    out = out if per_sequence else out[:, 0]
+    return out if torch.as_tensor(q).dim() == 1 else out[0]
+
+
+def peak_entropy_mask_ref(entropy, mask, q=0.8, per_sequence=True, cu_seqlens=None):
+    """``entropy > masked_quantile_ref(...)`` (in float64, per token's sequence) and ``mask``."""
+    threshold = masked_quantile_ref(entropy, mask, q, per_sequence, cu_seqlens)
+    per_token = torch.full((entropy.numel(),), float(threshold) if not per_sequence else 0.0,
+                           dtype=torch.float64)
+    if per_sequence:
+        for i, (s, e) in enumerate(_sequences_ref(entropy, cu_seqlens)):
+            per_token[s:e] = threshold[i]
+    peak = (entropy.double().reshape(-1) > per_token).reshape(entropy.shape)
+    return peak if mask is None else peak & mask

@@ -1,0 +1,47 @@
+"""Inputs shared by the token-level op tests (window entropy, quantiles, peak masks)."""
+import torch
+
+TOKEN_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+
+
+def acc_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def make_batch(n_rows, row_len, dtype=torch.float32, seed=0, p_valid=0.7, nan_padding=True):
+    """``(x [B, T], mask [B, T])``: entropies in [0, 6), about ``p_valid`` of them valid; row 0 all
+    masked and row 1 with a single valid token (when there are enough rows); masked entries NaN
+    (``nan_padding``), so that any read of them shows."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(n_rows, row_len, generator=gen, dtype=torch.float64) * 6
+    mask = torch.rand(n_rows, row_len, generator=gen) < p_valid
+    if n_rows >= 3 and row_len >= 2:
+        mask[0] = False
+        mask[1] = False
+        mask[1, row_len // 2] = True
+    if nan_padding:
+        x = torch.where(mask, x, float("nan"))
+    return x.to(dtype), mask
+
+
+def make_packed(lengths, dtype=torch.float32, seed=0, p_valid=0.8, offsets_dtype=torch.int32):
+    """``(x [N], mask [N], cu_seqlens [S + 1])`` of sequences of the given lengths (0 allowed)."""
+    gen = torch.Generator().manual_seed(seed)
+    n = sum(lengths)
+    x = (torch.rand(n, generator=gen, dtype=torch.float64) * 6).to(dtype)
+    mask = torch.rand(n, generator=gen) < p_valid
+    cu = torch.tensor([0] + lengths, dtype=torch.int64).cumsum(0).to(offsets_dtype)
+    return x, mask, cu
+
+
+def rows_as_packed(x_rows, mask_rows, lengths):
+    """The first ``lengths[b]`` tokens of each row of ``[B, T]``, packed, with their offsets."""
+    xs = [x_rows[b, :n] for b, n in enumerate(lengths)]
+    ms = [mask_rows[b, :n] for b, n in enumerate(lengths)]
+    cu = torch.tensor([0] + list(lengths)).cumsum(0)
+    return torch.cat(xs), torch.cat(ms), cu
+
+
+def prefix_mask(row_len, lengths):
+    """bool ``[B, T]``: True on the first ``lengths[b]`` tokens of row ``b``."""
+    return torch.arange(row_len)[None, :] < torch.tensor(lengths)[:, None]
