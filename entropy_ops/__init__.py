@@ -19,6 +19,7 @@ from .ops.entropy import entropy, logprobs_and_entropy
 from .ops.min_p import min_p_logprobs
 from .ops.policy_loss import clip_cov_policy_loss, kl_cov_policy_loss, token_covariance
 from .ops.quantile import EntropyThreshold, masked_quantile, peak_entropy_mask
+from .ops.selective_entropy import selective_entropy_loss
 from .ops.token_stats import token_stats
 from .ops.top_p import top_p_entropy, top_p_mask
 from .ops.window import window_entropy
@@ -42,6 +43,7 @@ __all__ = [
     "min_p_logprobs",
     "peak_entropy_mask",
     "reference",
+    "selective_entropy_loss",
     "set_backend",
     "token_covariance",
     "token_stats",

@@ -295,3 +295,13 @@ def peak_entropy_mask_ref(entropy, mask, q=0.8, per_sequence=True, cu_seqlens=No
             per_token[s:e] = threshold[i]
     peak = (entropy.double().reshape(-1) > per_token).reshape(entropy.shape)
     return peak if mask is None else peak & mask
+
+
+def selective_entropy_loss_ref(logits, mask, anchor, top_p=0.8, peak_q=0.8, coef=0.005, temperature=1.0):
+    """SIREN's regularizer in float64 from its formula: ``coef * (mean of the nucleus entropy over
+    each sequence's peak tokens - anchor)^2``, 0 when there is no peak token."""
+    h = top_p_entropy_ref(logits, top_p, temperature, mask)
+    peak = peak_entropy_mask_ref(h.detach(), mask, peak_q)
+    if not bool(peak.any()):
+        return (h * 0).sum()
+    return coef * (h[peak].mean() - float(anchor)) ** 2
