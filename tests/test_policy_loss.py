@@ -244,3 +244,22 @@ def test_bad_arguments_name_themselves(call, error, name):
     logp, old, adv, mask, _ = _batch(B=3, T=6)
     with pytest.raises(error, match=f"^{name}:"):
         call(logp, old, adv, mask)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int64], ids=str)
+def test_top_k_selection_matches_a_sort(dtype):
+    from entropy_ops.backends.torch_select import top_k
+    gen = torch.Generator().manual_seed(0)
+    if dtype == torch.int64:
+        scores = torch.randint(-50, 50, (7, 61), generator=gen)  # many ties
+    else:
+        scores = (torch.randn(7, 61, generator=gen) * 3).round().to(dtype)  # ties, and -0.0 / +0.0
+        scores[0, :5] = -0.0
+    eligible = torch.rand(7, 61, generator=gen) < 0.7
+    n = int(eligible.sum())
+    for k in (0, 1, 5, 100, n, n + 3):
+        chosen = top_k(scores, eligible, torch.tensor(k))
+        flat = [(-float(s), i) for i, (s, ok) in enumerate(zip(scores.reshape(-1).tolist(), eligible.reshape(-1).tolist())) if ok]
+        expected = torch.zeros(scores.numel(), dtype=torch.bool)
+        expected[[i for _, i in sorted(flat)[:k]]] = True
+        assert torch.equal(chosen.reshape(-1), expected), k

@@ -25,6 +25,7 @@ from .._backends import register_kernel
 from ..ops._tokens import segment_ids
 from .kernel import acc_dtype
 from .token_kernel import WindowKernel
+from .torch_select import order_keys as _order_keys, select as _select
 
 # ---- window entropy ------------------------------------------------------------------------------
 
@@ -93,17 +94,6 @@ def window_entropy_bwd_torch(grad, mask, cu, window, offset):
 
 # ---- masked quantile -----------------------------------------------------------------------------
 
-_KEY_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def _order_keys(x):
-    """Signed integer keys ordered like the (non-NaN) values: the bit pattern with the magnitude
-    bits of negative numbers flipped. 16-bit keys are widened to int32."""
-    bits = x.view(_KEY_INT[x.element_size()])
-    key = torch.where(bits < 0, bits ^ torch.iinfo(bits.dtype).max, bits)
-    return key.int() if x.element_size() == 2 else key
-
-
 def _sequence_order(x, valid, cu):
     """Token indices sorted by (sequence, value), each sequence's invalid tokens after its valid
     ones: the k-th smallest valid value of sequence ``s`` is at ``order[cu[s] + k]``."""
@@ -115,31 +105,6 @@ def _sequence_order(x, valid, cu):
         return ((seg << bits) | value_key).sort().indices
     by_value = torch.where(valid, x, float("inf")).argsort()
     return by_value[seg[by_value].argsort(stable=True)]
-
-
-def _select(key, key_bits, alive, rank):
-    """The entry of 0-based ``rank`` (a ``[1]`` tensor) among ``alive`` by radix selection on
-    ``key``: ``(alive, residual, equal)``, the entries whose key is the selected one, the selected
-    entry's rank among them, and how many there are."""
-    n = key.shape[0]
-    count_dtype = torch.int32 if n < 2**31 else torch.int64
-    digit_bits = min(max(n.bit_length() - 1, 4), 11)
-    high = key_bits
-    while high > 0:  # digits of the key from the top: bits [low, high)
-        low = max(high - digit_bits, 0)
-        n_bins = 1 << (high - low)
-        digit = (key >> low) & (n_bins - 1)
-        if high == key_bits:
-            digit = digit ^ (n_bins >> 1)  # flip the sign bit: signed order -> unsigned digits
-        hist = torch.zeros(n_bins, dtype=count_dtype, device=key.device)
-        hist.index_add_(0, digit, alive.to(count_dtype))
-        cum = hist.cumsum(0)
-        best = (cum <= rank).sum().clamp(max=n_bins - 1).view(1)
-        equal = hist.gather(0, best)
-        rank = rank - (cum.gather(0, best) - equal)
-        alive = alive & (digit == best)
-        high = low
-    return alive, rank, equal
 
 
 def _order_statistics(x, key, valid, lo, hi):

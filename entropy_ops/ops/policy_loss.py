@@ -7,9 +7,10 @@ Clip-Cov: among the valid tokens that PPO does not clip and whose ``lb < cov < u
 uniformly at random get no gradient; KL-Cov: the ``k`` valid tokens of largest ``cov`` get a
 ``kl_coef * |logp - old_logp|`` penalty; ``k = max(floor(ratio * n_valid), 1)``.
 
-Everything stays on the device: the selections are ranks from one stable descending sort (ties
-by lowest flat index), compared with a ``k`` that is itself a tensor, so there is no ``.item()``,
-``nonzero`` or data-dependent shape, and the losses compile with ``fullgraph=True``. Clip-Cov's
+Everything stays on the device: the selections are the top ``k`` by radix selection of the k-th
+largest (``backends/torch_select.py``; ties by lowest flat index), with a ``k`` that is itself a
+tensor, so there is no ``.item()``, ``nonzero`` or data-dependent shape, and the losses compile
+with ``fullgraph=True``. Clip-Cov's
 random choice uses int64 keys from ``torch.randint(generator=...)``: the ``k`` candidates with the
 largest keys are chosen, a uniform choice reproducible with the generator.
 """
@@ -19,17 +20,9 @@ import torch
 from torch import Tensor
 
 from .. import _validate_losses as V
+from ..backends.torch_select import top_k
 from ._types import PolicyLossOutput
 from .agg_loss import MODES, agg_loss, masked_mean
-
-
-def _descending_rank(scores: Tensor) -> Tensor:
-    """The 0-based rank of each element in the (score descending, flat index ascending) order."""
-    flat = scores.reshape(-1)
-    order = torch.sort(flat, descending=True, stable=True).indices
-    rank = torch.empty_like(order)
-    rank.scatter_(0, order, torch.arange(flat.numel(), device=flat.device))
-    return rank.view(scores.shape)
 
 
 def _count_k(ratio: float, n_valid: Tensor) -> Tensor:
@@ -131,8 +124,7 @@ def clip_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mas
     keys = random_keys
     if keys is None:
         keys = torch.randint(0, 2**62, logp.shape, generator=generator, device=logp.device)
-    rank = _descending_rank(torch.where(candidate, keys, -1))
-    selected = candidate & (rank < _count_k(clip_cov_ratio, mask.sum()))
+    selected = top_k(keys, candidate, _count_k(clip_cov_ratio, mask.sum()))
     losses = torch.where(selected, 0, torch.maximum(l1, l2))
     if weights is not None:
         losses = losses * weights
@@ -166,8 +158,7 @@ def kl_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask:
     abs_kl = log_ratio.abs()
     l = -advantages * torch.exp(log_ratio)
     cov = _covariance(logp, advantages, mask)
-    rank = _descending_rank(torch.where(mask, cov, float("-inf")))
-    selected = mask & (rank < _count_k(kl_cov_ratio, mask.sum()))
+    selected = top_k(cov, mask, _count_k(kl_cov_ratio, mask.sum()))
     losses = torch.where(selected, l + kl_coef * abs_kl, l)
     if weights is not None:
         losses = losses * weights
