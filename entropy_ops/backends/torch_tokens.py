@@ -48,6 +48,24 @@ def _window_sums(v, lo, length, longest: int):
     return total
 
 
+# Up to this many terms a window is summed as that many shifted slices of the row (no gathers);
+# longer windows take the doubling blocks above.
+_SHIFTED_MAX = 32
+
+
+def _shifted_sums(v, first, step: int, length, longest: int):
+    """``sum_{d < length_i} v[i + first + step * d]`` for every ``i`` (``first`` an int, ``step``
+    +-1, ``length_i <= longest``; out-of-range terms only occur beyond ``length_i``)."""
+    n = v.shape[0]
+    reach = abs(first) + longest
+    padded = torch.cat([v.new_zeros(reach), v, v.new_zeros(reach)])
+    total = torch.zeros_like(v)
+    for d in range(longest):
+        start = reach + first + step * d
+        total = total + torch.where(length > d, padded[start:start + n], 0)
+    return total
+
+
 def _bounds(cu, n):
     """``(pos, start, end)`` int64 ``[N]``: each token's index and its sequence's bounds."""
     seg = segment_ids(cu, n)
@@ -69,12 +87,20 @@ def window_entropy_fwd_torch(x, mask, cu, window, offset):
     acc = acc_dtype(x.dtype)
     if n == 0:
         return x.new_zeros(0, dtype=acc)
-    pos, _, end = _bounds(cu, n)
-    lo, length, count = _forward_windows(mask, pos, end, window, offset)
     v = x.to(acc)
+    if offset >= n:  # every window starts past the end of its sequence
+        return torch.zeros_like(v)
     if mask is not None:
         v = torch.where(mask, v, 0)  # a masked NaN is skipped, not multiplied by 0
-    total = _window_sums(v, lo, length, min(window, n))
+    pos, _, end = _bounds(cu, n)
+    longest = min(window, n)
+    if longest <= _SHIFTED_MAX:  # a non-empty window starts at t + offset exactly
+        length = (end - pos - offset).clamp(min=0, max=window)
+        total = _shifted_sums(v, offset, 1, length, longest)
+        count = length if mask is None else _shifted_sums(mask.to(acc), offset, 1, length, longest)
+    else:
+        lo, length, count = _forward_windows(mask, pos, end, window, offset)
+        total = _window_sums(v, lo, length, longest)
     return torch.where(count > 0, total / count.clamp(min=1).to(acc), 0)
 
 
@@ -88,7 +114,13 @@ def window_entropy_bwd_torch(grad, mask, cu, window, offset):
     # Token j is read by the t in [max(start, j - offset - window + 1), max(start, j - offset + 1)).
     hi = start + (pos - start + 1 - offset).clamp(min=0)
     length = (hi - start).clamp(max=window)
-    g = _window_sums(share, hi - length, length, min(window, n))
+    longest = min(window, n)
+    if offset >= n:
+        g = torch.zeros_like(share)
+    elif longest <= _SHIFTED_MAX:  # a non-empty range is t = j - offset - d, d < length
+        g = _shifted_sums(share, -offset, -1, length, longest)
+    else:
+        g = _window_sums(share, hi - length, length, longest)
     return g if mask is None else torch.where(mask, g, 0)
 
 

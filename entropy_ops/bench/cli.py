@@ -5,7 +5,9 @@ import time
 
 import torch
 
-from . import baselines, cases, machine, runner, summary, table, timing
+from . import baselines, cases, machine, runner, summary, table, timing, tokens
+
+ALL_OPS = cases.OPS + tokens.OPS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,14 +15,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto: cuda when a GPU is visible, else cpu")
     parser.add_argument("--quick", action="store_true",
                         help="one small case per op and direction, 3 repeats (CI smoke)")
-    parser.add_argument("--ops", default=",".join(cases.OPS), help="comma list of: " + ", ".join(cases.OPS))
-    parser.add_argument("--shapes", help="comma list of NxV (default: the SPEC §4 shapes of the device)")
+    parser.add_argument("--ops", default=",".join(ALL_OPS),
+                        help="comma list of vocabulary-row ops (NxV shapes): " + ", ".join(cases.OPS)
+                        + "; token-level ops (BxT shapes, fp32, each against the eager way of the papers' / "
+                        "verl's code): " + ", ".join(tokens.OPS) + " (default: all, vocabulary ops first)")
+    parser.add_argument("--shapes",
+                        help="vocabulary ops: comma list of NxV (default: the SPEC §4 shapes of the device)")
+    parser.add_argument("--token-shapes", help="token-level ops: comma list of BxT (default "
+                        + "x".join(map(str, tokens.DEFAULT_SHAPE)) + ", --quick "
+                        + "x".join(map(str, tokens.QUICK_SHAPE)) + ")")
     parser.add_argument("--directions", help="comma list of fwd, fwd+bwd, bwd (bwd: backward alone; "
-                        "default: fwd everywhere, fwd+bwd (and on cuda bwd) of the first op at the first shape)")
-    parser.add_argument("--dtype", default="bf16", choices=sorted(cases.DTYPES))
+                        "default: fwd everywhere, fwd+bwd (and on cuda bwd) of the first vocabulary op at the "
+                        "first shape, and fwd+bwd of the differentiable token ops; token ops have no bwd rows)")
+    parser.add_argument("--dtype", default="bf16", choices=sorted(cases.DTYPES),
+                        help="dtype of the logits (vocabulary ops; token rows are fp32)")
     parser.add_argument("--impls", help="comma list of: " + ", ".join(baselines.known())
                         + " (default: all that apply to the device, optional baselines when installed;"
-                        " one that cannot run gets a row saying why)")
+                        " one that cannot run gets a row saying why; token rows: eager and the backends"
+                        " listed, the policy losses eager and torch)")
     parser.add_argument("--repeats", type=int, help="timed runs per row, at most (default 10, --quick 3); "
                         "slow rows stop after 3 once 2 s are spent")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
@@ -44,16 +56,41 @@ def _device(choice: str) -> str:
     return choice
 
 
-def _cases(args, device):
-    ops = _split(args.ops, cases.OPS, "--ops")
-    directions = _split(args.directions, cases.DIRECTIONS, "--directions") if args.directions else None
+def _directions(args):
+    return _split(args.directions, cases.DIRECTIONS, "--directions") if args.directions else None
+
+
+def _cases(args, device, ops):
     try:
         shapes = cases.parse_shapes(args.shapes) if args.shapes else None
     except ValueError as e:
         raise SystemExit(str(e)) from None
     if shapes is None:
         shapes = [cases.QUICK_SHAPE[device]] if args.quick else cases.default_shapes(device)
-    return cases.build_cases(device, cases.DTYPES[args.dtype], ops, shapes, directions)
+    return cases.build_cases(device, cases.DTYPES[args.dtype], ops, shapes, _directions(args))
+
+
+def _token_cases(args, device, ops):
+    try:
+        shapes = tokens.parse_shapes(args.token_shapes) if args.token_shapes else None
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    if shapes is None:
+        shapes = [tokens.QUICK_SHAPE if args.quick else tokens.DEFAULT_SHAPE]
+    return tokens.build_cases(device, ops, shapes, _directions(args))
+
+
+def _measure(todo, measure, printer, impls, repeats, bandwidth):
+    print(printer.head(), flush=True)
+    rows = []
+    for case in todo:
+        case_rows = measure(case, impls, repeats, bandwidth)
+        for r in case_rows:
+            print(printer.line(r), flush=True)
+        rows += case_rows
+    if printer.notes:
+        print(printer.footnotes())
+    return rows
 
 
 def run(args) -> int:
@@ -61,40 +98,50 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = _device(args.device)
+    ops = _split(args.ops, ALL_OPS, "--ops")
+    todo = _cases(args, device, [op for op in ops if op in cases.OPS])
+    token_todo = _token_cases(args, device, [op for op in ops if op in tokens.OPS])
+    if not todo and not token_todo:
+        raise SystemExit("nothing to measure: token ops have only fwd and fwd+bwd rows (see --directions)")
     if args.impls:
         impls = _split(args.impls, baselines.known(), "--impls")
     else:
         impls, missing = baselines.default_impls(device)
-        if missing:
+        if missing and todo:
             print(f"optional baselines not installed (rows left out): {', '.join(missing)}")
-    todo = _cases(args, device)
     repeats = args.repeats or (3 if args.quick else 10)
 
     name, date = machine.device_name(device), machine.now()
     bandwidth = timing.copy_bandwidth_gbs(device, repeats=3 if args.quick else 5)
     print(machine.header(device, name, torch.get_num_threads(), bandwidth, date))
-    printer = table.Printer()
-    print(printer.head(), flush=True)
-    rows = []
-    for case in todo:
-        case_rows = runner.measure_case(case, impls, repeats, bandwidth)
-        for r in case_rows:
-            print(printer.line(r), flush=True)
-        rows += case_rows
-    if printer.notes:
-        print(printer.footnotes())
-    print("\nspeed-up = eager time / this time; bytes and exps per SPEC §4 (algorithmic minimum);"
-          " errors: max abs vs the float64 reference")
+    rows, token_rows = [], []
+    if todo:
+        rows = _measure(todo, runner.measure_case, table.Printer(), impls, repeats, bandwidth)
+        print("\nspeed-up = eager time / this time; bytes and exps per SPEC §4 (algorithmic minimum);"
+              " errors: max abs vs the float64 reference")
+    if token_todo:
+        print("\ntoken-level ops, fp32 [B, T] with ~30% padding at the row ends:")
+        token_rows = _measure(token_todo, tokens.measure_case, table.Printer(table.TOKEN_COLUMNS), impls,
+                              repeats, bandwidth)
+        print("\nspeed-up = eager time / this time; bytes: the inputs read and outputs written (fp32 4 B, bool"
+              " 1 B per token); err out: max abs vs the float64 reference (peak masks: tokens that differ;"
+              " losses: vs the reference on the row's own selected set)")
+    all_rows = rows + token_rows
 
     if not args.no_csv:
         path = args.csv or os.path.join("benchmarks", "results", f"bench_{machine.slug(name)}.csv")
         meta = {"device": name, "date": date, "torch": torch.__version__,
                 "threads": torch.get_num_threads(), "bandwidth_gb_s": f"{bandwidth:.2f}"}
-        table.append_csv(path, rows, meta)
-        print(f"appended {len(rows)} rows to {path}")
+        table.append_csv(path, all_rows, meta)
+        print(f"appended {len(all_rows)} rows to {path}")
 
-    print("\nSPEC §4 targets:")
-    for line in (summary.gpu_summary(rows) if device == "cuda" else summary.cpu_summary(rows)):
-        print("  " + line)
+    if rows:
+        print("\nSPEC §4 targets:")
+        for line in (summary.gpu_summary(rows) if device == "cuda" else summary.cpu_summary(rows)):
+            print("  " + line)
+    if token_rows:
+        print("\ntoken-level ops (for information: SPEC §4 sets no target; the point is no host sync):")
+        for line in tokens.summary_lines(token_rows):
+            print("  " + line)
     print(f"total {time.perf_counter() - start:.0f} s")
     return 0

@@ -32,6 +32,13 @@ _COLUMNS = (
     ("speedup", "vs eager", 8, "{:.2f}x"), ("err_h", "err H", 8, "{:.1e}"),
     ("err_logp", "err logp", 8, "{:.1e}"), ("err_grad", "err grad", 8, "{:.1e}"),
 )
+# Token-level rows (bench/tokens.py): no exps; ``err_h`` holds the error of the op's output.
+TOKEN_COLUMNS = (
+    ("op", "op", 20, "{}"), ("direction", "dir", 7, "{}"), ("shape", "shape (BxT)", 12, "{}"),
+    ("dtype", "dtype", 5, "{}"), ("impl", "impl", 10, "{}"), ("time_ms", "ms", 9, "{:.2f}"),
+    ("gb_s", "GB/s", 7, "{:.1f}"), ("pct_bw", "% BW", 6, "{:.1f}"), ("speedup", "vs eager", 8, "{:.2f}x"),
+    ("err_h", "err out", 8, "{:.1e}"), ("err_grad", "err grad", 8, "{:.1e}"),
+)
 META = ("device", "date", "torch", "threads", "bandwidth_gb_s")
 
 
@@ -41,18 +48,20 @@ def _cell(value, fmt, width, numeric) -> str:
 
 
 class Printer:
-    """Prints rows as they come; long notes (skip reasons) become numbered footnotes."""
+    """Prints rows as they come (``columns``: ``_COLUMNS`` or ``TOKEN_COLUMNS``); long notes
+    (skip reasons) become numbered footnotes."""
 
-    def __init__(self):
+    def __init__(self, columns=_COLUMNS):
+        self.columns = columns
         self.notes: Dict[str, int] = {}
 
     def head(self) -> str:
-        titles = [_cell(t, "{}", w, i >= 5) for i, (_, t, w, _) in enumerate(_COLUMNS)]
+        titles = [_cell(t, "{}", w, i >= 5) for i, (_, t, w, _) in enumerate(self.columns)]
         line = " ".join(titles) + "  note"
         return line + "\n" + "-" * len(line)
 
     def line(self, row: Row) -> str:
-        cells = [_cell(getattr(row, f), fmt, w, i >= 5) for i, (f, _, w, fmt) in enumerate(_COLUMNS)]
+        cells = [_cell(getattr(row, f), fmt, w, i >= 5) for i, (f, _, w, fmt) in enumerate(self.columns)]
         return " ".join(cells) + "  " + self._note(row.note)
 
     def _note(self, note: str) -> str:
