@@ -8,6 +8,7 @@
 
 #include "cpu/entropy_cpu.h"
 #include "cpu/isa.h"
+#include "cpu/selective_cpu.h"
 #include "entropy_ops/dtype.h"
 #include "entropy_ops/online_softmax.h"
 
@@ -69,6 +70,65 @@ void entropy_bwd(uintptr_t logits, int dtype, int64_t n_rows, int64_t vocab, int
                        ptr<void>(grad_logits), grad_row_stride);
 }
 
+// The selective ops and token_stats take the leading arguments of entropy_fwd (labels unused
+// by top-p), so one Python packing (backends/native_args.row_args) serves every row kernel.
+#define EO_ROWS_PARAMS                                                                          \
+  uintptr_t logits, int dtype, int64_t n_rows, int64_t vocab, int64_t row_stride,                 \
+      uintptr_t temperature, double temperature_scalar, uintptr_t labels, bool labels_int32,      \
+      int64_t ignore_index, uintptr_t mask
+#define EO_ROWS_ARGS                                                                            \
+  rows_args(logits, dtype, n_rows, vocab, row_stride, temperature, temperature_scalar, labels,   \
+            labels_int32, ignore_index, mask, num_threads)
+
+void top_p_entropy_fwd(EO_ROWS_PARAMS, double top_p, uintptr_t entropy_out,
+                       uintptr_t row_max_out, uintptr_t cut_e_out, uintptr_t cut_index_out,
+                       uintptr_t log_norm_out, int num_threads) {
+  eoc::top_p_entropy_fwd_cpu(EO_ROWS_ARGS, top_p, ptr<void>(entropy_out), ptr<void>(row_max_out),
+                             ptr<void>(cut_e_out), ptr<int32_t>(cut_index_out),
+                             ptr<void>(log_norm_out));
+}
+
+void top_p_entropy_bwd(EO_ROWS_PARAMS, uintptr_t entropy, uintptr_t row_max, uintptr_t cut_e,
+                       uintptr_t cut_index, uintptr_t log_norm, uintptr_t grad_entropy,
+                       uintptr_t grad_logits, int64_t grad_row_stride, int num_threads) {
+  eoc::top_p_entropy_bwd_cpu(EO_ROWS_ARGS, ptr<const void>(entropy), ptr<const void>(row_max),
+                             ptr<const void>(cut_e), ptr<const int32_t>(cut_index),
+                             ptr<const void>(log_norm), ptr<const void>(grad_entropy),
+                             ptr<void>(grad_logits), grad_row_stride);
+}
+
+void top_p_mask(EO_ROWS_PARAMS, double top_p, bool inclusive, uintptr_t mask_out,
+                int64_t mask_out_row_stride, int num_threads) {
+  eoc::top_p_mask_cpu(EO_ROWS_ARGS, top_p, inclusive, ptr<uint8_t>(mask_out), mask_out_row_stride);
+}
+
+void min_p_logprobs_fwd(EO_ROWS_PARAMS, double min_p, uintptr_t logp_out, uintptr_t row_max_out,
+                        uintptr_t log_norm_out, int num_threads) {
+  eoc::min_p_logprobs_fwd_cpu(EO_ROWS_ARGS, min_p, ptr<void>(logp_out), ptr<void>(row_max_out),
+                              ptr<void>(log_norm_out));
+}
+
+void min_p_logprobs_bwd(EO_ROWS_PARAMS, double min_p, uintptr_t row_max, uintptr_t log_norm,
+                        uintptr_t grad_logp, uintptr_t grad_logits, int64_t grad_row_stride,
+                        int num_threads) {
+  eoc::min_p_logprobs_bwd_cpu(EO_ROWS_ARGS, min_p, ptr<const void>(row_max),
+                              ptr<const void>(log_norm), ptr<const void>(grad_logp),
+                              ptr<void>(grad_logits), grad_row_stride);
+}
+
+void token_stats(EO_ROWS_PARAMS, uintptr_t lse_out, uintptr_t entropy_out, uintptr_t logp_out,
+                 uintptr_t max_logp_out, uintptr_t collision_out, uintptr_t varentropy_out,
+                 uintptr_t self_certainty_out, uintptr_t entropy_drift_out, int num_threads) {
+  void* const out[8] = {ptr<void>(lse_out),        ptr<void>(entropy_out),
+                        ptr<void>(logp_out),       ptr<void>(max_logp_out),
+                        ptr<void>(collision_out),  ptr<void>(varentropy_out),
+                        ptr<void>(self_certainty_out), ptr<void>(entropy_drift_out)};
+  eoc::token_stats_cpu(EO_ROWS_ARGS, out);
+}
+
+#undef EO_ROWS_PARAMS
+#undef EO_ROWS_ARGS
+
 void set_isa(const std::string& name) {
   if (eoc::set_isa(name)) return;
   std::string supported;
@@ -125,6 +185,37 @@ PYBIND11_MODULE(_C, m) {
         py::arg("grad_entropy"), py::arg("grad_logp"), py::arg("grad_logits"),
         py::arg("grad_row_stride"), py::arg("num_threads"),
         "grad_logits = (gH dH/dz + glogp dlogp/dz) / T, in the logits' dtype.");
+
+#define EO_ROWS_PYARGS                                                                          \
+  py::arg("logits"), py::arg("dtype"), py::arg("n_rows"), py::arg("vocab"), py::arg("row_stride"), \
+      py::arg("temperature"), py::arg("temperature_scalar"), py::arg("labels"),                    \
+      py::arg("labels_int32"), py::arg("ignore_index"), py::arg("mask")
+  m.def("top_p_entropy_fwd_cpu", &top_p_entropy_fwd, nogil, EO_ROWS_PYARGS, py::arg("top_p"),
+        py::arg("entropy_out"), py::arg("row_max_out"), py::arg("cut_e_out"),
+        py::arg("cut_index_out"), py::arg("log_norm_out"), py::arg("num_threads"),
+        "Per row: entropy of the renormalized exclusive top-p nucleus, row max, kept set "
+        "(cut_e, cut_index int32), log S_K.");
+  m.def("top_p_entropy_bwd_cpu", &top_p_entropy_bwd, nogil, EO_ROWS_PYARGS, py::arg("entropy"),
+        py::arg("row_max"), py::arg("cut_e"), py::arg("cut_index"), py::arg("log_norm"),
+        py::arg("grad_entropy"), py::arg("grad_logits"), py::arg("grad_row_stride"),
+        py::arg("num_threads"),
+        "grad_logits = -gH q (log q + H) / T on the saved nucleus, 0 elsewhere.");
+  m.def("top_p_mask_cpu", &top_p_mask, nogil, EO_ROWS_PYARGS, py::arg("top_p"),
+        py::arg("inclusive"), py::arg("mask_out"), py::arg("mask_out_row_stride"),
+        py::arg("num_threads"), "The top-p nucleus as bytes 0/1 (a bool tensor).");
+  m.def("min_p_logprobs_fwd_cpu", &min_p_logprobs_fwd, nogil, EO_ROWS_PYARGS, py::arg("min_p"),
+        py::arg("logp_out"), py::arg("row_max_out"), py::arg("log_norm_out"),
+        py::arg("num_threads"), "Per row: log q_y under the min-p proxy, row max, log S.");
+  m.def("min_p_logprobs_bwd_cpu", &min_p_logprobs_bwd, nogil, EO_ROWS_PYARGS, py::arg("min_p"),
+        py::arg("row_max"), py::arg("log_norm"), py::arg("grad_logp"), py::arg("grad_logits"),
+        py::arg("grad_row_stride"), py::arg("num_threads"),
+        "grad_logits = glogp (1[j=y] - q_j) / T on the kept set, 0 elsewhere.");
+  m.def("token_stats_cpu", &token_stats, nogil, EO_ROWS_PYARGS, py::arg("lse_out"),
+        py::arg("entropy_out"), py::arg("logp_out"), py::arg("max_logp_out"),
+        py::arg("collision_out"), py::arg("varentropy_out"), py::arg("self_certainty_out"),
+        py::arg("entropy_drift_out"), py::arg("num_threads"),
+        "Per row: the eight statistics of TokenStats (logp_out may be 0).");
+#undef EO_ROWS_PYARGS
 
   m.def("exp2_accumulate_row", &exp2_accumulate_row, py::arg("src"), py::arg("n"),
         py::arg("temperature"), py::arg("out"),

@@ -64,7 +64,7 @@ def assert_stats_match(ours, x, kinds, labels=None, temperature=1.0, mask=None, 
 
 @pytest.mark.parametrize("vocab", VOCABS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
-def test_token_stats_matches_reference(dtype, vocab):
+def test_token_stats_matches_reference(backend, dtype, vocab):
     n = 7 if vocab >= 32000 else 13
     x, kinds = make_rows(n, vocab, dtype, kinds=FINITE_KINDS + NAN_KINDS, seed=vocab)
     stats = eo.token_stats(x)
@@ -81,7 +81,7 @@ def test_token_stats_matches_reference(dtype, vocab):
 @pytest.mark.parametrize("label_dtype", [torch.int64, torch.int32], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("vocab", [2, 1023])
-def test_token_stats_labels(dtype, label_dtype, vocab):
+def test_token_stats_labels(backend, dtype, label_dtype, vocab):
     x, kinds = make_rows(11, vocab, dtype, kinds=FINITE_KINDS + NAN_KINDS, seed=3)
     y = make_labels(11, vocab, label_dtype, n_ignored=3, seed=4)
     stats = eo.token_stats(x, y)
@@ -95,7 +95,7 @@ def test_token_stats_labels(dtype, label_dtype, vocab):
 
 @pytest.mark.parametrize("temperature", ["float", "tensor_0d", "per_row"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64], ids=str)
-def test_token_stats_temperature_and_mask(dtype, temperature):
+def test_token_stats_temperature_and_mask(backend, dtype, temperature):
     x, kinds = make_rows(12, 111, dtype, kinds=FINITE_KINDS + NAN_KINDS, seed=5)
     x, kinds = x.reshape(3, 4, 111), kinds
     y = make_labels(12, 111, seed=6).reshape(3, 4)
@@ -109,7 +109,7 @@ def test_token_stats_temperature_and_mask(dtype, temperature):
         assert (getattr(stats, name)[~mask] == 0).all(), name
 
 
-def test_masked_nan_rows_give_zero():
+def test_masked_nan_rows_give_zero(backend):
     x = torch.full((2, 5), float("nan"))
     x[1] = torch.arange(5.0)
     stats = eo.token_stats(x, mask=torch.tensor([False, True]))
@@ -119,7 +119,7 @@ def test_masked_nan_rows_give_zero():
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
-def test_closed_forms(dtype):
+def test_closed_forms(backend, dtype):
     """Uniform row: H = log V, collision = 1/V, varentropy = self_certainty = entropy_drift = 0,
     max_logp = -log V. One-hot row (rest -inf): H = 0, collision = 1, max_logp = 0, varentropy =
     entropy_drift = 0, self_certainty = +inf."""
@@ -141,14 +141,14 @@ def test_closed_forms(dtype):
     assert stats.self_certainty[1].item() == float("inf")
 
 
-def test_vocab_one_and_empty():
+def test_vocab_one_and_empty(backend):
     stats = eo.token_stats(torch.tensor([[4.0]]))
     assert [getattr(stats, name).item() for name in STATS] == [4.0, 0, 0, 1, 0, 0, 0]
     empty = eo.token_stats(torch.empty(0, 3, 9), torch.empty(0, 3, dtype=torch.long))
     assert all(getattr(empty, name).shape == (0, 3) for name in STATS + ("logp",))
 
 
-def test_entropy_drift_predicts_policy_gradient_step():
+def test_entropy_drift_predicts_policy_gradient_step(backend):
     """SPEC §3.1: a step ``z' = z + eta A grad_z log p_y = z + eta A (onehot(y) - p)`` changes H by
     ``-eta A [p_y (log p_y + H) - entropy_drift]`` to first order (pi_old = pi: ratio 1)."""
     gen = torch.Generator().manual_seed(12)
@@ -169,14 +169,15 @@ def test_chunked_equals_unchunked(monkeypatch):
     from entropy_ops.backends import torch_backend
     x, kinds = make_rows(40, 111, seed=21)
     y = make_labels(40, 111, seed=22)
-    whole = eo.token_stats(x, y)
-    monkeypatch.setattr(torch_backend, "_CHUNK_ELEMS", 111 * 3)
-    chunked = eo.token_stats(x, y)
+    with eo.use_backend("torch"):
+        whole = eo.token_stats(x, y)
+        monkeypatch.setattr(torch_backend, "_CHUNK_ELEMS", 111 * 3)
+        chunked = eo.token_stats(x, y)
     for a, b in zip(whole, chunked):
         torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
 
 
-def test_outputs_are_not_differentiable():
+def test_outputs_are_not_differentiable(backend):
     x = torch.randn(3, 10, requires_grad=True)
     stats = eo.token_stats(x, torch.tensor([1, 2, 3]))
     assert not any(v.requires_grad for v in stats)
@@ -186,7 +187,7 @@ def test_outputs_are_not_differentiable():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
 @pytest.mark.parametrize("variant", ["plain", "labels_mask", "tensor_0d", "per_row"])
-def test_opcheck(dtype, variant):
+def test_opcheck(backend, dtype, variant):
     gen = torch.Generator().manual_seed(91)
     acc = acc_dtype(dtype)
     x = torch.randn(2, 3, 17, generator=gen).to(dtype).requires_grad_(True)
@@ -200,11 +201,11 @@ def test_opcheck(dtype, variant):
         "tensor_0d": (x, y, torch.tensor(1.3, dtype=acc), 1.0, -100, None),
         "per_row": (x, y, t, 1.0, -100, mask),
     }[variant]
-    torch.library.opcheck(torch.ops.entropy_ops.token_stats.default, (*args, "torch"))
+    torch.library.opcheck(torch.ops.entropy_ops.token_stats.default, (*args, backend))
 
 
 @pytest.mark.parametrize("temperature", ["tensor_0d", "float"])
-def test_compile_fullgraph(temperature):
+def test_compile_fullgraph(backend, temperature):
     torch._dynamo.reset()
     gen = torch.Generator().manual_seed(101)
     x = torch.randn(2, 3, 40, generator=gen)
@@ -221,21 +222,31 @@ def test_compile_fullgraph(temperature):
         assert torch.equal(a, b)
 
 
-def test_dispatch():
+def test_dispatch_auto_picks_the_native_kernel():
     x = torch.randn(2, 8)
-    with eo.use_backend("cpu"):
-        if eo.available_backends()["cpu"][0]:
-            with pytest.raises(eo.NoKernelError, match="cpu: no kernel for `token_stats` yet"):
-                eo.token_stats(x)
+    expected = "cpu" if eo.available_backends()["cpu"][0] else "torch"
     with eo.use_backend("auto"):
         auto = eo.token_stats(x)
-    with eo.use_backend("torch"):
+    with eo.use_backend(expected):
         forced = eo.token_stats(x)
     for a, b in zip(auto, forced):
         assert a is b is None or torch.equal(a, b)
 
 
-def test_out_of_range_label_raises_on_cpu():
+def test_batch_invariance():
+    if not eo.available_backends()["cpu"][0]:
+        pytest.skip("cpu backend not built")
+    x, _ = make_rows(33, 4000, torch.bfloat16, seed=4)
+    y = make_labels(33, 4000)
+    with eo.use_backend("cpu"):
+        whole = eo.token_stats(x, y)
+        for i in (0, 17, 32):
+            one = eo.token_stats(x[i:i + 1], y[i:i + 1])
+            for a, b in zip(one, whole):
+                assert torch.equal(a, b[i:i + 1])
+
+
+def test_out_of_range_label_raises_on_cpu(backend):
     with pytest.raises(ValueError, match="labels"):
         eo.token_stats(torch.randn(2, 8), torch.tensor([1, 8]))
 

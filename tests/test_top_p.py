@@ -106,7 +106,8 @@ def test_ties_are_exact_and_order_free(backend, dtype, vocab):
 def test_top_p_one_is_plain_entropy(backend, dtype):
     x, kinds = _rows(12, 1023, dtype)
     h1 = eo.top_p_entropy(x, 1.0)
-    torch.testing.assert_close(h1, eo.entropy(x), rtol=2e-6, atol=2e-6, equal_nan=True)
+    # Two kernels, each within SPEC §2's bound of the reference: equal to within its 1e-5.
+    torch.testing.assert_close(h1, eo.entropy(x), rtol=0, atol=1e-5, equal_nan=True)
     m = eo.top_p_mask(x, 1.0, inclusive=False)
     bad = torch.isnan(h1)
     assert m[~bad].all() and not m[bad].any()
