@@ -9,7 +9,8 @@ import importlib.util
 import torch
 
 from .._backends import Backend, _triton_interpret, register_backend, register_kernel
-from .kernel import RowKernel
+from ..ops._types import TokenStats
+from .kernel import MinPKernel, RowKernel, TopPKernel
 
 
 def _available():
@@ -30,7 +31,28 @@ def entropy_bwd_triton(*args):
     return launch(*args)
 
 
+def _selective(name):
+    """A lazy wrapper of ``triton_kernels.launch_selective.<name>`` (imported on first call)."""
+    def call(*args):
+        from ..triton_kernels import launch_selective
+        return getattr(launch_selective, name)(*args)
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+def token_stats_triton(*args):
+    from ..triton_kernels.launch_selective import token_stats_triton as launch
+    return TokenStats(*launch(*args))
+
+
 register_backend(Backend("triton", _available, devices=("cuda",)))
 _KERNEL = RowKernel(entropy_fwd_triton, entropy_bwd_triton)
 register_kernel("triton", "entropy", _KERNEL)
 register_kernel("triton", "logprobs_and_entropy", _KERNEL)
+_TOP_P = TopPKernel(_selective("top_p_entropy_fwd_triton"), _selective("top_p_entropy_bwd_triton"),
+                    _selective("top_p_mask_triton"))
+register_kernel("triton", "top_p_entropy", _TOP_P)
+register_kernel("triton", "top_p_mask", _TOP_P)
+register_kernel("triton", "min_p_logprobs",
+                MinPKernel(_selective("min_p_logprobs_fwd_triton"), _selective("min_p_logprobs_bwd_triton")))
+register_kernel("triton", "token_stats", token_stats_triton)

@@ -1,0 +1,86 @@
+"""The eight per-row statistics of ``token_stats`` (SPEC §3.1; ``token_stats_torch`` defines them
+precisely), in Triton: one program per row, two passes.
+
+Pass 1 folds the row into the online-softmax state (max, sum_exp, sum_exp_z) and reads the label.
+Pass 2, with ``m``, ``ln s`` and ``H`` known, sums ``p^2``, ``p (log p + H)^2`` (varentropy, never
+negative), ``p^2 (log p + H)`` and the shifted row ``x - m`` (for the mean in self_certainty).
+Everything is relative to the row's own max, so rows shifted by 1e4 keep their digits; ``p_j = 0``
+terms contribute exactly 0.
+"""
+import triton
+import triton.language as tl
+
+from .entropy import _row_setup
+from .online_softmax import LOG2E, block_update, finalize, reduce_lanes, safe_max
+
+
+@triton.jit
+def _store_stat(ptr, row, value, active, bad):
+    tl.store(ptr + row, tl.where(active, tl.where(bad, float("nan"), value), 0.0))
+
+
+@triton.jit
+def token_stats_kernel(
+    x_ptr, stride_row, V, log_v, temp_ptr, temp_scalar, labels_ptr, ignore_index, mask_ptr,
+    lse_ptr, entropy_ptr, logp_ptr, max_logp_ptr, collision_ptr, varentropy_ptr, self_certainty_ptr,
+    entropy_drift_ptr,
+    HAS_TEMP: tl.constexpr, HAS_LABELS: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    active, inv_t = _row_setup(row, mask_ptr, temp_ptr, temp_scalar, HAS_MASK, HAS_TEMP)
+    k = LOG2E * inv_t
+    row_ptr = x_ptr + row * stride_row
+    read_end = tl.where(active, V, 0)  # a masked row is never read
+
+    m = tl.full([BLOCK], float("-inf"), tl.float32)
+    s = tl.zeros([BLOCK], tl.float32)
+    sz = tl.zeros([BLOCK], tl.float32)
+    for off in range(0, read_end, BLOCK):
+        cols = off + tl.arange(0, BLOCK)
+        x = tl.load(row_ptr + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
+        m, s, sz = block_update(m, s, sz, x, k)
+    m_row, s_row, sz_row = reduce_lanes(m, s, sz, k)
+    _, entropy, ln_s = finalize(m_row, s_row, sz_row, inv_t)
+    # Divisions by T where a large value is scaled (m / T, the summed shifted row), correctly
+    # rounded: m * (1 / T) rounds twice, off by ~1e-3 on rows shifted by 1e4.
+    if HAS_TEMP:
+        temperature = tl.load(temp_ptr + row).to(tl.float32)
+    else:
+        temperature = temp_scalar
+    lse = tl.math.div_rn(m_row, temperature) + ln_s
+    bad = (lse != lse) | (lse == float("-inf"))  # NaN/+inf entries, or an all -inf row
+
+    base = safe_max(m_row)
+    collision = tl.zeros([BLOCK], tl.float32)
+    varentropy = tl.zeros([BLOCK], tl.float32)
+    drift = tl.zeros([BLOCK], tl.float32)
+    shifted_sum = tl.zeros([BLOCK], tl.float32)
+    for off in range(0, tl.where(bad, 0, read_end), BLOCK):
+        cols = off + tl.arange(0, BLOCK)
+        x = tl.load(row_ptr + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
+        d = x - base
+        p = tl.exp2(d * k) / s_row
+        log_p = d * inv_t - ln_s
+        centred = log_p + entropy
+        live = p > 0.0
+        collision += p * p
+        varentropy += tl.where(live, p * centred * centred, 0.0)
+        drift += tl.where(live, p * p * centred, 0.0)
+        shifted_sum += tl.where(cols < V, d, 0.0)
+
+    mean_shifted = tl.math.div_rn(tl.sum(shifted_sum, axis=0), temperature) / V
+    _store_stat(lse_ptr, row, lse, active, bad)
+    _store_stat(entropy_ptr, row, entropy, active, bad)
+    _store_stat(max_logp_ptr, row, -ln_s, active, bad)
+    _store_stat(collision_ptr, row, tl.sum(collision, axis=0), active, bad)
+    _store_stat(varentropy_ptr, row, tl.sum(varentropy, axis=0), active, bad)
+    # The mean is over all V entries: -inf (so +inf here) when the row has -inf logits.
+    _store_stat(self_certainty_ptr, row, ln_s - mean_shifted - log_v, active, bad)
+    _store_stat(entropy_drift_ptr, row, tl.sum(drift, axis=0), active, bad)
+    if HAS_LABELS:
+        y = tl.load(labels_ptr + row).to(tl.int64)
+        in_range = (y >= 0) & (y < V)
+        x_y = tl.load(row_ptr + y, mask=in_range & active, other=0.0).to(tl.float32)
+        logp = tl.where(in_range & (~bad), (x_y - m_row) * inv_t - ln_s, float("nan"))
+        logp = tl.where(y == ignore_index, 0.0, logp)
+        tl.store(logp_ptr + row, tl.where(active, logp, 0.0))
