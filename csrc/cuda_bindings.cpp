@@ -39,13 +39,17 @@ T* ptr(std::uintptr_t p) {
 }
 
 // Argument errors that the launchers would only report as cudaErrorInvalidValue, named here.
-void check_args(const char* what, int dtype, int64_t n_rows, int64_t vocab,
-                int64_t workspace_size) {
+void check_dtype(const char* what, int dtype) {
   if (dtype < 0 || dtype > 2) {
     throw py::value_error(std::string("entropy_ops._C_cuda.") + what +
                           ": dtype code must be 0..2 (fp32, bf16, fp16; fp64 runs on the torch "
                           "backend), got " + std::to_string(dtype));
   }
+}
+
+void check_args(const char* what, int dtype, int64_t n_rows, int64_t vocab,
+                int64_t workspace_size) {
+  check_dtype(what, dtype);
   const int64_t need = entropy_ops::entropy_fwd_workspace_cuda(n_rows, vocab);
   if (workspace_size < need) {
     throw py::value_error(std::string("entropy_ops._C_cuda.") + what + ": workspace holds " +
@@ -94,6 +98,138 @@ void entropy_bwd(std::uintptr_t logits, int dtype, int64_t n_rows, int64_t vocab
         reinterpret_cast<cudaStream_t>(stream));
   }
   check(err, "entropy_bwd_cuda");
+}
+
+
+// top_p's integer mass sums need vocab < kTopPMaxVocab.
+void check_top_p_vocab(const char* what, int64_t vocab) {
+  if (vocab >= entropy_ops::kTopPMaxVocab) {
+    throw py::value_error(std::string("entropy_ops._C_cuda.") + what + ": vocab must be below " +
+                          std::to_string(entropy_ops::kTopPMaxVocab) + ", got " +
+                          std::to_string(vocab));
+  }
+}
+
+// Runs `launch` with the GIL released and raises on its error.
+template <typename F>
+void launch(const char* what, F&& f) {
+  cudaError_t err;
+  {
+    py::gil_scoped_release release;
+    err = f();
+  }
+  check(err, what);
+}
+
+cudaStream_t as_stream(std::uintptr_t stream) { return reinterpret_cast<cudaStream_t>(stream); }
+
+void top_p_entropy_fwd(std::uintptr_t logits, int dtype, int64_t n_rows, int64_t vocab,
+                       int64_t row_stride, std::uintptr_t temperature, double temperature_scalar,
+                       std::uintptr_t mask, double top_p, std::uintptr_t entropy_out,
+                       std::uintptr_t row_max_out, std::uintptr_t cut_e_out,
+                       std::uintptr_t cut_index_out, std::uintptr_t log_norm_out, int device,
+                       std::uintptr_t stream) {
+  const char* what = "top_p_entropy_fwd_cuda";
+  check_dtype(what, dtype);
+  check_top_p_vocab(what, vocab);
+  launch(what, [&] {
+    return entropy_ops::top_p_entropy_fwd_cuda(
+        ptr<const void>(logits), dtype, n_rows, vocab, row_stride, ptr<const float>(temperature),
+        temperature_scalar, ptr<const uint8_t>(mask), top_p, ptr<float>(entropy_out),
+        ptr<float>(row_max_out), ptr<float>(cut_e_out), ptr<int32_t>(cut_index_out),
+        ptr<float>(log_norm_out), device, as_stream(stream));
+  });
+}
+
+void top_p_entropy_bwd(std::uintptr_t logits, int dtype, int64_t n_rows, int64_t vocab,
+                       int64_t row_stride, std::uintptr_t temperature, double temperature_scalar,
+                       std::uintptr_t mask, std::uintptr_t entropy, std::uintptr_t row_max,
+                       std::uintptr_t cut_e, std::uintptr_t cut_index, std::uintptr_t log_norm,
+                       std::uintptr_t grad_entropy, std::uintptr_t grad_logits,
+                       int64_t grad_row_stride, int device, std::uintptr_t stream) {
+  const char* what = "top_p_entropy_bwd_cuda";
+  check_dtype(what, dtype);
+  check_top_p_vocab(what, vocab);
+  launch(what, [&] {
+    return entropy_ops::top_p_entropy_bwd_cuda(
+        ptr<const void>(logits), dtype, n_rows, vocab, row_stride, ptr<const float>(temperature),
+        temperature_scalar, ptr<const uint8_t>(mask), ptr<const float>(entropy),
+        ptr<const float>(row_max), ptr<const float>(cut_e), ptr<const int32_t>(cut_index),
+        ptr<const float>(log_norm), ptr<const float>(grad_entropy), ptr<void>(grad_logits),
+        grad_row_stride, device, as_stream(stream));
+  });
+}
+
+void top_p_mask(std::uintptr_t logits, int dtype, int64_t n_rows, int64_t vocab,
+                int64_t row_stride, std::uintptr_t temperature, double temperature_scalar,
+                std::uintptr_t mask, double top_p, bool inclusive, std::uintptr_t mask_out,
+                int64_t out_row_stride, int device, std::uintptr_t stream) {
+  const char* what = "top_p_mask_cuda";
+  check_dtype(what, dtype);
+  check_top_p_vocab(what, vocab);
+  launch(what, [&] {
+    return entropy_ops::top_p_mask_cuda(
+        ptr<const void>(logits), dtype, n_rows, vocab, row_stride, ptr<const float>(temperature),
+        temperature_scalar, ptr<const uint8_t>(mask), top_p, inclusive, ptr<uint8_t>(mask_out),
+        out_row_stride, device, as_stream(stream));
+  });
+}
+
+void min_p_logprobs_fwd(std::uintptr_t logits, int dtype, int64_t n_rows, int64_t vocab,
+                        int64_t row_stride, std::uintptr_t temperature, double temperature_scalar,
+                        std::uintptr_t labels, bool labels_int32, int64_t ignore_index,
+                        std::uintptr_t mask, double min_p, std::uintptr_t logp_out,
+                        std::uintptr_t row_max_out, std::uintptr_t log_norm_out, int device,
+                        std::uintptr_t stream) {
+  const char* what = "min_p_logprobs_fwd_cuda";
+  check_dtype(what, dtype);
+  launch(what, [&] {
+    return entropy_ops::min_p_logprobs_fwd_cuda(
+        ptr<const void>(logits), dtype, n_rows, vocab, row_stride, ptr<const float>(temperature),
+        temperature_scalar, ptr<const void>(labels), labels_int32, ignore_index,
+        ptr<const uint8_t>(mask), min_p, ptr<float>(logp_out), ptr<float>(row_max_out),
+        ptr<float>(log_norm_out), device, as_stream(stream));
+  });
+}
+
+void min_p_logprobs_bwd(std::uintptr_t logits, int dtype, int64_t n_rows, int64_t vocab,
+                        int64_t row_stride, std::uintptr_t temperature, double temperature_scalar,
+                        std::uintptr_t labels, bool labels_int32, int64_t ignore_index,
+                        std::uintptr_t mask, double min_p, std::uintptr_t row_max,
+                        std::uintptr_t log_norm, std::uintptr_t grad_logp,
+                        std::uintptr_t grad_logits, int64_t grad_row_stride, int device,
+                        std::uintptr_t stream) {
+  const char* what = "min_p_logprobs_bwd_cuda";
+  check_dtype(what, dtype);
+  launch(what, [&] {
+    return entropy_ops::min_p_logprobs_bwd_cuda(
+        ptr<const void>(logits), dtype, n_rows, vocab, row_stride, ptr<const float>(temperature),
+        temperature_scalar, ptr<const void>(labels), labels_int32, ignore_index,
+        ptr<const uint8_t>(mask), min_p, ptr<const float>(row_max), ptr<const float>(log_norm),
+        ptr<const float>(grad_logp), ptr<void>(grad_logits), grad_row_stride, device,
+        as_stream(stream));
+  });
+}
+
+void token_stats(std::uintptr_t logits, int dtype, int64_t n_rows, int64_t vocab,
+                 int64_t row_stride, std::uintptr_t temperature, double temperature_scalar,
+                 std::uintptr_t labels, bool labels_int32, int64_t ignore_index,
+                 std::uintptr_t mask, std::uintptr_t lse_out, std::uintptr_t entropy_out,
+                 std::uintptr_t logp_out, std::uintptr_t max_logp_out,
+                 std::uintptr_t collision_out, std::uintptr_t varentropy_out,
+                 std::uintptr_t self_certainty_out, std::uintptr_t entropy_drift_out, int device,
+                 std::uintptr_t stream) {
+  const char* what = "token_stats_cuda";
+  check_dtype(what, dtype);
+  launch(what, [&] {
+    return entropy_ops::token_stats_cuda(
+        ptr<const void>(logits), dtype, n_rows, vocab, row_stride, ptr<const float>(temperature),
+        temperature_scalar, ptr<const void>(labels), labels_int32, ignore_index,
+        ptr<const uint8_t>(mask), ptr<float>(lse_out), ptr<float>(entropy_out),
+        ptr<float>(logp_out), ptr<float>(max_logp_out), ptr<float>(collision_out),
+        ptr<float>(varentropy_out), ptr<float>(self_certainty_out),
+        ptr<float>(entropy_drift_out), device, as_stream(stream));
+  });
 }
 
 }  // namespace
@@ -152,4 +288,48 @@ PYBIND11_MODULE(_C_cuda, m) {
         py::arg("grad_row_stride"), py::arg("workspace"), py::arg("workspace_size"),
         py::arg("device"), py::arg("stream"),
         "grad_logits = (gH dH/dz + glogp dlogp/dz) / T in the logits' dtype, on `stream`.");
+
+  m.def("top_p_entropy_fwd_cuda", &top_p_entropy_fwd, py::arg("logits"), py::arg("dtype"),
+        py::arg("n_rows"), py::arg("vocab"), py::arg("row_stride"), py::arg("temperature"),
+        py::arg("temperature_scalar"), py::arg("mask"), py::arg("top_p"),
+        py::arg("entropy_out"), py::arg("row_max_out"), py::arg("cut_e_out"),
+        py::arg("cut_index_out"), py::arg("log_norm_out"), py::arg("device"), py::arg("stream"),
+        "Per row: entropy of the exclusive top-p nucleus renormalized, and the saved (row_max, "
+        "cut_e, cut_index int32, log_norm) of kernel.py's TopPKernel, on `stream`.");
+  m.def("top_p_entropy_bwd_cuda", &top_p_entropy_bwd, py::arg("logits"), py::arg("dtype"),
+        py::arg("n_rows"), py::arg("vocab"), py::arg("row_stride"), py::arg("temperature"),
+        py::arg("temperature_scalar"), py::arg("mask"), py::arg("entropy"), py::arg("row_max"),
+        py::arg("cut_e"), py::arg("cut_index"), py::arg("log_norm"), py::arg("grad_entropy"),
+        py::arg("grad_logits"), py::arg("grad_row_stride"), py::arg("device"),
+        py::arg("stream"),
+        "grad_logits = -gH q (log q + H) / T over the saved nucleus (0 elsewhere), in the "
+        "logits' dtype, on `stream`.");
+  m.def("top_p_mask_cuda", &top_p_mask, py::arg("logits"), py::arg("dtype"), py::arg("n_rows"),
+        py::arg("vocab"), py::arg("row_stride"), py::arg("temperature"),
+        py::arg("temperature_scalar"), py::arg("mask"), py::arg("top_p"), py::arg("inclusive"),
+        py::arg("mask_out"), py::arg("out_row_stride"), py::arg("device"), py::arg("stream"),
+        "mask_out[i, j] (bool bytes) = token j is in row i's top-p nucleus, on `stream`.");
+  m.def("min_p_logprobs_fwd_cuda", &min_p_logprobs_fwd, py::arg("logits"), py::arg("dtype"),
+        py::arg("n_rows"), py::arg("vocab"), py::arg("row_stride"), py::arg("temperature"),
+        py::arg("temperature_scalar"), py::arg("labels"), py::arg("labels_int32"),
+        py::arg("ignore_index"), py::arg("mask"), py::arg("min_p"), py::arg("logp_out"),
+        py::arg("row_max_out"), py::arg("log_norm_out"), py::arg("device"), py::arg("stream"),
+        "Per row: the label's log-prob under the min-p proxy, and the saved (row_max, "
+        "log_norm), on `stream`.");
+  m.def("min_p_logprobs_bwd_cuda", &min_p_logprobs_bwd, py::arg("logits"), py::arg("dtype"),
+        py::arg("n_rows"), py::arg("vocab"), py::arg("row_stride"), py::arg("temperature"),
+        py::arg("temperature_scalar"), py::arg("labels"), py::arg("labels_int32"),
+        py::arg("ignore_index"), py::arg("mask"), py::arg("min_p"), py::arg("row_max"),
+        py::arg("log_norm"), py::arg("grad_logp"), py::arg("grad_logits"),
+        py::arg("grad_row_stride"), py::arg("device"), py::arg("stream"),
+        "grad_logits = glogp (1[j=y] - q_j) / T over the kept tokens, in the logits' dtype, on "
+        "`stream`.");
+  m.def("token_stats_cuda", &token_stats, py::arg("logits"), py::arg("dtype"), py::arg("n_rows"),
+        py::arg("vocab"), py::arg("row_stride"), py::arg("temperature"),
+        py::arg("temperature_scalar"), py::arg("labels"), py::arg("labels_int32"),
+        py::arg("ignore_index"), py::arg("mask"), py::arg("lse_out"), py::arg("entropy_out"),
+        py::arg("logp_out"), py::arg("max_logp_out"), py::arg("collision_out"),
+        py::arg("varentropy_out"), py::arg("self_certainty_out"), py::arg("entropy_drift_out"),
+        py::arg("device"), py::arg("stream"),
+        "Per row: the eight statistics of token_stats (logp_out 0 without labels), on `stream`.");
 }

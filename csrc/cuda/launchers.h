@@ -39,6 +39,58 @@ cudaError_t entropy_bwd_cuda(const void* logits, int dtype, int64_t n_rows, int6
                              float* workspace, int64_t workspace_size, int device,
                              cudaStream_t stream);
 
+// The selective row ops and token_stats (csrc/README.md gives the ABI; the rules are those of
+// entropy_ops/backends/kernel.py): one block per row, the row arguments of entropy_fwd_cuda
+// (top_p without labels), no workspace. n_rows == 0 launches nothing. cudaErrorInvalidValue: a
+// dtype code other than 0..2, top_p with vocab >= kTopPMaxVocab, min_p without labels, or
+// token_stats with exactly one of labels / logp_out null.
+constexpr int64_t kTopPMaxVocab = int64_t(1) << 23;  // keeps the integer mass sums < 2^63
+
+cudaError_t top_p_entropy_fwd_cuda(const void* logits, int dtype, int64_t n_rows, int64_t vocab,
+                                   int64_t row_stride, const float* temperature,
+                                   double temperature_scalar, const uint8_t* mask, double top_p,
+                                   float* entropy_out, float* row_max_out, float* cut_e_out,
+                                   int32_t* cut_index_out, float* log_norm_out, int device,
+                                   cudaStream_t stream);
+
+cudaError_t top_p_entropy_bwd_cuda(const void* logits, int dtype, int64_t n_rows, int64_t vocab,
+                                   int64_t row_stride, const float* temperature,
+                                   double temperature_scalar, const uint8_t* mask,
+                                   const float* entropy, const float* row_max, const float* cut_e,
+                                   const int32_t* cut_index, const float* log_norm,
+                                   const float* grad_entropy, void* grad_logits,
+                                   int64_t grad_row_stride, int device, cudaStream_t stream);
+
+cudaError_t top_p_mask_cuda(const void* logits, int dtype, int64_t n_rows, int64_t vocab,
+                            int64_t row_stride, const float* temperature,
+                            double temperature_scalar, const uint8_t* mask, double top_p,
+                            bool inclusive, uint8_t* mask_out, int64_t out_row_stride, int device,
+                            cudaStream_t stream);
+
+cudaError_t min_p_logprobs_fwd_cuda(const void* logits, int dtype, int64_t n_rows, int64_t vocab,
+                                    int64_t row_stride, const float* temperature,
+                                    double temperature_scalar, const void* labels,
+                                    bool labels_int32, int64_t ignore_index, const uint8_t* mask,
+                                    double min_p, float* logp_out, float* row_max_out,
+                                    float* log_norm_out, int device, cudaStream_t stream);
+
+cudaError_t min_p_logprobs_bwd_cuda(const void* logits, int dtype, int64_t n_rows, int64_t vocab,
+                                    int64_t row_stride, const float* temperature,
+                                    double temperature_scalar, const void* labels,
+                                    bool labels_int32, int64_t ignore_index, const uint8_t* mask,
+                                    double min_p, const float* row_max, const float* log_norm,
+                                    const float* grad_logp, void* grad_logits,
+                                    int64_t grad_row_stride, int device, cudaStream_t stream);
+
+cudaError_t token_stats_cuda(const void* logits, int dtype, int64_t n_rows, int64_t vocab,
+                             int64_t row_stride, const float* temperature,
+                             double temperature_scalar, const void* labels, bool labels_int32,
+                             int64_t ignore_index, const uint8_t* mask, float* lse_out,
+                             float* entropy_out, float* logp_out, float* max_logp_out,
+                             float* collision_out, float* varentropy_out,
+                             float* self_certainty_out, float* entropy_drift_out, int device,
+                             cudaStream_t stream);
+
 // Version and device queries; none of them allocates or synchronizes.
 cudaError_t driver_version_cuda(int* version);   // 0 when no driver is installed
 cudaError_t runtime_version_cuda(int* version);  // the static cudart this module carries
