@@ -169,11 +169,19 @@ class BuildExt(build_ext):
         return [obj for obj, _, _ in results]
 
 
+def _depends(*patterns):
+    """Files whose change must rebuild an extension although its listed sources did not change:
+    setuptools compares only sources + depends with the built module, so without these an edited
+    header (or .cu file, compiled outside the source list) would leave a stale module."""
+    return sorted(f for p in patterns for f in glob.glob(p, recursive=True))
+
+
 def cpu_extension():
     sources = sorted(glob.glob("csrc/cpu/*.cpp")) + ["csrc/cpu_bindings.cpp"]
     return Extension(
         "entropy_ops._C",
         sources=sources,
+        depends=_depends("csrc/include/**/*.h", "csrc/cpu/*.h"),
         include_dirs=["csrc/include", "csrc", pybind11.get_include()],
         extra_compile_args=CXX_FLAGS,
         language="c++",
@@ -197,6 +205,7 @@ def cuda_extension():
     ext = Extension(
         "entropy_ops._C_cuda",
         sources=["csrc/cuda_bindings.cpp"],
+        depends=_depends("csrc/include/**/*.h", "csrc/cuda/*.cu", "csrc/cuda/*.cuh", "csrc/cuda/*.h"),
         include_dirs=["csrc/include", "csrc", os.path.join(root, "include"), pybind11.get_include()],
         define_macros=[("ENTROPY_OPS_CUDA_ARCHS", f'"{archs}"')],
         extra_compile_args=CXX_FLAGS,
