@@ -86,6 +86,34 @@ def tied_rows(vocab, dtype, seed=0):
     return x.to(dtype), torch.tensor(ties)
 
 
+def all_outputs(x, y, g_h, g_lp):
+    """Every output and gradient row of the selective ops (top-p entropy and mask, min-p log-probs
+    with per-row upstream gradients, token_stats) on ``x``: what batch-invariance tests compare."""
+    import entropy_ops as eo
+    xa = x.detach().clone().requires_grad_(True)
+    xb = x.detach().clone().requires_grad_(True)
+    h = eo.top_p_entropy(xa, 0.8, 0.9)
+    lp = eo.min_p_logprobs(xb, y, 0.05, 0.9)
+    (ga,) = torch.autograd.grad(h, xa, g_h)
+    (gb,) = torch.autograd.grad(lp, xb, torch.where(torch.isfinite(lp), g_lp, 0))
+    return [h.detach(), lp.detach(), ga, gb, eo.top_p_mask(x, 0.8, 0.9), *eo.token_stats(x, y, 0.9)]
+
+
+def masked_bad_shifted_rows():
+    """``(x, y, mask, bad, shifted)``: 12 rows of V = 2000 holding every special kind (NaN kinds
+    included), an ignored label in row 0, rows 1 and 4 masked out, and bool flags of the NaN
+    and the +-1e4-shifted rows."""
+    from conftest import FINITE_KINDS, NAN_KINDS, make_labels, make_rows
+    x, kinds = make_rows(12, 2000, torch.float32, kinds=FINITE_KINDS + NAN_KINDS, seed=9)
+    y = make_labels(12, 2000, seed=9)
+    y[0] = -100
+    mask = torch.ones(12, dtype=torch.bool)
+    mask[[1, 4]] = False
+    bad = torch.tensor([k in NAN_KINDS for k in kinds])
+    shifted = torch.tensor([k.startswith("shift") for k in kinds])
+    return x, y, mask, bad, shifted
+
+
 def within(ours, ref, eager, abs_tol=1e-5):
     """SPEC §2's bound for a subset of rows already selected: ``|ours - ref| <= 2 |eager - ref| +
     abs_tol``, infinities and NaN matched exactly."""
@@ -100,4 +128,5 @@ def within(ours, ref, eager, abs_tol=1e-5):
 
 
 __all__ = ["MARGIN", "acc_dtype", "clear_of_min_p_cut", "clear_of_top_p_cut", "eager_min_p_logprobs",
-           "eager_top_p_entropy", "tied_rows", "with_clear_cuts", "within"]
+           "eager_top_p_entropy", "all_outputs", "masked_bad_shifted_rows", "tied_rows", "with_clear_cuts",
+           "within"]

@@ -15,8 +15,8 @@ from conftest import (
 from entropy_ops import reference as R
 from entropy_ops.backends import cpu_backend as K
 from selective_common import (
-    clear_of_min_p_cut, clear_of_top_p_cut, eager_min_p_logprobs, eager_top_p_entropy,
-    with_clear_cuts, within,
+    all_outputs, clear_of_min_p_cut, clear_of_top_p_cut, eager_min_p_logprobs,
+    eager_top_p_entropy, masked_bad_shifted_rows, with_clear_cuts, within,
 )
 from test_token_stats import eager_token_stats
 
@@ -214,18 +214,6 @@ def test_each_isa_gradients_match_reference(isas, dtype):
         assert (g[~finite] == 0).all(), isa
 
 
-def _all_outputs(x, y, g_h, g_lp):
-    """Every output and gradient row of the ops under test, for per-row upstream gradients."""
-    xa = x.detach().clone().requires_grad_(True)
-    xb = x.detach().clone().requires_grad_(True)
-    h = eo.top_p_entropy(xa, 0.8, 0.9)
-    lp = eo.min_p_logprobs(xb, y, 0.05, 0.9)
-    (ga,) = torch.autograd.grad(h, xa, g_h)
-    (gb,) = torch.autograd.grad(lp, xb, torch.where(torch.isfinite(lp), g_lp, 0))
-    out = [h.detach(), lp.detach(), ga, gb, eo.top_p_mask(x, 0.8, 0.9), *eo.token_stats(x, y, 0.9)]
-    return out
-
-
 @pytest.mark.parametrize("vocab", [37, 4096, 32000])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
 def test_each_isa_batch_invariance(isas, restore_threads, dtype, vocab):
@@ -239,23 +227,17 @@ def test_each_isa_batch_invariance(isas, restore_threads, dtype, vocab):
     for isa, use in isas:
         use()
         torch.set_num_threads(2)
-        whole = _all_outputs(batch, y, g_h, g_lp)
+        whole = all_outputs(batch, y, g_h, g_lp)
         torch.set_num_threads(1)
         for i in (0, n // 2 + 1, n - 1):
-            alone = _all_outputs(batch[i:i + 1], y[i:i + 1], g_h[i:i + 1], g_lp[i:i + 1])
+            alone = all_outputs(batch[i:i + 1], y[i:i + 1], g_h[i:i + 1], g_lp[i:i + 1])
             for k, (a, b) in enumerate(zip(alone, whole)):
                 if a is not None:
                     assert torch.equal(a[0], b[i]), f"{isa}: output {k} of row {i} changes with N/threads"
 
 
 def test_each_isa_masked_bad_and_shifted_rows(isas):
-    x, kinds = make_rows(12, 2000, torch.float32, kinds=FINITE_KINDS + NAN_KINDS, seed=9)
-    y = make_labels(12, 2000, seed=9)
-    y[0] = -100
-    mask = torch.ones(12, dtype=torch.bool)
-    mask[[1, 4]] = False
-    bad = torch.tensor([k in NAN_KINDS for k in kinds])
-    shifted = torch.tensor([k.startswith("shift") for k in kinds])
+    x, y, mask, bad, shifted = masked_bad_shifted_rows()
     ref_h = R.top_p_entropy_ref(x, 0.8, 1.3)
     for isa, use in isas:
         use()

@@ -21,8 +21,8 @@ from entropy_ops import _backends
 from entropy_ops import reference as R
 from gpu_common import DEVICE, GPU_BACKENDS, GPU_DTYPES, VOCABS, assert_same_bits, pytestmark  # noqa: F401
 from selective_common import (
-    clear_of_min_p_cut, clear_of_top_p_cut, eager_min_p_logprobs, eager_top_p_entropy,
-    with_clear_cuts, within,
+    all_outputs, clear_of_min_p_cut, clear_of_top_p_cut, eager_min_p_logprobs,
+    eager_top_p_entropy, masked_bad_shifted_rows, with_clear_cuts, within,
 )
 from test_token_stats import eager_token_stats
 
@@ -206,13 +206,7 @@ def test_forward_backward_mask_agree(sel_backend, dtype, vocab):
 # ---- masked, bad, shifted and unaligned rows ------------------------------------------------------
 
 def test_masked_bad_and_shifted_rows(sel_backend):
-    x, kinds = make_rows(12, 2000, torch.float32, kinds=FINITE_KINDS + NAN_KINDS, seed=9)
-    y = make_labels(12, 2000, seed=9)
-    y[0] = -100
-    mask = torch.ones(12, dtype=torch.bool)
-    mask[[1, 4]] = False
-    bad = torch.tensor([k in NAN_KINDS for k in kinds])
-    shifted = torch.tensor([k.startswith("shift") for k in kinds])
+    x, y, mask, bad, shifted = masked_bad_shifted_rows()
     ref_h = R.top_p_entropy_ref(x, 0.8, 1.3)
     xd, yd, md = x.to(DEVICE), y.to(DEVICE), mask.to(DEVICE)
     xg = xd.clone().requires_grad_(True)
@@ -266,16 +260,6 @@ def test_unaligned_rows_give_the_same_bits(sel_backend, dtype, vocab):
 
 # ---- batch invariance, N = 0, many rows -----------------------------------------------------------
 
-def _all_outputs(x, y, g_h, g_lp):
-    xa = x.detach().clone().requires_grad_(True)
-    xb = x.detach().clone().requires_grad_(True)
-    h = eo.top_p_entropy(xa, 0.8, 0.9)
-    lp = eo.min_p_logprobs(xb, y, 0.05, 0.9)
-    (ga,) = torch.autograd.grad(h, xa, g_h)
-    (gb,) = torch.autograd.grad(lp, xb, torch.where(torch.isfinite(lp), g_lp, 0))
-    return [h.detach(), lp.detach(), ga, gb, eo.top_p_mask(x, 0.8, 0.9), *eo.token_stats(x, y, 0.9)]
-
-
 @pytest.mark.parametrize("vocab", [1023, 151936])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_batch_invariance(sel_backend, dtype, vocab):
@@ -283,7 +267,7 @@ def test_batch_invariance(sel_backend, dtype, vocab):
     row = (torch.randn(1, vocab, device=DEVICE, generator=gen) * 3).to(dtype)
     label = row.float().argmax(-1)
     g = (torch.tensor([0.75], device=DEVICE), torch.tensor([-1.25], device=DEVICE))
-    alone = _all_outputs(row, label, *g)
+    alone = all_outputs(row, label, *g)
     for n in (64, 1024 if vocab > 32000 else 4096):
         batch = (torch.randn(n, vocab, device=DEVICE, generator=gen) * 2).to(dtype)
         labels = torch.randint(vocab, (n,), device=DEVICE, generator=gen)
@@ -291,7 +275,7 @@ def test_batch_invariance(sel_backend, dtype, vocab):
         positions = (0, 1 + vocab % (n - 2), n - 1)
         for pos in positions:
             batch[pos], labels[pos], g_h[pos], g_lp[pos] = row[0], label[0], g[0][0], g[1][0]
-        whole = _all_outputs(batch, labels, g_h, g_lp)
+        whole = all_outputs(batch, labels, g_h, g_lp)
         for k, (a, b) in enumerate(zip(alone, whole)):
             for pos in positions:
                 assert_same_bits(b[pos], a[0], f"output {k}: row at {pos} of {n} vs alone")
