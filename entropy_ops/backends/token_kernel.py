@@ -18,6 +18,12 @@ tokens as one sequence), the ``n`` valid entries (``mask`` True and not NaN) hav
 ``r = max(q (n - 1), 0)`` in float64; with ``v_(k)`` the k-th smallest (0-based),
 ``out = lerp(v_(floor r), v_(ceil r), r - floor r)`` in float64 (``torch.quantile``'s 'linear'),
 NaN where ``n = 0``; float64 ``[Q, S]`` (``[Q, 1]`` with ``cu`` None).
+
+**Top-k** (the Clip-Cov / KL-Cov selection): ``scores`` a contiguous ``[N]`` tensor (float32,
+bfloat16, float16, float64 with no NaN among the eligible entries, or int64), ``eligible`` bool
+``[N]``, ``k`` int64 ``[1]`` on the device (never a host integer): a bool ``[N]`` holding the
+``min(k, #eligible)`` eligible entries of largest score, ties to the lowest index (``-0.0`` and
+``+0.0`` are equal); all False where ``k <= 0``.
 """
 from typing import Callable, NamedTuple
 
@@ -28,3 +34,4 @@ class WindowKernel(NamedTuple):
 
 
 # masked_quantile kernels are one callable: (x, mask, cu or None, q float64 [Q]) -> float64 [Q, S].
+# top_k kernels are one callable: (scores [N], eligible bool [N], k int64 [1]) -> bool [N].
