@@ -9,6 +9,7 @@
 #include "cpu/entropy_cpu.h"
 #include "cpu/isa.h"
 #include "cpu/selective_cpu.h"
+#include "cpu/token_cpu.h"
 #include "entropy_ops/dtype.h"
 #include "entropy_ops/online_softmax.h"
 
@@ -129,6 +130,51 @@ void token_stats(EO_ROWS_PARAMS, uintptr_t lse_out, uintptr_t entropy_out, uintp
 #undef EO_ROWS_PARAMS
 #undef EO_ROWS_ARGS
 
+// Token-level ops (token_cpu.h): packed [N] tokens, int64 offsets cu [n_seq + 1].
+void check_token_dtype(int dtype, int highest, const char* what) {
+  if (dtype < eo::kFloat32 || dtype > highest) {
+    throw std::invalid_argument(std::string("entropy_ops._C: ") + what + ", got " +
+                                std::to_string(dtype));
+  }
+}
+
+void window_entropy_fwd(uintptr_t x, int dtype, uintptr_t mask, uintptr_t cu, int64_t n_seq,
+                        int64_t n, int64_t window, int64_t offset, uintptr_t out, int num_threads) {
+  check_token_dtype(dtype, eo::kFloat64, "dtype code must be 0..3 (fp32, bf16, fp16, fp64)");
+  eoc::window_entropy_fwd_cpu(ptr<const void>(x), dtype, ptr<const uint8_t>(mask),
+                              ptr<const int64_t>(cu), n_seq, n, window, offset, ptr<void>(out),
+                              num_threads);
+}
+
+void window_entropy_bwd(uintptr_t grad, int dtype, uintptr_t mask, uintptr_t cu, int64_t n_seq,
+                        int64_t n, int64_t window, int64_t offset, uintptr_t share, uintptr_t out,
+                        int num_threads) {
+  if (dtype != eo::kFloat32 && dtype != eo::kFloat64) {
+    throw std::invalid_argument("entropy_ops._C: window_entropy_bwd_cpu: grad dtype code must be 0 "
+                                "or 3 (fp32, fp64), got " + std::to_string(dtype));
+  }
+  eoc::window_entropy_bwd_cpu(ptr<const void>(grad), dtype, ptr<const uint8_t>(mask),
+                              ptr<const int64_t>(cu), n_seq, n, window, offset, ptr<void>(share),
+                              ptr<void>(out), num_threads);
+}
+
+void masked_quantile(uintptr_t x, int dtype, uintptr_t mask, uintptr_t cu, int64_t n_seq,
+                     int64_t n, uintptr_t q, int64_t n_q, uintptr_t v_lo, uintptr_t v_hi,
+                     uintptr_t count, int num_threads) {
+  check_token_dtype(dtype, eo::kFloat64, "dtype code must be 0..3 (fp32, bf16, fp16, fp64)");
+  eoc::masked_quantile_cpu(ptr<const void>(x), dtype, ptr<const uint8_t>(mask),
+                           ptr<const int64_t>(cu), n_seq, n, ptr<const double>(q), n_q,
+                           ptr<double>(v_lo), ptr<double>(v_hi), ptr<int64_t>(count), num_threads);
+}
+
+void top_k(uintptr_t scores, int dtype, uintptr_t eligible, int64_t n, uintptr_t k, uintptr_t out,
+           int num_threads) {
+  check_token_dtype(dtype, eoc::kInt64Scores, "top_k dtype code must be 0..4 (fp32, bf16, fp16, "
+                    "fp64, int64)");
+  eoc::top_k_cpu(ptr<const void>(scores), dtype, ptr<const uint8_t>(eligible), n,
+                 ptr<const int64_t>(k), ptr<uint8_t>(out), num_threads);
+}
+
 void set_isa(const std::string& name) {
   if (eoc::set_isa(name)) return;
   std::string supported;
@@ -217,6 +263,21 @@ PYBIND11_MODULE(_C, m) {
         "Per row: the eight statistics of TokenStats (logp_out may be 0).");
 #undef EO_ROWS_PYARGS
 
+  m.def("window_entropy_fwd_cpu", &window_entropy_fwd, nogil, py::arg("x"), py::arg("dtype"),
+        py::arg("mask"), py::arg("cu"), py::arg("n_seq"), py::arg("n"), py::arg("window"),
+        py::arg("offset"), py::arg("out"), py::arg("num_threads"),
+        "out[t] = mean of the valid x in t's window within its sequence (acc dtype).");
+  m.def("window_entropy_bwd_cpu", &window_entropy_bwd, nogil, py::arg("grad"), py::arg("dtype"),
+        py::arg("mask"), py::arg("cu"), py::arg("n_seq"), py::arg("n"), py::arg("window"),
+        py::arg("offset"), py::arg("share"), py::arg("out"), py::arg("num_threads"),
+        "The transposed window sum of grad / #valid (grad, share, out of the acc dtype).");
+  m.def("masked_quantile_cpu", &masked_quantile, nogil, py::arg("x"), py::arg("dtype"),
+        py::arg("mask"), py::arg("cu"), py::arg("n_seq"), py::arg("n"), py::arg("q"),
+        py::arg("n_q"), py::arg("v_lo"), py::arg("v_hi"), py::arg("count"), py::arg("num_threads"),
+        "Per sequence (over all when cu is 0): v_(floor r), v_(ceil r) [Q, S] float64, count [S].");
+  m.def("top_k_cpu", &top_k, nogil, py::arg("scores"), py::arg("dtype"), py::arg("eligible"),
+        py::arg("n"), py::arg("k"), py::arg("out"), py::arg("num_threads"),
+        "out = the k eligible entries of largest score (k read from an int64 [1]), ties lowest index.");
   m.def("exp2_accumulate_row", &exp2_accumulate_row, py::arg("src"), py::arg("n"),
         py::arg("temperature"), py::arg("out"),
         "Test hook: (lse, entropy) of a float32 row through the CUDA kernels' per-thread math.");

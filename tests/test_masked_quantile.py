@@ -9,7 +9,7 @@ import torch
 
 import entropy_ops as eo
 from entropy_ops import reference as R
-from token_common import TOKEN_DTYPES, acc_dtype, make_batch, make_packed, prefix_mask, rows_as_packed
+from token_common import TOKEN_BACKENDS, TOKEN_DTYPES, acc_dtype, make_batch, make_packed, prefix_mask, rows_as_packed
 
 QS = [0.0, 0.1, 0.25, 0.5, 0.8, 0.95, 1.0]
 
@@ -19,10 +19,11 @@ def _same(ours, ref):
     torch.testing.assert_close(ours, ref.to(ours.dtype), rtol=0, atol=0, equal_nan=True)
 
 
-@pytest.fixture(autouse=True)
-def _torch_backend():
-    with eo.use_backend("torch"):
-        yield
+@pytest.fixture(autouse=True, params=TOKEN_BACKENDS)
+def backend(request):
+    """Every test runs on each CPU backend."""
+    with eo.use_backend(request.param):
+        yield request.param
 
 
 @pytest.mark.parametrize("q", QS)
@@ -140,7 +141,7 @@ def test_twenty_million_entries():
 
 
 @pytest.mark.parametrize("variant", ["rows", "rows_q_vector", "packed", "over_all", "bfloat16", "q_0d"])
-def test_opcheck(variant):
+def test_opcheck(variant, backend):
     gen = torch.Generator().manual_seed(3)
     x = torch.rand(4, 12, generator=gen)
     mask = torch.rand(4, 12, generator=gen) > 0.3
@@ -156,7 +157,7 @@ def test_opcheck(variant):
     elif variant == "q_0d":
         q = torch.tensor(0.25, dtype=torch.float64)
     torch.library.opcheck(torch.ops.entropy_ops.masked_quantile.default,
-                          (x, mask, q, q_scalar, per_sequence, cu, "torch"))
+                          (x, mask, q, q_scalar, per_sequence, cu, backend))
 
 
 def test_compile_fullgraph():

@@ -8,13 +8,14 @@ import torch
 
 import entropy_ops as eo
 from entropy_ops import reference as R
-from token_common import make_batch, make_packed, prefix_mask, rows_as_packed
+from token_common import TOKEN_BACKENDS, make_batch, make_packed, prefix_mask, rows_as_packed
 
 
-@pytest.fixture(autouse=True)
-def _torch_backend():
-    with eo.use_backend("torch"):
-        yield
+@pytest.fixture(autouse=True, params=TOKEN_BACKENDS)
+def backend(request):
+    """Every test runs on each CPU backend."""
+    with eo.use_backend(request.param):
+        yield request.param
 
 
 @pytest.mark.parametrize("per_sequence", [True, False])

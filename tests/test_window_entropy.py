@@ -8,7 +8,7 @@ import torch
 
 import entropy_ops as eo
 from entropy_ops import reference as R
-from token_common import TOKEN_DTYPES, acc_dtype, make_batch, make_packed, prefix_mask, rows_as_packed
+from token_common import TOKEN_BACKENDS, TOKEN_DTYPES, acc_dtype, make_batch, make_packed, prefix_mask, rows_as_packed
 
 WINDOWS = [(4, 1), (1, 0), (3, 0), (7, 2), (50, 1), (2, 40), (2**62, 0)]
 
@@ -18,10 +18,11 @@ def _tol(dtype):
     return dict(rtol=0, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-6, atol=2e-6)
 
 
-@pytest.fixture(autouse=True)
-def _torch_backend():
-    with eo.use_backend("torch"):
-        yield
+@pytest.fixture(autouse=True, params=TOKEN_BACKENDS)
+def backend(request):
+    """Every test runs on each CPU backend."""
+    with eo.use_backend(request.param):
+        yield request.param
 
 
 @pytest.mark.parametrize("window, offset", WINDOWS)
@@ -166,7 +167,7 @@ def test_long_sequence_keeps_precision():
 
 
 @pytest.mark.parametrize("variant", ["rows", "rows_mask", "packed_mask", "float64", "bfloat16"])
-def test_opcheck(variant):
+def test_opcheck(variant, backend):
     gen = torch.Generator().manual_seed(3)
     cu, mask, dtype = None, None, torch.float32
     if variant in ("rows", "rows_mask", "float64", "bfloat16"):
@@ -178,9 +179,9 @@ def test_opcheck(variant):
         mask = torch.rand(20, generator=gen) > 0.3
         cu = torch.tensor([0, 6, 6, 15, 20], dtype=torch.int32)
     x = x.to(dtype).requires_grad_(True)
-    torch.library.opcheck(torch.ops.entropy_ops.window_entropy.default, (x, mask, cu, 4, 1, "torch"))
+    torch.library.opcheck(torch.ops.entropy_ops.window_entropy.default, (x, mask, cu, 4, 1, backend))
     g = torch.rand(x.shape, generator=gen).to(acc_dtype(dtype))
-    torch.library.opcheck(torch.ops.entropy_ops.window_entropy_bwd.default, (g, mask, cu, 3, 0, "torch"))
+    torch.library.opcheck(torch.ops.entropy_ops.window_entropy_bwd.default, (g, mask, cu, 3, 0, backend))
 
 
 def test_compile_fullgraph():
@@ -215,11 +216,12 @@ def test_double_backward_is_refused():
         g.sum().backward()
 
 
-def test_auto_backend_runs_the_torch_path():
+def test_auto_backend_runs_the_cpu_kernel():
     x, mask = make_batch(3, 12)
     with eo.use_backend("auto"):
         auto = eo.window_entropy(x, mask)
-    assert torch.equal(auto, eo.window_entropy(x, mask))
+    with eo.use_backend("cpu"):
+        assert torch.equal(auto, eo.window_entropy(x, mask))
 
 
 _X = torch.rand(3, 8)

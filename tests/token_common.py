@@ -2,6 +2,8 @@
 import torch
 
 TOKEN_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+# The backends with token-level kernels on CPU tensors: the reference path and the native one.
+TOKEN_BACKENDS = ["torch", "cpu"]
 
 
 def acc_dtype(dtype):

@@ -25,7 +25,7 @@ from .._backends import register_kernel
 from ..ops._tokens import segment_ids
 from .kernel import acc_dtype
 from .token_kernel import WindowKernel
-from .torch_select import order_keys as _order_keys, select as _select
+from .torch_select import order_keys as _order_keys, select as _select, top_k
 
 # ---- window entropy ------------------------------------------------------------------------------
 
@@ -180,3 +180,4 @@ def masked_quantile_torch(x, mask, cu, q):
 
 register_kernel("torch", "window_entropy", WindowKernel(window_entropy_fwd_torch, window_entropy_bwd_torch))
 register_kernel("torch", "masked_quantile", masked_quantile_torch)
+register_kernel("torch", "top_k", top_k)

@@ -215,7 +215,8 @@ class _Spec:
     grad_of: Optional[str]  # the input differentiated in fwd+bwd rows; None: forward only
     fwd_bytes: int  # per token, algorithmic minimum: fp32 inputs 4 B, bool mask 1 B
     bwd_bytes: int
-    dispatched: bool  # goes through the backends (one row per backend); else composite torch code
+    dispatched: bool  # goes through the backends (one row per backend; the losses' top-k selection
+    #                   does); else composite torch code (one row)
     eager_sync: str  # how the eager way synchronizes with the host ({b}: rows)
 
 
@@ -239,11 +240,11 @@ SPECS = {
         4 + 1 + 1, 0, True, "the eager way syncs {b} times (boolean indexing per row)"),
     "clip_cov_policy_loss": _Spec(
         _clip_ours, lambda x, g: E.eager_clip_cov(x.logp, x.old_logp, x.advantages, x.mask, g),
-        _check_clip, "logp", 4 * 3 + 1 + 1, _LOSS_BWD, False,
+        _check_clip, "logp", 4 * 3 + 1 + 1, _LOSS_BWD, True,
         "the eager way (verl) syncs: .item(), nonzero, host randperm"),
     "kl_cov_policy_loss": _Spec(
         _kl_ours, lambda x, g: E.eager_kl_cov(x.logp, x.old_logp, x.advantages, x.mask),
-        _check_kl, "logp", 4 * 3 + 1 + 1, _LOSS_BWD, False,
+        _check_kl, "logp", 4 * 3 + 1 + 1, _LOSS_BWD, True,
         "the eager way (verl) syncs: nonzero, boolean indexing, .cpu(), host topk"),
 }
 
@@ -260,8 +261,8 @@ def build_cases(device: str, ops: Sequence[str], shapes, directions=None) -> Lis
 
 
 def _impls(case: TokenCase, impls: Sequence[str]) -> List[str]:
-    """``eager``, then the backends of ``impls`` (dispatched ops) or ``torch`` (the losses are
-    composite torch code: one row)."""
+    """``eager``, then the backends of ``impls`` (dispatched ops) or ``torch`` (composite torch
+    code: one row)."""
     names = ["eager"] if "eager" in impls else []
     if SPECS[case.op].dispatched:
         return names + [i for i in impls if i in BACKENDS]
