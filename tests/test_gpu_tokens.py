@@ -88,3 +88,110 @@ def test_compile_fullgraph_on_cuda():
             assert torch.equal(a, b)
         else:
             torch.testing.assert_close(a, b, equal_nan=True)
+
+
+# ---- the triton and cuda token kernels (window entropy, masked quantile, top-k) vs the references ----
+
+GPU_TOKEN_BACKENDS = ("triton", "cuda")
+
+
+def _token_case(dtype, seed=0):
+    """``(x [N], mask [N], cu)`` on the GPU: packed sequences (empty, single-token, longer than one
+    block), masked entries NaN, ties and signed zeros."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = [700, 0, 1, 17, 0, 3000, 9, 2, 1100]
+    n = sum(lengths)
+    x = (torch.randint(0, 400, (n,), generator=gen) * 0.015625 - 2).double()
+    x[::13] = -0.0
+    mask = torch.rand(n, generator=gen) < 0.8
+    x = torch.where(mask, x, float("nan"))
+    cu = torch.tensor([0] + lengths).cumsum(0)
+    return x.to(dtype).cuda(), mask.cuda(), cu.cuda()
+
+
+@pytest.mark.parametrize("backend", GPU_TOKEN_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=str)
+def test_token_kernels_match_references(backend, dtype):
+    from entropy_ops import _backends
+    from entropy_ops import reference as R
+    from entropy_ops.backends.torch_select import top_k as top_k_torch
+
+    ok, reason = _backends.available_backends()[backend]
+    assert ok, f"{backend} is not available on this GPU machine: {reason}"
+    x, mask, cu = _token_case(dtype)
+    window = _backends.get_kernel(backend, "window_entropy")
+    quantile = _backends.get_kernel(backend, "masked_quantile")
+    top_k = _backends.get_kernel(backend, "top_k")
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    g = torch.randn(x.shape[0], dtype=acc, device="cuda")
+    for w, o in ((4, 1), (1, 0), (50, 3), (3, 5000)):
+        ref_in = x.cpu().double().requires_grad_(True)
+        ref = R.window_entropy_ref(ref_in, mask.cpu(), w, o, cu.cpu())
+        ref.backward(g.cpu().double())
+        out = window.fwd(x, mask, cu, w, o)
+        assert out.dtype == acc
+        torch.testing.assert_close(out.cpu().double(), ref.detach(), rtol=tol, atol=tol)
+        torch.testing.assert_close(window.bwd(g, mask, cu, w, o).cpu().double(), ref_in.grad, rtol=tol, atol=tol)
+    q = torch.tensor([0.0, 0.1, 0.5, 0.95, 1.0], dtype=torch.float64, device="cuda")
+    ref = R.masked_quantile_ref(x.cpu(), mask.cpu(), q.cpu(), cu_seqlens=cu.cpu())
+    assert torch.equal(quantile(x, mask, cu, q).cpu().nan_to_num(7.5), ref.nan_to_num(7.5))
+    ref_all = R.masked_quantile_ref(x.cpu(), mask.cpu(), q.cpu(), per_sequence=False)
+    assert torch.equal(quantile(x, mask, None, q)[:, 0].cpu(), ref_all)
+    scores = torch.nan_to_num(x, nan=0.0)
+    for k in (0, 1, 5, 1000, x.shape[0] + 1):
+        k_t = torch.tensor([k], device="cuda")
+        assert torch.equal(top_k(scores, mask, k_t).cpu(), top_k_torch(scores.cpu(), mask.cpu(), k_t.cpu())), k
+    keys = torch.randint(-2**62, 2**62, (x.shape[0],), device="cuda") // 2**50  # int64 with ties
+    k_t = torch.tensor([333], device="cuda")
+    assert torch.equal(top_k(keys, mask, k_t).cpu(), top_k_torch(keys.cpu(), mask.cpu(), k_t.cpu()))
+
+
+@pytest.mark.parametrize("backend", GPU_TOKEN_BACKENDS)
+def test_token_kernels_batch_invariant_and_sync_free(backend):
+    from entropy_ops import _backends
+
+    x, mask, cu = _token_case(torch.float32, seed=3)
+    quantile = _backends.get_kernel(backend, "masked_quantile")
+    top_k = _backends.get_kernel(backend, "top_k")
+    q = torch.tensor([0.25, 0.8], dtype=torch.float64, device="cuda")
+    perm = torch.randperm(x.shape[0], device="cuda")
+    cu_one, k_t = torch.tensor([0, 3000], device="cuda"), torch.tensor([100], device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        full = quantile(x, mask, cu, q)
+        alone = quantile(x[718:3718].contiguous(), mask[718:3718].contiguous(), cu_one, q)
+        over_all = quantile(x, mask, None, q)
+        shuffled = quantile(x[perm].contiguous(), mask[perm].contiguous(), None, q)
+        w = _backends.get_kernel(backend, "window_entropy").fwd(x, mask, cu, 4, 1)
+        w_alone = _backends.get_kernel(backend, "window_entropy").fwd(
+            x[718:3718].contiguous(), mask[718:3718].contiguous(), cu_one, 4, 1)
+        picked = top_k(torch.nan_to_num(x), mask, k_t)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(full[:, 5], alone[:, 0]), "a sequence's quantile does not depend on the batch"
+    assert torch.equal(over_all, shuffled), "integer histograms: the order of the tokens does not matter"
+    assert torch.equal(w[718:3718], w_alone)
+    assert int(picked.sum()) == 100
+
+
+@pytest.mark.parametrize("backend", GPU_TOKEN_BACKENDS)
+def test_token_ops_compile_fullgraph_per_backend(backend):
+    torch._dynamo.reset()
+    x, mask, cu = _token_case(torch.float32, seed=5)
+    x = torch.nan_to_num(x).requires_grad_(True)
+
+    def ops(x, mask, cu):
+        w = eo.window_entropy(x, mask, window=4, offset=1, cu_seqlens=cu)
+        return (w, eo.masked_quantile(x.detach(), mask, 0.8, cu_seqlens=cu),
+                eo.masked_quantile(x.detach(), mask, 0.5, per_sequence=False))
+
+    with eo.use_backend(backend):
+        eager = ops(x, mask, cu)
+        compiled = torch.compile(ops, fullgraph=True)(x, mask, cu)
+        (grad_e,) = torch.autograd.grad(eager[0].sum(), x)
+        (grad_c,) = torch.autograd.grad(compiled[0].sum(), x)
+    for a, b in zip(compiled, eager):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(grad_c, grad_e, rtol=0, atol=0)

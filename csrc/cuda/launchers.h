@@ -91,6 +91,37 @@ cudaError_t token_stats_cuda(const void* logits, int dtype, int64_t n_rows, int6
                              float* self_certainty_out, float* entropy_drift_out, int device,
                              cudaStream_t stream);
 
+// The token-level kernels (entropy_ops/backends/token_kernel.py gives the rules): packed [N]
+// tokens in their dtype (codes 0..3; top_k scores also kInt64Code = 4), mask / eligible as bool
+// bytes or null (all valid), cu int64 [n_seq + 1] offsets. n == 0 launches nothing. Buffers come
+// from Python: window_entropy_bwd's `share` ([n], the gradient's dtype), radix_select's rank,
+// prefix (zeroed) and hist (n_targets * 256 zeroed counts, zeroed again when it returns).
+// window_entropy_fwd: out [n] in the accumulation dtype (float64 for code 3, else float32).
+// window_entropy_bwd: grad and out [n] in the accumulation dtype (code 0 or 3).
+cudaError_t window_entropy_fwd_cuda(const void* x, int dtype, const uint8_t* mask, const int64_t* cu,
+                                    int64_t n, int64_t n_seq, int64_t window, int64_t offset,
+                                    void* out, int device, cudaStream_t stream);
+cudaError_t window_entropy_bwd_cuda(const void* grad, int dtype, const uint8_t* mask, const int64_t* cu,
+                                    int64_t n, int64_t n_seq, int64_t window, int64_t offset,
+                                    void* share, void* out, int device, cudaStream_t stream);
+// Per sequence s and quantile q[i]: count[s] valid entries (mask and not NaN) and the float64
+// order statistics v_lo[i, s] = v_(floor r), v_hi[i, s] = v_(ceil r), r = max(q (n - 1), 0); NaN
+// where count is 0.
+cudaError_t masked_quantile_seq_cuda(const void* x, int dtype, const uint8_t* mask, const int64_t* cu,
+                                     int64_t n_seq, const double* q, int64_t n_q, double* v_lo,
+                                     double* v_hi, int64_t* count, int device, cudaStream_t stream);
+// Over all n entries (valid: non-NaN and `valid` true), for each target t the entry of 0-based
+// rank[t] in ascending (descending) order: prefix[t] its key's bits above the dtype's low bits,
+// rank[t] its rank among the entries of that key, value[t] (ascending floats; may be null) its
+// float64 value. 2 launches per 8-bit digit.
+cudaError_t radix_select_cuda(const void* x, int dtype, const uint8_t* valid, int64_t n, int64_t* rank,
+                              int64_t* prefix, int64_t n_targets, unsigned long long* hist,
+                              double* value, bool descending, int device, cudaStream_t stream);
+// above[i] / tie[i] (bool bytes): eligible and descending key (above the low bits) < / == *threshold.
+cudaError_t top_k_mark_cuda(const void* scores, int dtype, const uint8_t* eligible, int64_t n,
+                            const int64_t* threshold, uint8_t* above, uint8_t* tie, int device,
+                            cudaStream_t stream);
+
 // Version and device queries; none of them allocates or synchronizes.
 cudaError_t driver_version_cuda(int* version);   // 0 when no driver is installed
 cudaError_t runtime_version_cuda(int* version);  // the static cudart this module carries
