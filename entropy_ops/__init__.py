@@ -16,6 +16,7 @@ from ._backends import (
 from .ops._types import PolicyLossOutput, TokenStats
 from .ops.agg_loss import agg_loss
 from .ops.entropy import entropy, logprobs_and_entropy
+from .ops.linear import linear_logprobs_and_entropy
 from .ops.min_p import min_p_logprobs
 from .ops.policy_loss import clip_cov_policy_loss, kl_cov_policy_loss, token_covariance
 from .ops.quantile import EntropyThreshold, masked_quantile, peak_entropy_mask
@@ -38,6 +39,7 @@ __all__ = [
     "entropy",
     "get_backend",
     "kl_cov_policy_loss",
+    "linear_logprobs_and_entropy",
     "logprobs_and_entropy",
     "masked_quantile",
     "min_p_logprobs",

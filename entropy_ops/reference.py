@@ -305,3 +305,30 @@ def selective_entropy_loss_ref(logits, mask, anchor, top_p=0.8, peak_q=0.8, coef
     if not bool(peak.any()):
         return (h * 0).sum()
     return coef * (h[peak].mean() - float(anchor)) ** 2
+
+
+def linear_logprobs_and_entropy_ref(hidden, weight, labels, bias=None, temperature=1.0, ignore_index=-100,
+                                    mask=None, logit_scale=1.0, softcap=None):
+    """``(logp, H)`` in float64 of the logits ``z = softcap * tanh(logit_scale * (hidden @ weight^T +
+    bias) / softcap)`` (no tanh without softcap), then as :func:`logprobs_and_entropy_ref`;
+    ``labels`` ``[...]`` or ``[..., K]`` (``logp`` then ``[..., K]``). Differentiable wrt hidden,
+    weight and bias."""
+    pre = hidden.double() @ weight.double().T
+    if bias is not None:
+        pre = pre + bias.double()
+    z = logit_scale * pre
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    z = _z(z, temperature)
+    lse, h = _lse_and_entropy(z)
+    y = labels.long()
+    k_labels = y.dim() == z.dim()
+    y = y if k_labels else y.unsqueeze(-1)
+    vocab = z.shape[-1]
+    z_y = z.gather(-1, y.clamp(0, vocab - 1))
+    logp = z_y - lse.unsqueeze(-1)
+    logp = torch.where((y >= 0) & (y < vocab), logp, torch.full_like(logp, float("nan")))
+    logp = torch.where(y == ignore_index, torch.zeros_like(logp), logp)
+    if mask is not None:
+        logp = torch.where(mask.unsqueeze(-1), logp, torch.zeros_like(logp))
+    return (logp if k_labels else logp.squeeze(-1)), _masked(h, mask)

@@ -9,6 +9,7 @@ import torch
 
 from entropy_ops import reference
 from entropy_ops.bench import cases, cli, tokens
+from entropy_ops.bench import linear as linear_bench
 from entropy_ops.bench import token_eager as E
 from entropy_ops.bench.table import Row
 
@@ -115,9 +116,9 @@ def _args(*argv):
     return parser.parse_args(argv)
 
 
-def test_default_ops_put_the_token_ops_after_the_vocabulary_ops():
+def test_default_ops_are_the_vocabulary_then_token_then_linear_ops():
     args = _args()
-    assert args.ops.split(",") == list(cases.OPS) + list(tokens.OPS)
+    assert args.ops.split(",") == list(cases.OPS) + list(tokens.OPS) + list(linear_bench.OPS)
     assert [(c.op, c.shape) for c in cli._token_cases(args, "cpu", tokens.OPS)][:2] == [
         ("window_entropy", "512x8192"), ("window_entropy", "512x8192")]
     quick = cli._token_cases(_args("--quick"), "cpu", ["masked_quantile"])

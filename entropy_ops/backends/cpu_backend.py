@@ -10,6 +10,7 @@ from .._backends import Backend, register_backend, register_kernel
 from ..ops._types import TokenStats
 from .kernel import MinPKernel, RowKernel, TopPKernel, acc_dtype
 from .native_args import ptr, row_args
+from .torch_linear import linear_kernel
 
 
 def _available():
@@ -122,3 +123,6 @@ register_kernel("cpu", "top_p_entropy", _TOP_P)
 register_kernel("cpu", "top_p_mask", _TOP_P)
 register_kernel("cpu", "min_p_logprobs", MinPKernel(min_p_logprobs_fwd_cpu, min_p_logprobs_bwd_cpu))
 register_kernel("cpu", "token_stats", token_stats_cpu)
+# linear_logprobs_and_entropy: chunked torch.mm products + the native row kernels above.
+register_kernel("cpu", "linear_logprobs_and_entropy", linear_kernel(_KERNEL))
+from . import cpu_tokens  # noqa: E402,F401  (window_entropy, masked_quantile, top_k)

@@ -15,6 +15,7 @@ from .._backends import Backend, register_backend, register_kernel
 from ..ops._types import TokenStats
 from .kernel import MinPKernel, RowKernel, TopPKernel
 from .native_args import DTYPE_CODES, ptr, row_args
+from .torch_linear import linear_kernel
 
 
 @functools.lru_cache(maxsize=None)
@@ -145,3 +146,7 @@ register_kernel("cuda", "top_p_entropy", _TOP_P)
 register_kernel("cuda", "top_p_mask", _TOP_P)
 register_kernel("cuda", "min_p_logprobs", MinPKernel(min_p_logprobs_fwd_cuda, min_p_logprobs_bwd_cuda))
 register_kernel("cuda", "token_stats", token_stats_cuda)
+# linear_logprobs_and_entropy: chunked cuBLAS products (torch.mm) + the CUDA row kernels above.
+register_kernel("cuda", "linear_logprobs_and_entropy", linear_kernel(_KERNEL))
+from .cuda_tokens import register as _register_token_kernels  # noqa: E402
+_register_token_kernels()

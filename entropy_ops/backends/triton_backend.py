@@ -11,6 +11,7 @@ import torch
 from .._backends import Backend, _triton_interpret, register_backend, register_kernel
 from ..ops._types import TokenStats
 from .kernel import MinPKernel, RowKernel, TopPKernel
+from .torch_linear import LinearKernel
 
 
 def _available():
@@ -56,3 +57,19 @@ register_kernel("triton", "top_p_mask", _TOP_P)
 register_kernel("triton", "min_p_logprobs",
                 MinPKernel(_selective("min_p_logprobs_fwd_triton"), _selective("min_p_logprobs_bwd_triton")))
 register_kernel("triton", "token_stats", token_stats_triton)
+
+
+def linear_fwd_triton(*args):
+    from ..triton_kernels.launch_linear import linear_fwd_triton as launch
+    return launch(*args)
+
+
+def linear_bwd_triton(*args):
+    from ..triton_kernels.launch_linear import linear_bwd_triton as launch
+    return launch(*args)
+
+
+# linear_logprobs_and_entropy: the fused kernels of triton_kernels/linear_entropy.py.
+register_kernel("triton", "linear_logprobs_and_entropy", LinearKernel(linear_fwd_triton, linear_bwd_triton))
+from .triton_tokens import register as _register_token_kernels  # noqa: E402
+_register_token_kernels()

@@ -1,0 +1,116 @@
+"""Validation at the Python entry of ``linear_logprobs_and_entropy`` (SPEC §2, §3.1): shapes, dtypes,
+devices and Python scalars, each error naming the argument and the fix. Nothing here reads tensor
+values; the label range and per-row temperatures are checked inside the op."""
+import math
+from typing import Optional, Tuple
+
+import torch
+
+from ._validate import LABEL_DTYPES, LOGIT_DTYPES
+
+
+def _tensor(name: str, t) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def _same_device(name: str, t: torch.Tensor, hidden: torch.Tensor) -> None:
+    if t.device != hidden.device:
+        raise ValueError(f"{name}: is on {t.device} but hidden is on {hidden.device}; move it with .to(hidden.device)")
+
+
+def hidden_and_weight(hidden, weight, bias) -> Tuple[int, ...]:
+    """Check ``hidden [..., D]``, ``weight [V, D]``, ``bias [V]`` and return the leading shape."""
+    _tensor("hidden", hidden)
+    _tensor("weight", weight)
+    if hidden.dtype not in LOGIT_DTYPES:
+        raise TypeError(f"hidden: dtype {hidden.dtype} is not supported; pass float32, bfloat16, float16 or float64")
+    if hidden.dim() < 1 or hidden.shape[-1] == 0:
+        raise ValueError(f"hidden: expected shape [..., D] with D >= 1, got {list(hidden.shape)}")
+    if weight.dim() != 2:
+        raise ValueError(f"weight: expected shape [V, D] (the LM head, as nn.Linear stores it), got {list(weight.shape)}")
+    if weight.shape[0] == 0:
+        raise ValueError("weight: the vocabulary dimension V is 0; V must be >= 1")
+    if weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(
+            f"weight: shape {list(weight.shape)} does not match hidden's last dimension D={hidden.shape[-1]}; "
+            f"expected [V, {hidden.shape[-1]}] (pass lm_head.weight, not its transpose)"
+        )
+    if weight.dtype != hidden.dtype:
+        raise TypeError(f"weight: dtype {weight.dtype} differs from hidden's {hidden.dtype}; cast one of them "
+                        f"(e.g. hidden.to(weight.dtype))")
+    _same_device("weight", weight, hidden)
+    if bias is not None:
+        _tensor("bias", bias)
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"bias: expected shape [{weight.shape[0]}] (one value per vocabulary entry), "
+                             f"got {list(bias.shape)}")
+        if bias.dtype != hidden.dtype:
+            raise TypeError(f"bias: dtype {bias.dtype} differs from hidden's {hidden.dtype}; use bias.to(hidden.dtype)")
+        _same_device("bias", bias, hidden)
+    return tuple(hidden.shape[:-1])
+
+
+def labels(y, hidden: torch.Tensor, leading) -> torch.Tensor:
+    """``[...]`` (one label per row) or ``[..., K]`` (K candidate tokens per row, K >= 1)."""
+    _tensor("labels", y)
+    if y.dtype not in LABEL_DTYPES:
+        raise TypeError(f"labels: dtype {y.dtype} is not supported; pass int64 or int32 (e.g. labels.long())")
+    shape = tuple(y.shape)
+    if shape != leading and not (len(shape) == len(leading) + 1 and shape[:-1] == leading and shape[-1] >= 1):
+        raise ValueError(f"labels: expected shape {list(leading)} (one label per row) or {list(leading) + ['K']} "
+                         f"(K >= 1 candidate tokens per row), got {list(shape)}")
+    _same_device("labels", y, hidden)
+    return y
+
+
+def temperature(t, hidden: torch.Tensor, leading) -> Tuple[Optional[torch.Tensor], float]:
+    """``(tensor or None, python float)``; a tensor is detached (no gradient flows to T)."""
+    if isinstance(t, bool) or not isinstance(t, (int, float, torch.Tensor)):
+        raise TypeError(f"temperature: expected a float > 0 or a tensor, got {type(t).__name__}")
+    if not isinstance(t, torch.Tensor):
+        if not (math.isfinite(t) and t > 0):
+            raise ValueError(f"temperature: must be a finite float > 0, got {t}")
+        return None, float(t)
+    if not t.is_floating_point():
+        raise TypeError(f"temperature: tensor dtype {t.dtype} is not floating point; use a float tensor")
+    if t.dim() != 0 and tuple(t.shape) != leading:
+        raise ValueError(f"temperature: expected a 0-d tensor or one value per row of shape {list(leading)} "
+                         f"(hidden's leading shape; partial shapes are not broadcast), got {list(t.shape)}")
+    _same_device("temperature", t, hidden)
+    return t.detach(), 1.0
+
+
+def row_mask(m, hidden: torch.Tensor, leading) -> Optional[torch.Tensor]:
+    if m is None:
+        return None
+    if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
+        got = m.dtype if isinstance(m, torch.Tensor) else type(m).__name__
+        raise TypeError(f"mask: expected a bool tensor (True = compute the row), got {got}; use mask.bool()")
+    if tuple(m.shape) != leading:
+        raise ValueError(f"mask: expected shape {list(leading)} (hidden's leading shape), got {list(m.shape)}")
+    _same_device("mask", m, hidden)
+    return m
+
+
+def positive_float(name: str, v, *, allow_none: bool) -> float:
+    """A finite Python float > 0; ``None`` (when allowed) is returned as 0.0, the op's "absent"."""
+    if v is None and allow_none:
+        return 0.0
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name}: expected a Python float > 0{' or None' if allow_none else ''}, got {type(v).__name__}")
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name}: must be a finite float > 0, got {v}")
+    return float(v)
+
+
+def chunk_size(v) -> int:
+    """``None`` -> 0 (the op picks a size from V); else an int >= 1."""
+    if v is None:
+        return 0
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"chunk_size: expected an int >= 1 (rows per chunk) or None, got {type(v).__name__}")
+    if v < 1:
+        raise ValueError(f"chunk_size: must be >= 1 (rows per chunk) or None for the default, got {v}")
+    return v

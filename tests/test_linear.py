@@ -1,0 +1,400 @@
+"""linear_logprobs_and_entropy on the CPU backends ("torch", "cpu"): vs the float64 reference
+(SPEC §2's bound against eager F.linear + the fp32-upcast formula), gradcheck, chunk and batch
+invariance, [N, K] labels, masks, ignore_index, bad input, opcheck, torch.compile and peak memory."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import entropy_ops as eo
+from entropy_ops import reference as R
+from entropy_ops.ops import linear as linear_ops
+
+from conftest import assert_within_eager_bound, skip_unless_available
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# (bias, logit_scale, softcap, temperature kind)
+OPTIONS = [
+    (False, 1.0, None, "scalar"),
+    (True, 0.7, None, "per_row"),
+    (True, 1.0, 4.0, "tensor0d"),
+    (False, 2.0, 3.0, "per_row"),
+]
+
+
+def make_inputs(n=37, d=24, vocab=300, dtype=torch.float32, k=None, seed=0, bias=True):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, d, generator=g).to(dtype)
+    w = (torch.randn(vocab, d, generator=g) * 0.4).to(dtype)
+    b = torch.randn(vocab, generator=g).to(dtype) if bias else None
+    y = torch.randint(vocab, (n,) if k is None else (n, k), generator=g)
+    y.view(-1)[3] = -100
+    return h, w, b, y
+
+
+def temperature_of(kind, n):
+    if kind == "scalar":
+        return 0.8
+    if kind == "tensor0d":
+        return torch.tensor(1.3)
+    return torch.rand(n, generator=torch.Generator().manual_seed(5)) + 0.5
+
+
+def eager(h, w, y, b=None, temperature=1.0, ignore_index=-100, mask=None, logit_scale=1.0, softcap=None):
+    """What a trainer runs today: F.linear in the input dtype, then the fp32-upcast formula."""
+    z = F.linear(h, w, b).float() * logit_scale
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    if isinstance(temperature, torch.Tensor) and temperature.dim() > 0:
+        z = z / temperature.float()[:, None]
+    else:
+        z = z / temperature
+    lse = torch.logsumexp(z, -1)
+    h_row = lse - (torch.softmax(z, -1) * z).sum(-1)
+    yk = y if y.dim() == 2 else y[:, None]
+    logp = z.gather(-1, yk.clamp(0, z.shape[-1] - 1)) - lse[:, None]
+    logp = torch.where(yk == ignore_index, 0, logp)
+    if mask is not None:
+        logp, h_row = torch.where(mask[:, None], logp, 0), torch.where(mask, h_row, 0)
+    return (logp if y.dim() == 2 else logp[:, 0]), h_row
+
+
+def grads(fn, h, w, b, weights, **kw):
+    """Gradients wrt (hidden, weight, bias) of ``sum(w0 * logp) + sum(w1 * H)``."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in (h, w, b) if t is not None]
+    hh, ww = leaves[:2]
+    bb = leaves[2] if b is not None else None
+    logp, ent = fn(hh, ww, bias=bb, **kw)
+    loss = (weights[0].to(logp.dtype) * logp).sum() + (weights[1].to(ent.dtype) * ent).sum()
+    return torch.autograd.grad(loss, leaves)
+
+
+def _ours(h, w, bias=None, **kw):
+    return eo.linear_logprobs_and_entropy(h, w, bias=bias, **kw)
+
+
+def _eager(h, w, bias=None, y=None, labels=None, **kw):
+    kw.pop("chunk_size", None)
+    return eager(h, w, labels, bias, **kw)
+
+
+def _ref(h, w, bias=None, labels=None, **kw):
+    kw.pop("chunk_size", None)
+    return R.linear_logprobs_and_entropy_ref(h, w, labels, bias, **kw)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: f"b{int(o[0])}-s{o[1]}-c{o[2]}-{o[3]}")
+@pytest.mark.parametrize("k", (None, 3))
+def test_matches_reference(backend, dtype, options, k):
+    has_bias, scale, softcap, t_kind = options
+    h, w, b, y = make_inputs(dtype=dtype, k=k, bias=has_bias)
+    n = h.shape[0]
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[6] = False
+    kw = dict(labels=y, temperature=temperature_of(t_kind, n), mask=mask, logit_scale=scale, softcap=softcap)
+    logp, ent = eo.linear_logprobs_and_entropy(h, w, bias=b, chunk_size=10, **kw)
+    assert logp.dtype == ent.dtype == torch.float32
+    assert logp.shape == y.shape and ent.shape == (n,)
+    ref_logp, ref_h = _ref(h, w, b, **kw)
+    eager_logp, eager_h = _eager(h, w, b, **kw)
+    assert_within_eager_bound(ent, ref_h, eager_h, what="entropy")
+    assert_within_eager_bound(logp, ref_logp, eager_logp, what="logp")
+    assert ent[6] == 0 and (logp[6] == 0).all()
+
+    g = torch.Generator().manual_seed(7)
+    weights = (torch.randn(y.shape, generator=g), torch.randn(n, generator=g))
+    ours = grads(_ours, h, w, b, weights, chunk_size=10, **kw)
+    ref = grads(_ref, h.double(), w.double(), None if b is None else b.double(), weights, **kw)
+    eag = grads(_eager, h, w, b, weights, **kw)
+    for name, o, r, e in zip(("hidden", "weight", "bias"), ours, ref, eag):
+        assert o.dtype == dtype, name
+        assert_within_eager_bound(o, r, e, what=f"grad {name}")
+
+
+@pytest.mark.parametrize("k", (None, 2))
+def test_gradcheck_float64(backend, k):
+    h, w, b, y = make_inputs(n=6, d=5, vocab=9, dtype=torch.float64, k=k)
+    t = torch.rand(6, dtype=torch.float64) + 0.5
+    mask = torch.tensor([True, True, False, True, True, True])
+
+    def fn(hh, ww, bb):
+        return eo.linear_logprobs_and_entropy(hh, ww, y, bb, temperature=t, mask=mask, logit_scale=0.9,
+                                              softcap=2.0, chunk_size=4)
+
+    inputs = [x.clone().requires_grad_(True) for x in (h, w, b)]
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+def test_chunk_size_does_not_change_bits():
+    """Native row kernels + products of >= 16 rows: the same logp, entropy and grad_hidden bits for
+    every chunk size (grad_weight sums over chunks: equal up to rounding)."""
+    skip_unless_available("cpu")
+    h, w, b, y = make_inputs(n=70, d=40, vocab=1000, bias=True)
+    weights = (torch.randn(70), torch.randn(70))
+    results = []
+    with eo.use_backend("cpu"):
+        for chunk in (None, 1, 5, 16, 17, 33, 64, 70, 1000):
+            out = eo.linear_logprobs_and_entropy(h, w, y, b, temperature=0.9, softcap=5.0, chunk_size=chunk)
+            g = grads(_ours, h, w, b, weights, labels=y, temperature=0.9, softcap=5.0, chunk_size=chunk)
+            results.append((chunk, out, g))
+    _, (logp0, h0), g0 = results[0]
+    for chunk, (logp, ent), g in results[1:]:
+        assert torch.equal(logp, logp0) and torch.equal(ent, h0), f"chunk_size={chunk} changed the forward bits"
+        assert torch.equal(g[0], g0[0]), f"chunk_size={chunk} changed grad_hidden bits"
+        torch.testing.assert_close(g[1], g0[1], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(g[2], g0[2], rtol=1e-5, atol=1e-6)
+
+
+def test_batch_invariance():
+    """A row's results depend only on that row: a slice of the batch gives the same bits."""
+    skip_unless_available("cpu")
+    h, w, b, y = make_inputs(n=90, d=32, vocab=500)
+    with eo.use_backend("cpu"):
+        logp, ent = eo.linear_logprobs_and_entropy(h, w, y, b)
+        for lo, hi in ((0, 1), (3, 10), (17, 90), (40, 41)):
+            part_logp, part_h = eo.linear_logprobs_and_entropy(h[lo:hi], w, y[lo:hi], b)
+            assert torch.equal(part_logp, logp[lo:hi]) and torch.equal(part_h, ent[lo:hi]), (lo, hi)
+
+
+def test_k_labels_match_single_labels(backend):
+    h, w, b, y = make_inputs(k=2)
+    logp_k, h_k = eo.linear_logprobs_and_entropy(h, w, y, b)
+    for j in range(2):
+        logp_j, h_j = eo.linear_logprobs_and_entropy(h, w, y[:, j].contiguous(), b)
+        torch.testing.assert_close(logp_k[:, j], logp_j, rtol=0, atol=2e-6)
+        assert torch.equal(h_k, h_j)
+    one, _ = eo.linear_logprobs_and_entropy(h, w, y[:, :1].contiguous(), b)
+    assert one.shape == (h.shape[0], 1)
+
+
+def test_leading_dims_and_empty(backend):
+    h, w, b, y = make_inputs(n=12)
+    logp, ent = eo.linear_logprobs_and_entropy(h.view(3, 4, -1), w, y.view(3, 4), b)
+    flat = eo.linear_logprobs_and_entropy(h, w, y, b)
+    assert logp.shape == ent.shape == (3, 4)
+    torch.testing.assert_close(logp.reshape(-1), flat[0], rtol=0, atol=0)
+    empty_h = h[:0].clone().requires_grad_(True)
+    logp, ent = eo.linear_logprobs_and_entropy(empty_h, w, y[:0], b)
+    assert logp.shape == ent.shape == (0,)
+    (logp.sum() + ent.sum()).backward()
+    assert empty_h.grad.shape == (0, h.shape[1])
+
+
+def test_non_contiguous_inputs(backend):
+    h, w, b, y = make_inputs(n=18, d=12, vocab=90)
+    h_big = torch.stack([h, h], -1).requires_grad_(True)
+    w_big = torch.cat([w, w], 1).requires_grad_(True)
+    h_strided, w_strided = h_big[..., 0], w_big[:, :12]  # column stride 2; row stride 24
+    assert not h_strided.is_contiguous() and not w_strided.is_contiguous()
+    weights = (torch.randn(18), torch.randn(18))
+    logp, ent = eo.linear_logprobs_and_entropy(h_strided, w_strided, y, b)
+    g_h, g_w = torch.autograd.grad((weights[0] * logp).sum() + (weights[1] * ent).sum(), (h_big, w_big))
+    want = grads(_ours, h, w, b, weights, labels=y)
+    torch.testing.assert_close(g_h[..., 0], want[0], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(g_w[:, :12], want[1], rtol=1e-6, atol=1e-7)
+    assert (g_h[..., 1] == 0).all() and (g_w[:, 12:] == 0).all()
+    torch.testing.assert_close((logp, ent), eo.linear_logprobs_and_entropy(h, w, y, b), rtol=1e-6, atol=1e-7)
+
+
+def test_masked_rows_are_zero_even_with_nan_hidden(backend):
+    h, w, b, y = make_inputs(n=20)
+    mask = torch.ones(20, dtype=torch.bool)
+    mask[[2, 11]] = False
+    h_nan = h.clone()
+    h_nan[[2, 11]] = float("nan")
+    kw = dict(labels=y, mask=mask, softcap=3.0)
+    logp, ent = eo.linear_logprobs_and_entropy(h_nan, w, bias=b, **kw)
+    clean_logp, clean_h = eo.linear_logprobs_and_entropy(h, w, bias=b, **kw)
+    assert torch.equal(logp, clean_logp) and torch.equal(ent, clean_h)
+    weights = (torch.randn(20), torch.randn(20))
+    g_nan = grads(_ours, h_nan, w, b, weights, **kw)
+    g = grads(_ours, h, w, b, weights, **kw)
+    for a, c in zip(g_nan, g):
+        assert not a.isnan().any()
+        torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-7)
+    assert (g_nan[0][[2, 11]] == 0).all()
+
+
+def test_ignore_index_gives_zero_and_no_logp_gradient(backend):
+    h, w, b, y = make_inputs(n=10)
+    y[3] = 0  # make_inputs' -100 is a label like any other here: ignore_index is -1
+    y[4] = 7
+    y_ign = y.clone()
+    y_ign[4] = -1
+    logp, _ = eo.linear_logprobs_and_entropy(h, w, y_ign, b, ignore_index=-1)
+    assert logp[4] == 0
+    weights = (torch.randn(10), torch.zeros(10))
+    g_ign = grads(_ours, h, w, b, weights, labels=y_ign, ignore_index=-1)
+    weights_zeroed = (torch.where(torch.arange(10) == 4, 0.0, weights[0]), weights[1])
+    g_ref = grads(_ours, h, w, b, weights_zeroed, labels=y, ignore_index=-1)
+    for a, c in zip(g_ign, g_ref):
+        torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-7)
+
+
+def test_out_of_range_label_raises_on_cpu(backend):
+    h, w, b, y = make_inputs(n=5, vocab=30)
+    y[1] = 30
+    with pytest.raises(ValueError, match="labels"):
+        eo.linear_logprobs_and_entropy(h, w, y, b)
+
+
+BAD = [
+    (lambda h, w, b, y: dict(hidden=h, weight=w.t().contiguous(), labels=y), ValueError, "weight"),
+    (lambda h, w, b, y: dict(hidden=h, weight=w[None], labels=y), ValueError, "weight"),
+    (lambda h, w, b, y: dict(hidden=h, weight=w.double(), labels=y), TypeError, "weight"),
+    (lambda h, w, b, y: dict(hidden=h.int(), weight=w, labels=y), TypeError, "hidden"),
+    (lambda h, w, b, y: dict(hidden=h, weight=w, labels=y, bias=b[:-1]), ValueError, "bias"),
+    (lambda h, w, b, y: dict(hidden=h, weight=w, labels=y, bias=b.double()), TypeError, "bias"),
+    (lambda h, w, b, y: dict(hidden=h, weight=w, labels=y[:-1]), ValueError, "labels"),
+    (lambda h, w, b, y: dict(hidden=h, weight=w, labels=y[:, None, None]), ValueError, "labels"),
+    (lambda h, w, b, y: dict(hidden=h, weight=w, labels=y.float()), TypeError, "labels"),
+    (lambda h, w, b, y: dict(hidden=h, weight=w, labels=y, softcap=0.0), ValueError, "softcap"),
+    (lambda h, w, b, y: dict(hidden=h, weight=w, labels=y, softcap=-1.0), ValueError, "softcap"),
+    (lambda h, w, b, y: dict(hidden=h, weight=w, labels=y, logit_scale=0.0), ValueError, "logit_scale"),
+    (lambda h, w, b, y: dict(hidden=h, weight=w, labels=y, chunk_size=0), ValueError, "chunk_size"),
+    (lambda h, w, b, y: dict(hidden=h, weight=w, labels=y, chunk_size=2.0), TypeError, "chunk_size"),
+    (lambda h, w, b, y: dict(hidden=h, weight=w, labels=y, temperature=0.0), ValueError, "temperature"),
+    (lambda h, w, b, y: dict(hidden=h, weight=w, labels=y, temperature=torch.ones(3)), ValueError, "temperature"),
+    (lambda h, w, b, y: dict(hidden=h, weight=w, labels=y, mask=torch.ones(h.shape[0])), TypeError, "mask"),
+    (lambda h, w, b, y: dict(hidden=h, weight=w, labels=y, mask=torch.ones(2, dtype=torch.bool)), ValueError, "mask"),
+    (lambda h, w, b, y: dict(hidden=h, weight=w, labels=y, ignore_index=1.5), TypeError, "ignore_index"),
+    (lambda h, w, b, y: dict(hidden=h, weight=w[:0], labels=y), ValueError, "weight"),
+    (lambda h, w, b, y: dict(hidden=h.numpy(), weight=w, labels=y), TypeError, "hidden"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(BAD)))
+def test_bad_input_raises_named_error(case):
+    make, exc, name = BAD[case]
+    h, w, b, y = make_inputs(n=4, vocab=11)
+    with pytest.raises(exc, match=name):
+        eo.linear_logprobs_and_entropy(**make(h, w, b, y))
+
+
+def test_opcheck(backend):
+    h, w, b, y = make_inputs(n=9, d=6, vocab=40, k=2)
+    h, w, b = (x.requires_grad_(True) for x in (h, w, b))
+    t = torch.rand(9) + 0.5
+    mask = torch.ones(9, dtype=torch.bool)
+    mask[1] = False
+    args = (h, w, y, b, t, 1.0, -100, mask, 0.8, 3.0, 4, backend)
+    torch.library.opcheck(linear_ops._linear_op, args)
+    logp, ent, state = linear_ops._linear_op(*[x.detach() if isinstance(x, torch.Tensor) else x for x in args])
+    bwd_args = (h.detach(), w.detach(), y, b.detach(), t, 1.0, -100, mask, 0.8, 3.0, 4, state, ent,
+                torch.randn(9, 2), torch.randn(9), backend)
+    torch.library.opcheck(linear_ops._linear_bwd_op, bwd_args)
+
+
+def test_compile_fullgraph(backend):
+    h, w, b, y = make_inputs(n=16, d=8, vocab=64)
+    t = torch.tensor(0.9)
+
+    def step(hh, ww, bb):
+        logp, ent = eo.linear_logprobs_and_entropy(hh, ww, y, bb, temperature=t, softcap=4.0)
+        return logp.sum() + 0.1 * ent.sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    leaves = [x.clone().requires_grad_(True) for x in (h, w, b)]
+    loss = compiled(*leaves)
+    loss.backward()
+    eager_leaves = [x.clone().requires_grad_(True) for x in (h, w, b)]
+    eager_loss = step(*eager_leaves)
+    eager_loss.backward()
+    torch.testing.assert_close(loss, eager_loss, rtol=0, atol=0)
+    for a, c in zip(leaves, eager_leaves):
+        torch.testing.assert_close(a.grad, c.grad, rtol=0, atol=0)
+
+
+def peak_extra_bytes(fn):
+    """Peak of the bytes allocated through torch's CPU allocator while ``fn()`` runs (from the
+    profiler's allocation events, in time order), minus the bytes of the tensors ``fn`` returns."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        kept = fn()
+    sizes = []
+
+    def walk(node):
+        if type(node.extra_fields).__name__ == "_ExtraFields_Allocation":
+            sizes.append((node.start_time_ns, node.extra_fields.alloc_size))
+        for child in node.children:
+            walk(child)
+
+    for root in prof.profiler.kineto_results.experimental_event_tree():
+        walk(root)
+    current = peak = 0
+    for _, size in sorted(sizes):
+        current += size
+        peak = max(peak, current)
+    assert len(sizes) > 10, "the profiler recorded no allocations: the measurement is broken"
+    return peak - sum(t.numel() * t.element_size() for t in kept), peak
+
+
+@pytest.mark.slow
+def test_peak_memory_stays_far_below_one_nv_tensor():
+    """N=4096, D=256, V=32000 fp32, forward + backward: the extra memory beyond inputs, outputs and
+    gradients must be far below one [N, V] fp32 tensor (524 MB); measured ~34 MB (two chunks)."""
+    skip_unless_available("cpu")
+    n, d, vocab = 4096, 256, 32000
+    g = torch.Generator().manual_seed(0)
+    h = (torch.randn(n, d, generator=g) * 0.1).requires_grad_(True)
+    w = (torch.randn(vocab, d, generator=g) * 0.1).requires_grad_(True)
+    y = torch.randint(vocab, (n,), generator=g)
+
+    def fwd_bwd():
+        with eo.use_backend("cpu"):
+            logp, ent = eo.linear_logprobs_and_entropy(h, w, y)
+            return (logp, ent, *torch.autograd.grad(logp.sum() + ent.sum(), (h, w)))
+
+    extra, peak = peak_extra_bytes(fwd_bwd)
+    one_nv = n * vocab * 4
+    print(f"\npeak allocated {peak / 1e6:.1f} MB, beyond outputs and gradients {extra / 1e6:.1f} MB "
+          f"(one [N, V] fp32 tensor: {one_nv / 1e6:.0f} MB)")
+    assert extra < one_nv / 8
+
+
+def test_bench_rows_are_measured_with_small_errors():
+    from entropy_ops.bench import linear as bench
+
+    skip_unless_available("cpu")
+    for case in bench.build_cases("cpu", torch.float32, [(20, 8, 64)]):
+        rows = bench.measure_case(case, ("eager", "torch", "cpu", "cublas"), repeats=1)
+        assert [r.impl for r in rows] == ["eager", "torch", "cpu"]  # no cuBLAS row on CPU
+        for r in rows:
+            assert r.time_ms is not None and r.err_h < 1e-5 and r.err_logp < 1e-5, r
+            assert (r.err_grad is None) == (case.direction == "fwd")
+    assert any("cpu" in line for line in bench.summary_lines(rows))
+
+
+# ---- GPU (`pytest -m gpu`; skipped without CUDA): written, not yet run on a GPU ------------------
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ("triton", "cuda"))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_backends_match_reference_batch_invariant_and_sync_free(name, dtype):
+    skip_unless_available(name)
+    h, w, b, y = make_inputs(n=70, d=64, vocab=20000, dtype=dtype)  # 20000 > one Triton split
+    kw = dict(labels=y, temperature=temperature_of("per_row", 70), mask=None, logit_scale=1.0, softcap=30.0)
+    cuda = [t.cuda() for t in (h, w, b, y, kw["temperature"])]
+    gkw = dict(kw, labels=cuda[3], temperature=cuda[4])
+    g = torch.Generator().manual_seed(7)
+    weights = (torch.randn(70, generator=g), torch.randn(70, generator=g))
+    with eo.use_backend(name):
+        logp, ent = eo.linear_logprobs_and_entropy(*cuda[:2], bias=cuda[2], **gkw)
+        part = eo.linear_logprobs_and_entropy(cuda[0][5:9], cuda[1], cuda[3][5:9], cuda[2], softcap=30.0,
+                                              temperature=cuda[4][5:9])
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            ours = grads(_ours, *cuda[:3], [x.cuda() for x in weights], **gkw)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(part[0], logp[5:9]) and torch.equal(part[1], ent[5:9])
+    ref_logp, ref_h = _ref(h, w, b, **kw)
+    eager_logp, eager_h = _eager(h, w, b, **kw)
+    assert_within_eager_bound(ent.cpu(), ref_h, eager_h, what="entropy")
+    assert_within_eager_bound(logp.cpu(), ref_logp, eager_logp, what="logp")
+    ref = grads(_ref, h.double(), w.double(), b.double(), weights, **kw)
+    eag = grads(_eager, h, w, b, weights, **kw)
+    for label, o, r, e in zip(("hidden", "weight", "bias"), ours, ref, eag):
+        assert_within_eager_bound(o.cpu(), r, e, what=f"grad {label}")
