@@ -13,8 +13,9 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import _backends, _validate
+from .. import _backends, _validate, _validate_vocab
 from ..backends.kernel import acc_dtype
+from ..parallel import vocab as _vocab_parallel
 from ._rows import check_values, flat_temperature, leading_empty, per_row, rows
 
 
@@ -166,7 +167,8 @@ _logprobs_and_entropy_op.register_autograd(_backward_logprobs_and_entropy,
 # ---- public API ----------------------------------------------------------------------------------
 
 def entropy(logits: Tensor, temperature=1.0, *, mask: Optional[Tensor] = None,
-            inplace_backward: bool = False) -> Tensor:
+            inplace_backward: bool = False, process_group=None,
+            vocab_start: Optional[int] = None) -> Tensor:
     """Entropy of ``softmax(logits / temperature)`` over the last dimension.
 
     Args:
@@ -177,7 +179,12 @@ def entropy(logits: Tensor, temperature=1.0, *, mask: Optional[Tensor] = None,
         mask: optional bool ``[...]``; rows where it is False are not read, give 0 and get a zero
             gradient.
         inplace_backward: write the gradient into ``logits``' own buffer (saves one ``[N, V]``
-            allocation; ``logits`` must not be needed afterwards).
+            allocation; ``logits`` must not be needed afterwards). Not with ``process_group``.
+        process_group: vocab parallel (SPEC §3.3): ``logits`` is this rank's shard ``[..., V_r]`` of
+            the vocabulary (Megatron layout) and every rank gets the unsharded result; all ranks
+            call with the same leading shape, temperature and mask. See ``parallel/vocab.py``.
+        vocab_start: with ``process_group``, the global index of this shard's first entry; needed
+            when the shards are uneven (default ``rank * V_r``).
 
     Returns:
         ``H [...]`` float32 (float64 for float64 logits):
@@ -187,13 +194,17 @@ def entropy(logits: Tensor, temperature=1.0, *, mask: Optional[Tensor] = None,
     t, t_scalar = _validate.temperature(temperature, logits, leading)
     mask = _validate.row_mask(mask, logits, leading)
     _validate.flag("inplace_backward", inplace_backward)
+    if process_group is not None or vocab_start is not None:
+        group, vocab_start = _validate_vocab.vocab_parallel(process_group, vocab_start, inplace_backward)
+        return _vocab_parallel.entropy(logits, t, t_scalar, mask, group, vocab_start)
     backend = _backends.resolve("entropy", logits.device, logits.dtype)
     h, _ = _entropy_op(logits, t, t_scalar, mask, inplace_backward, backend)
     return h
 
 
 def logprobs_and_entropy(logits: Tensor, labels: Tensor, temperature=1.0, ignore_index: int = -100, *,
-                         mask: Optional[Tensor] = None, inplace_backward: bool = False) -> Tuple[Tensor, Tensor]:
+                         mask: Optional[Tensor] = None, inplace_backward: bool = False,
+                         process_group=None, vocab_start: Optional[int] = None) -> Tuple[Tensor, Tensor]:
     """Log-probability of ``labels`` and entropy, in the same single pass over the logits.
 
     Args:
@@ -202,7 +213,9 @@ def logprobs_and_entropy(logits: Tensor, labels: Tensor, temperature=1.0, ignore
             no gradient from that row's logp (its entropy is still computed). Labels outside
             ``[0, V)`` raise on CPU tensors; on CUDA they are checked only under
             ``ENTROPY_OPS_CHECK=1`` and otherwise give NaN logp in that row.
-        temperature, mask, inplace_backward: as in :func:`entropy`.
+        temperature, mask, inplace_backward, process_group, vocab_start: as in :func:`entropy`. With
+            ``process_group`` the labels are global indices in ``[0, V)``; the rank whose shard
+            holds the label contributes ``z_y``.
 
     Returns:
         ``(logp [...], H [...])`` float32 (float64 for float64 logits), ``logp = z_y - lse``.
@@ -213,6 +226,10 @@ def logprobs_and_entropy(logits: Tensor, labels: Tensor, temperature=1.0, ignore
     ignore_index = _validate.integer("ignore_index", ignore_index)
     mask = _validate.row_mask(mask, logits, leading)
     _validate.flag("inplace_backward", inplace_backward)
+    if process_group is not None or vocab_start is not None:
+        group, vocab_start = _validate_vocab.vocab_parallel(process_group, vocab_start, inplace_backward)
+        return _vocab_parallel.logprobs_and_entropy(logits, labels, t, t_scalar, ignore_index, mask,
+                                                    group, vocab_start)
     backend = _backends.resolve("logprobs_and_entropy", logits.device, logits.dtype)
     logp, h, _ = _logprobs_and_entropy_op(logits, labels, t, t_scalar, ignore_index, mask,
                                           inplace_backward, backend)

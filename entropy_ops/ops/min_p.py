@@ -11,7 +11,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import _backends, _validate
+from .. import _backends, _validate, _validate_vocab
+from ..parallel import vocab_min_p as _vocab_parallel
 from ._rows import check_values, flat_temperature, leading_empty, per_row, rows
 
 
@@ -90,7 +91,8 @@ _min_p_logprobs_op.register_autograd(_backward, setup_context=_setup)
 
 
 def min_p_logprobs(logits: Tensor, labels: Tensor, min_p: float = 0.02, temperature=1.0,
-                   ignore_index: int = -100, *, mask: Optional[Tensor] = None) -> Tensor:
+                   ignore_index: int = -100, *, mask: Optional[Tensor] = None, process_group=None,
+                   vocab_start: Optional[int] = None) -> Tensor:
     """Log-probability of ``labels`` under the min-p proxy of ``softmax(logits / temperature)``.
 
     Args:
@@ -102,6 +104,8 @@ def min_p_logprobs(logits: Tensor, labels: Tensor, min_p: float = 0.02, temperat
         temperature: a Python float > 0, a 0-d tensor, or a tensor of the leading shape. Detached.
         ignore_index: the label value that marks rows without a target.
         mask: optional bool ``[...]``; rows where it is False are not read and give 0.
+        process_group, vocab_start: vocab parallel, as in :func:`entropy`; the kept set is decided
+            by the global max (computed with torch ops on the local shard, ``parallel/vocab_min_p.py``).
 
     Returns:
         ``logp [...]`` float32 (float64 for float64 logits): ``z_y - log sum_{j kept} exp z_j`` for a
@@ -115,5 +119,9 @@ def min_p_logprobs(logits: Tensor, labels: Tensor, min_p: float = 0.02, temperat
     t, t_scalar = _validate.temperature(temperature, logits, leading)
     ignore_index = _validate.integer("ignore_index", ignore_index)
     mask = _validate.row_mask(mask, logits, leading)
+    if process_group is not None or vocab_start is not None:
+        group, vocab_start = _validate_vocab.vocab_parallel(process_group, vocab_start)
+        return _vocab_parallel.min_p_logprobs(logits, labels, min_p, t, t_scalar, ignore_index, mask,
+                                              group, vocab_start)
     backend = _backends.resolve("min_p_logprobs", logits.device, logits.dtype)
     return _min_p_logprobs_op(logits, labels, t, t_scalar, ignore_index, min_p, mask, backend)[0]

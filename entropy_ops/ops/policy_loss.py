@@ -19,9 +19,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import _validate_losses as V
-from ..backends.torch_select import top_k
+from .. import _backends, _validate_losses as V
 from ._types import PolicyLossOutput
+from .select import top_k_mask
 from .agg_loss import MODES, agg_loss, masked_mean
 
 
@@ -36,19 +36,29 @@ def _covariance(logp: Tensor, advantages: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, cov, 0)
 
 
-def token_covariance(logp: Tensor, advantages: Tensor, mask: Tensor) -> Tensor:
+def _data_parallel():
+    # Imported on first use with a process group: ``parallel.data`` builds on torch.distributed.
+    from ..parallel import data
+    return data
+
+
+def token_covariance(logp: Tensor, advantages: Tensor, mask: Tensor, process_group=None) -> Tensor:
     """Per-token ``(A - mean A)(logp - mean logp)``, means over the valid tokens, 0 at masked ones.
 
     Args:
         logp: ``[B, T]`` (any shape) log-probabilities under the current policy.
         advantages: same shape, floating point.
         mask: same shape, bool (or a 0/1 float mask).
+        process_group: a ``torch.distributed`` data-parallel group: the means are over the valid
+            tokens of all its ranks (one all-reduce), as on their batches concatenated.
 
     Returns:
         Detached tensor of ``logp``'s shape and dtype.
     """
     logp, mask = V.matrix_and_mask(logp, mask, "logp")
     V.like("advantages", advantages, logp, "logp")
+    if process_group is not None:
+        return _data_parallel().token_covariance(logp, advantages, V.binary_mask(mask), process_group)
     return _covariance(logp, advantages, V.binary_mask(mask))
 
 
@@ -69,7 +79,7 @@ def clip_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mas
                          clip_cov_lb: float = 1.0, clip_cov_ub: float = 5.0,
                          loss_agg_mode: str = "token-mean", weights: Optional[Tensor] = None,
                          generator: Optional[torch.Generator] = None,
-                         random_keys: Optional[Tensor] = None) -> PolicyLossOutput:
+                         random_keys: Optional[Tensor] = None, process_group=None) -> PolicyLossOutput:
     """Clip-Cov policy loss (verl's ``clip_cov``).
 
     ``l1 = -A r``, ``l2 = -A clamp(r, 1 - low, 1 + high)``; candidates are the valid tokens with
@@ -91,6 +101,16 @@ def clip_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mas
             candidates with the largest keys are chosen. ``torch.compile`` cannot trace a
             ``torch.Generator``: under ``fullgraph=True`` draw the keys outside and pass them here
             (without either, the global RNG is used, which compiles).
+        process_group: a ``torch.distributed`` data-parallel group: the means, ``n_valid``, ``k``,
+            the choice and the scalars are over all its ranks, exactly as one process computes them
+            on the batches concatenated in rank order; ``selected`` is this rank's part. ``loss``
+            holds the global loss on every rank, and its gradient is ``world_size x`` that of
+            this rank's share, so that DDP / FSDP's gradient average is the single-process
+            gradient. Keys: ``random_keys`` are this rank's own; else every rank draws the keys
+            of the whole concatenated batch from ``generator`` (or the global RNG) and takes its
+            slice (the same generator state on every rank reproduces the single-process choice);
+            that draw reads the per-rank sizes on the host, so pass ``random_keys`` to stay
+            sync-free. See ``entropy_ops.parallel.data``.
 
     Returns:
         :class:`PolicyLossOutput`: ``loss``; ``ppo_kl`` = masked mean of ``old_logp - logp``;
@@ -113,6 +133,11 @@ def clip_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mas
         if tuple(random_keys.shape) != tuple(logp.shape) or random_keys.device != logp.device:
             raise ValueError(f"random_keys: expected shape {list(logp.shape)} on {logp.device}, "
                              f"got {list(random_keys.shape)} on {random_keys.device}")
+    if process_group is not None:
+        return _data_parallel().clip_cov_policy_loss(
+            logp, old_logp, advantages, mask, low=low, high=high, clip_cov_ratio=clip_cov_ratio, lb=lb, ub=ub,
+            loss_agg_mode=loss_agg_mode, weights=weights, generator=generator, random_keys=random_keys,
+            process_group=process_group)
 
     log_ratio = logp - old_logp
     ratio = torch.exp(log_ratio)
@@ -124,7 +149,8 @@ def clip_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mas
     keys = random_keys
     if keys is None:
         keys = torch.randint(0, 2**62, logp.shape, generator=generator, device=logp.device)
-    selected = top_k(keys, candidate, _count_k(clip_cov_ratio, mask.sum()))
+    backend = _backends.resolve("top_k", logp.device, logp.dtype)
+    selected = top_k_mask(keys, candidate, _count_k(clip_cov_ratio, mask.sum()), backend)
     losses = torch.where(selected, 0, torch.maximum(l1, l2))
     if weights is not None:
         losses = losses * weights
@@ -135,7 +161,8 @@ def clip_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mas
 
 def kl_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *,
                        kl_cov_ratio: float = 2e-4, kl_coef: float = 1.0,
-                       loss_agg_mode: str = "token-mean", weights: Optional[Tensor] = None) -> PolicyLossOutput:
+                       loss_agg_mode: str = "token-mean", weights: Optional[Tensor] = None,
+                       process_group=None) -> PolicyLossOutput:
     """KL-Cov policy loss (verl's ``kl_cov``).
 
     ``l = -A r``; the ``k = max(floor(kl_cov_ratio * n_valid), 1)`` valid tokens of largest ``cov``
@@ -145,6 +172,8 @@ def kl_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask:
     Args:
         logp, old_logp, advantages, mask, loss_agg_mode, weights: as in :func:`clip_cov_policy_loss`.
         kl_cov_ratio: the fraction ``(0, 1]`` of valid tokens penalized. kl_coef: the penalty weight.
+        process_group: a data-parallel group, as in :func:`clip_cov_policy_loss` (the top ``k``
+            over all ranks, ties to the lowest flat index of the concatenated batch).
 
     Returns:
         :class:`PolicyLossOutput`: ``loss``; ``ppo_kl`` = masked mean of ``|logp - old_logp|``;
@@ -153,12 +182,17 @@ def kl_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask:
     mask = _losses_args(logp, old_logp, advantages, mask, loss_agg_mode, weights)
     kl_cov_ratio = V.ratio("kl_cov_ratio", kl_cov_ratio)
     kl_coef = V.number("kl_coef", kl_coef)
+    if process_group is not None:
+        return _data_parallel().kl_cov_policy_loss(
+            logp, old_logp, advantages, mask, kl_cov_ratio=kl_cov_ratio, kl_coef=kl_coef,
+            loss_agg_mode=loss_agg_mode, weights=weights, process_group=process_group)
 
     log_ratio = logp - old_logp
     abs_kl = log_ratio.abs()
     l = -advantages * torch.exp(log_ratio)
     cov = _covariance(logp, advantages, mask)
-    selected = top_k(cov, mask, _count_k(kl_cov_ratio, mask.sum()))
+    backend = _backends.resolve("top_k", logp.device, logp.dtype)
+    selected = top_k_mask(cov, mask, _count_k(kl_cov_ratio, mask.sum()), backend)
     losses = torch.where(selected, l + kl_coef * abs_kl, l)
     if weights is not None:
         losses = losses * weights

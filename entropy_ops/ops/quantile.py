@@ -59,11 +59,19 @@ def _no_grad(ctx, grad):
 _masked_quantile_op.register_autograd(_no_grad, setup_context=_setup_no_grad)
 
 
-def _checked(values, mask, cu_seqlens, per_sequence, name):
+def _checked(values, mask, cu_seqlens, per_sequence, name, process_group=None):
     _validate.flag("per_sequence", per_sequence)
+    if process_group is not None:
+        _validate_tokens.process_group(process_group)
     _validate_tokens.tokens(name, values, cu_seqlens, allow_flat=not per_sequence)
     cu_seqlens = _validate_tokens.cu_seqlens(cu_seqlens, name, values)
     return _validate_tokens.mask(mask, name, values), cu_seqlens
+
+
+def _data_parallel():
+    # Imported on first use with a process group: ``parallel.data`` builds on torch.distributed.
+    from ..parallel import data
+    return data
 
 
 def _quantile64(values, mask, q, q_scalar, per_sequence, cu_seqlens):
@@ -72,7 +80,7 @@ def _quantile64(values, mask, q, q_scalar, per_sequence, cu_seqlens):
 
 
 def masked_quantile(values: Tensor, mask: Optional[Tensor], q, per_sequence: bool = True,
-                    cu_seqlens: Optional[Tensor] = None) -> Tensor:
+                    cu_seqlens: Optional[Tensor] = None, process_group=None) -> Tensor:
     """Exact q-quantile of the valid entries, per sequence or over all of them.
 
     Args:
@@ -87,6 +95,11 @@ def masked_quantile(values: Tensor, mask: Optional[Tensor], q, per_sequence: boo
             segment); False: one over all valid entries of the batch.
         cu_seqlens: optional int32/int64 ``[S + 1]`` offsets of packed sequences (from 0,
             non-decreasing, to ``N``; empty sequences allowed).
+        process_group: a ``torch.distributed`` data-parallel group: with ``per_sequence=False`` the
+            quantile is over the valid entries of all its ranks (exact, the same on every rank, as
+            on their batches concatenated; a fixed number of collectives, see
+            ``entropy_ops.parallel.data``). Per sequence, each sequence lives on one rank: no
+            collective, this rank's sequences.
 
     Returns:
         float32 (float64 for float64 values): ``[B]`` / ``[S]`` per sequence, ``[]`` over all; a
@@ -96,19 +109,22 @@ def masked_quantile(values: Tensor, mask: Optional[Tensor], q, per_sequence: boo
         valid entries upcast to float64, then rounded); NaN where ``n = 0``. No element-count cap.
         Not differentiable.
     """
-    mask, cu_seqlens = _checked(values, mask, cu_seqlens, per_sequence, "values")
+    mask, cu_seqlens = _checked(values, mask, cu_seqlens, per_sequence, "values", process_group)
     q, q_scalar = _validate_tokens.quantile(q, values, allow_vector=True)
+    if process_group is not None and not per_sequence:
+        out = _data_parallel().masked_quantile(values, mask, q, q_scalar, cu_seqlens, process_group)
+        return out.to(acc_dtype(values.dtype))
     out = _quantile64(values, mask, q, q_scalar, per_sequence, cu_seqlens)
     return out.to(acc_dtype(values.dtype))
 
 
 def peak_entropy_mask(entropy: Tensor, mask: Optional[Tensor], q=0.8, per_sequence: bool = True,
-                      cu_seqlens: Optional[Tensor] = None) -> Tensor:
+                      cu_seqlens: Optional[Tensor] = None, process_group=None) -> Tensor:
     """SIREN's peak mask: the valid tokens whose entropy exceeds the q-quantile.
 
     Args:
-        entropy, mask, per_sequence, cu_seqlens: as in :func:`masked_quantile` (``entropy`` the
-            values).
+        entropy, mask, per_sequence, cu_seqlens, process_group: as in :func:`masked_quantile`
+            (``entropy`` the values).
         q: a Python float in [0, 1] or a 0-d float tensor.
 
     Returns:
@@ -116,8 +132,10 @@ def peak_entropy_mask(entropy: Tensor, mask: Optional[Tensor], q=0.8, per_sequen
         ``mask``, compared in float64 against the unrounded quantile of the token's own sequence
         (or of the batch); all False in a sequence without valid tokens (NaN quantile).
     """
-    mask, cu_seqlens = _checked(entropy, mask, cu_seqlens, per_sequence, "entropy")
+    mask, cu_seqlens = _checked(entropy, mask, cu_seqlens, per_sequence, "entropy", process_group)
     q, q_scalar = _validate_tokens.quantile(q, entropy, allow_vector=False)
+    if process_group is not None and not per_sequence:
+        return _data_parallel().peak_entropy_mask(entropy, mask, q, q_scalar, cu_seqlens, process_group)
     threshold = _quantile64(entropy, mask, q, q_scalar, per_sequence, cu_seqlens)
     if per_sequence:
         if cu_seqlens is None:
@@ -146,12 +164,17 @@ class EntropyThreshold(torch.nn.Module):
     Args:
         q: Python float in [0, 1], the per-sequence quantile.
         momentum: Python float in [0, 1], the weight kept by the old value.
+        process_group: a ``torch.distributed`` data-parallel group: the median is over the
+            sequences of all its ranks (exact), so ``value`` is the same on every rank and equals
+            the single-process value on the batches concatenated. The module then holds the group
+            (it pickles through ``state_dict`` only).
     """
 
-    def __init__(self, q: float = 0.95, momentum: float = 0.99):
+    def __init__(self, q: float = 0.95, momentum: float = 0.99, process_group=None):
         super().__init__()
         self.q = _validate.probability("q", q, open_low=False)
         self.momentum = _validate_tokens.momentum(momentum)
+        self.process_group = None if process_group is None else _validate_tokens.process_group(process_group)
         self.register_buffer("value", torch.tensor(float("nan")))
         self.register_buffer("initialized", torch.tensor(False))
 
@@ -165,7 +188,10 @@ class EntropyThreshold(torch.nn.Module):
         mask, cu_seqlens = _checked(entropy, mask, cu_seqlens, True, "entropy")
         if self.training:
             per_sequence = _quantile64(entropy, mask, None, self.q, True, cu_seqlens)
-            new = _quantile64(per_sequence, None, None, 0.5, False, None)  # NaN sequences skipped
+            if self.process_group is None:
+                new = _quantile64(per_sequence, None, None, 0.5, False, None)  # NaN sequences skipped
+            else:
+                new = _data_parallel().masked_quantile(per_sequence, None, None, 0.5, None, self.process_group)
             old = self.value.double()
             ema = self.momentum * old + (1.0 - self.momentum) * new
             updated = torch.where(self.initialized, ema, new)

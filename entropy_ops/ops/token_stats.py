@@ -13,7 +13,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import _backends, _validate
+from .. import _backends, _validate, _validate_vocab
+from ..parallel import vocab_stats as _vocab_parallel
 from ._rows import check_values, flat_temperature, leading_empty, per_row, rows
 from ._types import TokenStats
 
@@ -55,7 +56,8 @@ _token_stats_op.register_autograd(_no_grad, setup_context=_setup_no_grad)
 
 
 def token_stats(logits: Tensor, labels: Optional[Tensor] = None, temperature=1.0, *,
-                ignore_index: int = -100, mask: Optional[Tensor] = None) -> TokenStats:
+                ignore_index: int = -100, mask: Optional[Tensor] = None, process_group=None,
+                vocab_start: Optional[int] = None) -> TokenStats:
     """Per-row statistics of ``p = softmax(logits / temperature)``, all in one pass over the logits.
 
     Args:
@@ -66,6 +68,9 @@ def token_stats(logits: Tensor, labels: Optional[Tensor] = None, temperature=1.0
             value recompiles), a 0-d tensor, or a tensor of the leading shape ``[...]``. Detached.
         ignore_index: the label value that marks rows without a target.
         mask: optional bool ``[...]``; rows where it is False are not read and give 0 everywhere.
+        process_group, vocab_start: vocab parallel, as in :func:`entropy`: ``logits`` is this
+            rank's vocab shard, every rank gets the statistics of the full row (``self_certainty``
+            averages over the full V).
 
     Returns:
         :class:`TokenStats` ``(lse, entropy, logp, max_logp, collision, varentropy, self_certainty,
@@ -87,6 +92,9 @@ def token_stats(logits: Tensor, labels: Optional[Tensor] = None, temperature=1.0
     t, t_scalar = _validate.temperature(temperature, logits, leading)
     ignore_index = _validate.integer("ignore_index", ignore_index)
     mask = _validate.row_mask(mask, logits, leading)
+    if process_group is not None or vocab_start is not None:
+        group, vocab_start = _validate_vocab.vocab_parallel(process_group, vocab_start)
+        return _vocab_parallel.token_stats(logits, labels, t, t_scalar, ignore_index, mask, group, vocab_start)
     backend = _backends.resolve("token_stats", logits.device, logits.dtype)
     out = _token_stats_op(logits, labels, t, t_scalar, ignore_index, mask, backend)
     stats = TokenStats(*out)

@@ -15,7 +15,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import _backends, _validate
+from .. import _backends, _validate, _validate_vocab
+from ..parallel import vocab_top_p as _vocab_parallel
 from ._rows import check_values, flat_temperature, leading_empty, per_row, rows
 
 
@@ -107,7 +108,8 @@ def _(logits, temperature, temperature_scalar, top_p, inclusive, mask, backend):
 
 
 def top_p_entropy(logits: Tensor, top_p: float = 0.8, temperature=1.0, *,
-                  mask: Optional[Tensor] = None) -> Tensor:
+                  mask: Optional[Tensor] = None, process_group=None,
+                  vocab_start: Optional[int] = None) -> Tensor:
     """Entropy of the renormalized top-p nucleus of ``softmax(logits / temperature)`` (SIREN).
 
     Args:
@@ -120,6 +122,9 @@ def top_p_entropy(logits: Tensor, top_p: float = 0.8, temperature=1.0, *,
             tensor, or a tensor of the leading shape ``[...]``. Detached. Applied before the cut.
         mask: optional bool ``[...]``; rows where it is False are not read, give 0 and a zero
             gradient.
+        process_group, vocab_start: vocab parallel, as in :func:`entropy`: the nucleus is the one
+            of the full row (global max, global index order), found by a distributed radix search
+            in torch ops on the local shard (``parallel/vocab_top_p.py``).
 
     Returns:
         ``H_K [...]`` float32 (float64 for float64 logits): ``-sum_{j in K} q_j log q_j`` with
@@ -131,16 +136,21 @@ def top_p_entropy(logits: Tensor, top_p: float = 0.8, temperature=1.0, *,
     top_p = _validate.probability("top_p", top_p, open_low=True)
     t, t_scalar = _validate.temperature(temperature, logits, leading)
     mask = _validate.row_mask(mask, logits, leading)
+    if process_group is not None or vocab_start is not None:
+        group, vocab_start = _validate_vocab.vocab_parallel(process_group, vocab_start)
+        return _vocab_parallel.top_p_entropy(logits, top_p, t, t_scalar, mask, group, vocab_start)
     backend = _backends.resolve("top_p_entropy", logits.device, logits.dtype)
     return _top_p_entropy_op(logits, t, t_scalar, top_p, mask, backend)[0]
 
 
 def top_p_mask(logits: Tensor, top_p: float, temperature=1.0, inclusive: bool = True, *,
-               mask: Optional[Tensor] = None) -> Tensor:
+               mask: Optional[Tensor] = None, process_group=None,
+               vocab_start: Optional[int] = None) -> Tensor:
     """The top-p nucleus of ``softmax(logits / temperature)`` as a bool ``[..., V]`` mask.
 
     Args:
-        logits, top_p, temperature, mask: as in :func:`top_p_entropy`.
+        logits, top_p, temperature, mask, process_group, vocab_start: as in :func:`top_p_entropy`
+            (with a group, the result is this rank's shard ``[..., V_r]`` of the full-row mask).
         inclusive: True (default) also keeps the token whose mass crosses ``top_p``, as samplers
             do (the smallest prefix with mass ``>= top_p``); False gives exactly the set that
             :func:`top_p_entropy` uses (mass ``< top_p``, at least one token).
@@ -154,5 +164,8 @@ def top_p_mask(logits: Tensor, top_p: float, temperature=1.0, inclusive: bool = 
     t, t_scalar = _validate.temperature(temperature, logits, leading)
     _validate.flag("inclusive", inclusive)
     mask = _validate.row_mask(mask, logits, leading)
+    if process_group is not None or vocab_start is not None:
+        group, vocab_start = _validate_vocab.vocab_parallel(process_group, vocab_start)
+        return _vocab_parallel.top_p_mask(logits, top_p, t, t_scalar, inclusive, mask, group, vocab_start)
     backend = _backends.resolve("top_p_mask", logits.device, logits.dtype)
     return _top_p_mask_op(logits, t, t_scalar, top_p, inclusive, mask, backend)

@@ -1,0 +1,73 @@
+"""Where each rank's vocab shard sits in the full vocabulary (Megatron layout, SPEC §3.3).
+
+Rank ``r`` of the group holds the logits of the global indices ``[start_r, start_r + V_r)``. Without
+``vocab_start`` every rank must hold the same ``V_r`` and ``start_r = r * V_r`` (Megatron's
+``VocabParallelEmbedding`` / ``ColumnParallelLinear`` split); with it the shards may be uneven but
+must tile ``[0, V)`` without gaps or overlaps.
+
+The layout is checked collectively (one all-gather of two ints per rank, and a host read of them)
+the first time a ``(group, V_r, vocab_start)`` is seen, then cached: later calls with the same
+arguments cost nothing. Ranks must therefore change ``V_r`` or ``vocab_start`` together (they do:
+the shard shapes are fixed by the model), else the first rank to miss the cache waits for the others.
+"""
+from typing import Dict, NamedTuple, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+
+class ShardLayout(NamedTuple):
+    rank: int  # this process's rank in the group
+    world: int
+    start: int  # global index of this shard's first entry
+    local: int  # V_r, entries in this shard
+    total: int  # V, the full vocabulary
+    starts: Tuple[int, ...]  # start of every rank's shard, in rank order
+    sizes: Tuple[int, ...]  # V_r of every rank, in rank order
+
+
+_CACHE: Dict[tuple, Tuple[object, ShardLayout]] = {}
+
+
+def _gather_pairs(group, local: int, vocab_start: Optional[int], device) -> list:
+    # NCCL groups need a CUDA tensor; gloo takes either.
+    mine = torch.tensor([local, -1 if vocab_start is None else vocab_start], dtype=torch.int64, device=device)
+    out = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(out, mine, group=group)
+    return [tuple(int(v) for v in t.tolist()) for t in out]
+
+
+def _check(pairs, rank: int) -> ShardLayout:
+    sizes = tuple(p[0] for p in pairs)
+    given = [p[1] >= 0 for p in pairs]
+    if any(given) and not all(given):
+        missing = [r for r, g in enumerate(given) if not g]
+        raise ValueError(f"vocab_start: given on some ranks but not on ranks {missing}; pass it on every "
+                         f"rank of process_group or on none")
+    if all(given):
+        starts = tuple(p[1] for p in pairs)
+    else:
+        if len(set(sizes)) != 1:
+            raise ValueError(f"vocab_start: the vocab shards are uneven (V per rank: {list(sizes)}); pass "
+                             f"vocab_start=<global index of this rank's first entry> on every rank")
+        starts = tuple(r * sizes[0] for r in range(len(sizes)))
+    order = sorted(range(len(starts)), key=lambda r: starts[r])
+    edge = 0
+    for r in order:
+        if starts[r] != edge:
+            raise ValueError(f"vocab_start: the shards (start, V) per rank {list(zip(starts, sizes))} do not "
+                             f"tile [0, V): rank {r} starts at {starts[r]}, expected {edge}; each rank's "
+                             f"vocab_start must be the sum of the shard sizes before it")
+        edge += sizes[r]
+    return ShardLayout(rank, len(sizes), starts[rank], sizes[rank], edge, starts, sizes)
+
+
+def shard_layout(group, local: int, vocab_start: Optional[int], device: torch.device) -> ShardLayout:
+    """The checked layout of this rank's shard of ``local`` entries (cached per arguments)."""
+    key = (id(group), local, vocab_start)
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0] is group:
+        return hit[1]
+    layout = _check(_gather_pairs(group, local, vocab_start, device), dist.get_rank(group))
+    _CACHE[key] = (group, layout)
+    return layout

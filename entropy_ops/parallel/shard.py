@@ -1,0 +1,145 @@
+"""Per-rank plumbing shared by the vocab-parallel row ops: the flattened local shard, where its
+labels fall, its raw row max, and the two collectives every merge uses.
+
+Merges are done in float64 on ``[N]``-sized tensors (a few bytes per token next to the ``V_r``
+logits per token): the between-shard moments of ``token_stats`` subtract terms of size ``H^2``,
+which float64 keeps exact; the communication cost of the wider type is negligible.
+"""
+from typing import NamedTuple, Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from ..backends.kernel import acc_dtype
+from ..ops._rows import _values_checked, check_values, flat_temperature, per_row, rows
+from .layout import ShardLayout
+
+F64 = torch.float64
+
+
+class Shard(NamedTuple):
+    """The local shard as rows, with its per-row inputs flattened (as the row kernels take them)."""
+    x: Tensor  # [N, V_r], last dim contiguous
+    t: Optional[Tensor]  # [N] acc dtype, or None (the scalar applies)
+    t_scalar: float
+    mask: Optional[Tensor]  # [N] bool or None
+    live: Tensor  # [N] bool: mask, or all True
+    m: Tensor  # [N] acc dtype: the raw max of the local row (NaN if it holds a NaN, -inf if all -inf)
+    argmax: Tensor  # [N] int64: where that max is
+    bad: Tensor  # [N] bool: the local row holds NaN/+inf (live rows only)
+    present: Tensor  # [N] bool: live, not bad, and not all -inf: the shard has mass in this row
+
+    @property
+    def temperature64(self):
+        """Per-row temperature in float64 (or the Python float)."""
+        return self.t_scalar if self.t is None else self.t.to(F64)
+
+
+_BLOCK = 1024
+
+
+def row_max_and_argmax(x: Tensor):
+    """``(max, an index of it)`` of every row of ``x [N, V_r]``, NaN-propagating, in one read of ``x``.
+
+    This is the one extra read of the shard in forward: the merge needs each shard's exact raw max
+    (and the row kernels return ``-log s_r`` exactly for a label at the max), which no row kernel
+    returns next to the entropy. ``torch.max(dim)`` gives both but is ~10x slower than ``amax`` on
+    CPU bf16 (11.5 vs 0.9 ms on ``[256, 16000]``; an amax over blocks of 64 is no faster than it,
+    over blocks of 1024 nearly as fast as a whole-row amax), so: the max of each block of
+    ``_BLOCK`` entries (one ``amax``), the winning block, then the argmax inside that block only.
+    """
+    n, vocab = x.shape
+    acc = acc_dtype(x.dtype)  # argmax in the accumulation dtype: exact, and faster than bf16's
+    n_full = vocab // _BLOCK
+    full = x[:, :n_full * _BLOCK].view(n, n_full, _BLOCK)
+    tail = x[:, n_full * _BLOCK:]
+    blocks = [full.amax(-1)] + ([tail.amax(-1, keepdim=True)] if tail.shape[-1] else [])
+    block_max = torch.cat(blocks, -1)
+    best = block_max.argmax(-1)  # NaN counts as the max, so NaN rows report NaN below
+    row_max = block_max.gather(1, best[:, None]).squeeze(1)
+    index = torch.zeros_like(best)
+    if tail.shape[-1]:
+        index = n_full * _BLOCK + tail.to(acc).argmax(-1)
+    if n_full:
+        winner = full[torch.arange(n, device=x.device), best.clamp(max=n_full - 1)]  # [N, _BLOCK]
+        index = torch.where(best < n_full, best * _BLOCK + winner.to(acc).argmax(-1), index)
+    return row_max, index
+
+
+def make_shard(logits: Tensor, temperature, t_scalar: float, mask, ignore_index: int = -100) -> Shard:
+    x = rows(logits)
+    n = x.shape[0]
+    t = flat_temperature(temperature, x, n)
+    m = per_row(mask, n)
+    check_values(x, None, t, ignore_index, m)
+    live = m if m is not None else torch.ones(n, dtype=torch.bool, device=x.device)
+    row_max, argmax = row_max_and_argmax(x)
+    row_max = row_max.to(acc_dtype(x.dtype))
+    bad = (torch.isnan(row_max) | (row_max == float("inf"))) & live
+    present = live & ~bad & (row_max > float("-inf"))
+    return Shard(x, t, t_scalar, m, live, row_max, argmax, bad, present)
+
+
+class Labels(NamedTuple):
+    """Each ``[N]`` (one label per row) or ``[N, K]`` (K candidate labels per row)."""
+    local: Tensor  # int64 index into the shard, clamped into [0, V_r) (valid only where owned)
+    owned: Tensor  # bool: the label is in this shard (live rows, not ignored)
+    valid: Tensor  # bool: live, not ignored, and in [0, V) (owned by exactly one rank)
+    ignored: Tensor  # bool: label == ignore_index
+
+
+def localize(labels: Tensor, shard: Shard, layout: ShardLayout, ignore_index: int,
+             k_labels: bool = False) -> Labels:
+    """Where each row's global label falls (``labels`` of the leading shape, or ``[N, K]`` with
+    ``k_labels``); checks the range against the full V (SPEC §2: raising on CPU tensors, a
+    device-side assert under ``ENTROPY_OPS_CHECK=1`` on CUDA)."""
+    n = shard.x.shape[0]
+    y = (labels.reshape(n, -1) if k_labels else per_row(labels, n)).long()
+    live = shard.live[:, None] if k_labels else shard.live
+    ignored = y == ignore_index
+    in_range = (y >= 0) & (y < layout.total)
+    if _values_checked(y.device):
+        bad = ~ignored & ~in_range & live
+        message = f"labels: every label must be in [0, {layout.total}) or equal ignore_index={ignore_index}"
+        if y.device.type == "cpu":
+            if bool(bad.any()):
+                raise ValueError(message)
+        else:
+            torch._assert_async(~bad.any(), message)
+    local = y - layout.start
+    valid = live & ~ignored & in_range
+    owned = valid & (local >= 0) & (local < layout.local)
+    return Labels(local.clamp(0, max(layout.local - 1, 0)), owned, valid, ignored)
+
+
+def gather_raw(x: Tensor, index: Tensor) -> Tensor:
+    """``x[i, index[i]]`` (``index [N]``) or ``x[i, index[i, k]]`` (``[N, K]``) in float64."""
+    if index.dim() == 2:
+        return x.gather(1, index).to(F64)
+    return x.gather(1, index[:, None]).squeeze(1).to(F64)
+
+
+def all_max(t: Tensor, group) -> Tensor:
+    """All-reduce MAX in place (the input must hold no NaN: NaN rows are flagged separately)."""
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return t
+
+
+def all_sum(columns, group) -> Tensor:
+    """One all-reduce SUM of the float64 columns packed as ``[N, k]``; returns the ``[N, k]`` sums."""
+    packed = torch.stack([c.to(F64) for c in columns], dim=-1)
+    dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
+    return packed
+
+
+def global_max(shard: Shard, group) -> Tensor:
+    """Collective 1: the raw max over all shards of each row (``-inf`` where no shard has mass)."""
+    return all_max(torch.where(shard.present, shard.m, float("-inf")), group)
+
+
+def shifted_max(shard: Shard, global_m: Tensor) -> Tensor:
+    """``a_r = (m_r - M) / T`` in float64 (``<= 0``; ``-inf`` where this shard has no mass). The
+    difference of raw maxima is taken before dividing, so rows shifted by 1e4 keep their digits."""
+    a = (shard.m.to(F64) - global_m.to(F64)) / shard.temperature64
+    return torch.where(shard.present, a, float("-inf"))

@@ -1,0 +1,224 @@
+"""Inputs and per-rank workers of tests/test_dist_vocab.py (vocab-parallel row ops, SPEC §3.3).
+
+The workers run inside the spawned ranks of ``dist_common.run_world`` (so they live at module level
+in a module the children can import); the parent rebuilds the same inputs from the same seeds and
+checks the results.
+"""
+import torch
+import torch.distributed as dist
+
+import entropy_ops as eo
+from conftest import FINITE_KINDS, NAN_KINDS, make_labels, make_rows
+from selective_common import tied_rows, with_clear_cuts
+
+N, V = 14, 96
+UNEVEN = {1: [V], 2: [37, 59], 4: [10, 31, 24, 31]}
+BACKENDS = ("cpu", "torch")
+
+
+def _sizes(world, uneven):
+    return UNEVEN[world] if uneven else [V // world] * world
+
+
+def _inputs(dtype, seed):
+    """Full-row inputs shared by the ranks and the parent (same seeds, same tensors)."""
+    x, kinds = make_rows(N, V, dtype, kinds=FINITE_KINDS + NAN_KINDS, seed=seed)
+    x[kinds.index("shift_pos"), : V // 2] = float("-inf")  # shards holding only -inf in a shifted row
+    gen = torch.Generator().manual_seed(seed)
+    temperature = 0.5 + torch.rand(N, generator=gen)
+    mask = torch.ones(N, dtype=torch.bool)
+    mask[[3, 7]] = False
+    y = make_labels(N, V, seed=seed, n_ignored=2)
+    y_last = torch.randint(V - 10, V, (N,), generator=gen)  # all in the last shard
+    weights = (torch.randn(N, generator=gen), torch.randn(N, generator=gen))
+    # Entropy weights that are 0 or negligible (1e-12) next to the logp ones in some rows: the
+    # backward's fold of g_logp into the entropy term takes its other branch there.
+    mixed = torch.where(torch.arange(N) % 3 == 0, 0, torch.where(torch.arange(N) % 3 == 1, 1e-12, 1.0))
+    weights = weights + (weights[1] * mixed,)
+    bad = torch.tensor([k in NAN_KINDS for k in kinds])
+    return dict(x=x, temperature=temperature, mask=mask, y=y, y_last=y_last, weights=weights, bad=bad)
+
+
+def _local(x, sizes, rank):
+    start = sum(sizes[:rank])
+    return x[..., start:start + sizes[rank]].contiguous(), start
+
+
+def _grad(fn, x, weights):
+    """``(outputs, gradient of sum_k weights[k] * outputs[k])``; a -inf output (a label filtered by
+    min-p) gets weight 0, as a trainer masks it."""
+    x = x.detach().clone().requires_grad_(True)
+    out = fn(x)
+    out = out if isinstance(out, tuple) else (out,)
+    loss = sum((torch.where(torch.isneginf(o), 0, w) * torch.where(torch.isneginf(o), 0, o)).sum()
+               for w, o in zip(weights, out) if w is not None)
+    (g,) = torch.autograd.grad(loss, x)
+    return [o.detach() for o in out], g
+
+
+def _row_cases():
+    """``(seed, dtype, uneven, temperature kind)`` of the entropy-family cases."""
+    cases = [(dtype, uneven, temperature) for dtype in (torch.float32, torch.bfloat16)
+             for uneven in (False, True) for temperature in ("scalar", "per_row")]
+    return [(seed, *case) for seed, case in enumerate(cases)]
+
+
+def _temperature(kind, inp):
+    return 0.7 if kind == "scalar" else inp["temperature"]
+
+
+def _entropy_family(rank, world, group, backends=BACKENDS):
+    """Forward values and gradient shards of entropy / logprobs_and_entropy / token_stats."""
+    out = {}
+    for backend in backends:
+        for seed, dtype, uneven, temp_kind in _row_cases():
+            inp = _inputs(dtype, seed)
+            sizes = _sizes(world, uneven)
+            xl, start = _local(inp["x"], sizes, rank)
+            t = _temperature(temp_kind, inp)
+            kw = dict(process_group=group, vocab_start=start if uneven else None, mask=inp["mask"])
+            w_h, w_l, w_mixed = inp["weights"]
+            with eo.use_backend(backend):
+                res = {"entropy": _grad(lambda v: eo.entropy(v, t, **kw), xl, (w_h,))}
+                for labels in ("y", "y_last"):
+                    y = inp[labels]
+                    fn = lambda v: eo.logprobs_and_entropy(v, y, t, **kw)  # noqa: E731
+                    res[f"lpe_{labels}"] = _grad(fn, xl, (w_l, w_h))
+                    res[f"lpe_{labels}_logp_only"] = _grad(fn, xl, (w_l, None))
+                    res[f"lpe_{labels}_mixed"] = _grad(fn, xl, (w_l, w_mixed))
+                    res[f"stats_{labels}"] = list(eo.token_stats(xl, y, t, **kw))
+            out[(backend, seed)] = res
+    return out
+
+
+def _selective(rank, world, group):
+    """min_p_logprobs, top_p_entropy and top_p_mask on rows clear of the cut and on exact ties."""
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        for uneven in (False, True):
+            inp = _inputs(dtype, seed=100)
+            x = with_clear_cuts(inp["x"].float(), ["normal"] * N, seed=3).to(dtype)
+            sizes = _sizes(world, uneven)
+            xl, start = _local(x, sizes, rank)
+            kw = dict(process_group=group, vocab_start=start if uneven else None, mask=inp["mask"])
+            w = inp["weights"][:1]
+            res = {}
+            for top_p in (0.5, 0.8, 1.0):
+                res[f"top_p_{top_p}"] = _grad(lambda v: eo.top_p_entropy(v, top_p, 0.9, **kw), xl, w)
+                res[f"mask_{top_p}"] = [eo.top_p_mask(xl, top_p, 0.9, inclusive, **kw) for inclusive in (True, False)]
+            for min_p in (0.0, 0.05):
+                res[f"min_p_{min_p}"] = _grad(lambda v: eo.min_p_logprobs(v, inp["y"], min_p, 0.9, **kw), xl, w)
+            tied, _ = tied_rows(V, dtype, seed=5)
+            tl, tstart = _local(tied, sizes, rank)
+            tkw = dict(process_group=group, vocab_start=tstart if uneven else None)
+            res["tied"] = [eo.top_p_mask(tl, 0.3, 1.0, inclusive, **tkw) for inclusive in (True, False)]
+            res["tied_h"] = eo.top_p_entropy(tl, 0.3, **tkw)
+            out[(dtype, uneven)] = res
+    return out
+
+
+def _linear_cases():
+    """``(dtype, uneven, labels, logit_scale, softcap)`` of the linear_logprobs_and_entropy cases."""
+    return [(dtype, uneven, labels, scale, softcap) for dtype in (torch.float32, torch.bfloat16)
+            for uneven in (False, True) for labels in ("y", "y_last", "k3")
+            for scale, softcap in ((1.0, None), (1.3, 5.0))]
+
+
+def _linear_inputs(dtype):
+    gen = torch.Generator().manual_seed(7)
+    inp = _inputs(dtype, seed=7)
+    hidden = torch.randn(N, 16, generator=gen).to(dtype)
+    weight = (torch.randn(V, 16, generator=gen) * 0.7).to(dtype)
+    bias = torch.randn(V, generator=gen).to(dtype)
+    # K = 3 candidate labels per row: columns 0 and 2 equal (a duplicate), ignored entries from y.
+    k3 = torch.stack([inp["y"], inp["y_last"], inp["y"]], dim=-1)
+    return dict(inp, hidden=hidden, weight=weight, bias=bias, k3=k3)
+
+
+def _linear_grads(fn, hidden, weight, bias, weights):
+    """``(logp, H, grad_hidden, grad_weight, grad_bias)`` of ``sum w_logp logp + w_H H``."""
+    leaves = [v.detach().clone().requires_grad_(True) for v in (hidden, weight, bias)]
+    logp, h = fn(*leaves)
+    w_logp = weights[0].to(logp.dtype)
+    if logp.dim() == 2:  # per-candidate weights, different on the duplicated columns 0 and 2
+        w_logp = w_logp[:, None] * torch.tensor([1.0, -0.5, 2.0], dtype=logp.dtype)
+    ((w_logp * logp).sum() + (weights[1].to(h.dtype) * h).sum()).backward()
+    return [logp.detach(), h.detach()] + [v.grad for v in leaves]
+
+
+def _linear(rank, world, group):
+    out = {}
+    for case in _linear_cases():
+        dtype, uneven, labels, scale, softcap = case
+        inp = _linear_inputs(dtype)
+        sizes = _sizes(world, uneven)
+        start = sum(sizes[:rank])
+        shard = slice(start, start + sizes[rank])
+        kw = dict(mask=inp["mask"], logit_scale=scale, softcap=softcap, process_group=group,
+                  vocab_start=start if uneven else None)
+        fn = lambda h, w, b: eo.linear_logprobs_and_entropy(h, w, inp[labels], b, inp["temperature"], **kw)  # noqa: E731
+        out[case] = _linear_grads(fn, inp["hidden"], inp["weight"][shard].contiguous(),
+                                  inp["bias"][shard].contiguous(), inp["weights"][1::-1])
+    return out
+
+
+def _errors(rank, world, group):
+    """The message of each bad call (every rank raises the same error: no hang)."""
+    x = torch.randn(3, [5, 7, 6, 6][rank] if world == 4 else 5 + 2 * rank)
+    messages = {}
+    calls = {
+        "uneven_without_start": lambda: eo.entropy(x, process_group=group),
+        "not_a_tiling": lambda: eo.entropy(x, process_group=group, vocab_start=rank * 4),
+        "inplace": lambda: eo.entropy(x, process_group=group, inplace_backward=True),
+        "label_out_of_range": lambda: eo.logprobs_and_entropy(
+            torch.randn(3, 4), torch.tensor([0, 4 * world, 1]), process_group=group),
+    }
+    for name, call in calls.items():
+        try:
+            call()
+            messages[name] = None
+        except (ValueError, TypeError) as e:
+            messages[name] = str(e)
+    return messages
+
+
+def _worker(rank, world):
+    torch.manual_seed(0)
+    results = {"entropy": _entropy_family(rank, world, dist.group.WORLD),
+               "selective": _selective(rank, world, dist.group.WORLD),
+               "errors": _errors(rank, world, dist.group.WORLD),
+               "linear": _linear(rank, world, dist.group.WORLD)}
+    # A group of one rank (every rank must take part in creating each group): the op on the full
+    # row through the distributed path, run by rank 0 only.
+    solo = [dist.new_group([r]) for r in range(world)][rank]
+    if rank == 0:
+        results["solo"] = {"entropy": _entropy_family(0, 1, solo), "selective": _selective(0, 1, solo)}
+    return results
+
+
+def _triton_worker(rank, world):
+    return _entropy_family(rank, world, dist.group.WORLD, ("triton",))
+
+
+def _nccl_worker(rank, world):
+    """A group of one rank on NCCL (bootstrapped by the gloo world): each GPU backend with and without
+    the group, on CUDA tensors; results returned on CPU."""
+    torch.cuda.set_device(0)
+    group = dist.new_group([0], backend="nccl")
+    out = {}
+    for backend in ("triton", "cuda"):
+        if not eo.available_backends()[backend][0]:
+            continue
+        for seed, dtype, _, temp_kind in _row_cases():
+            inp = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in _inputs(dtype, seed).items()}
+            t = _temperature(temp_kind, inp)
+            w_h, w_l, _ = (w.cuda() for w in inp["weights"])
+            res = {}
+            with eo.use_backend(backend):
+                for name, kw in (("group", dict(process_group=group)), ("single", {})):
+                    fn = lambda v: eo.logprobs_and_entropy(v, inp["y"], t, mask=inp["mask"], **kw)  # noqa: E731
+                    outs, grad = _grad(fn, inp["x"], (w_l, w_h))
+                    stats = eo.token_stats(inp["x"], inp["y"], t, mask=inp["mask"], **kw)
+                    res[name] = [o.cpu() for o in outs] + [grad.cpu()] + [s.cpu() for s in stats]
+            out[(backend, seed)] = res
+    return out
