@@ -6,8 +6,15 @@ import time
 import torch
 
 from . import baselines, cases, machine, runner, summary, table, timing, tokens
+from .plots import MissingMatplotlib, write_plots
+from . import linear as linear_bench
 
 ALL_OPS = cases.OPS + tokens.OPS
+ALL_OPS += linear_bench.OPS  # NxDxV shapes (--linear-shapes)
+# Without --full (or --shapes/--quick) only these ops sweep the vocabulary sizes (the throughput
+# plot's lines); the others run at the headline shape only, which keeps `make bench` to minutes on
+# the 2-core CPU (torch.compile compiles once per case, the float64 reference is exact per case).
+SWEEP_OPS = ("entropy", "logprobs_and_entropy")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "verl's code): " + ", ".join(tokens.OPS) + " (default: all, vocabulary ops first)")
     parser.add_argument("--shapes",
                         help="vocabulary ops: comma list of NxV (default: the SPEC §4 shapes of the device)")
+    parser.add_argument("--linear-shapes", help="linear_logprobs_and_entropy: comma list of NxDxV "
+                        "(default cpu " + ",".join("x".join(map(str, s)) for s in linear_bench.DEFAULT_SHAPES["cpu"])
+                        + ", cuda " + ",".join("x".join(map(str, s)) for s in linear_bench.DEFAULT_SHAPES["cuda"]) + ")")
     parser.add_argument("--token-shapes", help="token-level ops: comma list of BxT (default "
                         + "x".join(map(str, tokens.DEFAULT_SHAPE)) + ", --quick "
                         + "x".join(map(str, tokens.QUICK_SHAPE)) + ")")
@@ -38,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--csv", help="append rows here (default benchmarks/results/bench_<device>.csv)")
     parser.add_argument("--no-csv", action="store_true", help="print only")
+    parser.add_argument("--full", action="store_true", help="every vocabulary op at every default shape "
+                        "(default: " + ", ".join(SWEEP_OPS) + " at every vocabulary size, the others at the "
+                        "headline shape only)")
+    parser.add_argument("--plots", metavar="DIR", help="write throughput_<device>.png and speedup_<device>.png "
+                        "here (default: next to the CSV; needs matplotlib)")
+    parser.add_argument("--no-plots", action="store_true", help="no PNG plots")
 
 
 def _split(text, allowed, option):
@@ -101,7 +117,10 @@ def run(args) -> int:
     ops = _split(args.ops, ALL_OPS, "--ops")
     todo = _cases(args, device, [op for op in ops if op in cases.OPS])
     token_todo = _token_cases(args, device, [op for op in ops if op in tokens.OPS])
-    if not todo and not token_todo:
+    if not (args.full or args.shapes or args.quick):
+        todo = _headline_or_sweep(todo)
+    linear_todo = _linear_cases(args, device, [op for op in ops if op in linear_bench.OPS])
+    if not todo and not token_todo and not linear_todo:
         raise SystemExit("nothing to measure: token ops have only fwd and fwd+bwd rows (see --directions)")
     if args.impls:
         impls = _split(args.impls, baselines.known(), "--impls")
@@ -126,14 +145,20 @@ def run(args) -> int:
         print("\nspeed-up = eager time / this time; bytes: the inputs read and outputs written (fp32 4 B, bool"
               " 1 B per token); err out: max abs vs the float64 reference (peak masks: tokens that differ;"
               " losses: vs the reference on the row's own selected set)")
+    linear_rows = _measure_linear(args, linear_todo, repeats)
     all_rows = rows + token_rows
+    all_rows += linear_rows
 
     if not args.no_csv:
         path = args.csv or os.path.join("benchmarks", "results", f"bench_{machine.slug(name)}.csv")
         meta = {"device": name, "date": date, "torch": torch.__version__,
                 "threads": torch.get_num_threads(), "bandwidth_gb_s": f"{bandwidth:.2f}"}
+        meta.update(machine.versions())
         table.append_csv(path, all_rows, meta)
         print(f"appended {len(all_rows)} rows to {path}")
+
+    if rows and not args.no_plots and (args.plots or not args.no_csv):  # --no-csv alone: no files
+        _plots(args, rows, name, date, bandwidth)
 
     if rows:
         print("\nSPEC §4 targets:")
@@ -143,5 +168,60 @@ def run(args) -> int:
         print("\ntoken-level ops (for information: SPEC §4 sets no target; the point is no host sync):")
         for line in tokens.summary_lines(token_rows):
             print("  " + line)
+    if linear_rows:
+        print("\nlinear_logprobs_and_entropy (SPEC §4 on GPU: fwd <= 1.1x the cuBLAS product, fwd+bwd <= 1.1x the four GEMMs):")
+        for line in linear_bench.summary_lines(linear_rows):
+            print("  " + line)
     print(f"total {time.perf_counter() - start:.0f} s")
     return 0
+
+
+def _headline_or_sweep(todo):
+    """The default run: every case at the headline (first) shape; at the other shapes only the
+    SWEEP_OPS cases."""
+    if not todo:
+        return todo
+    first = todo[0].shape
+    return [c for c in todo if c.shape == first or c.op in SWEEP_OPS]
+
+
+def _plots(args, rows, name, date, bandwidth):
+    directory = args.plots or os.path.dirname(args.csv or "") or os.path.join("benchmarks", "results")
+    try:
+        written = write_plots(rows, directory, machine.slug(name), f"{name}, {date[:10]}", bandwidth)
+    except MissingMatplotlib as e:
+        print(e)
+        return
+    for path in written:
+        print(f"plot: {path}")
+
+
+def _linear_cases(args, device, ops):
+    if not ops:
+        return []
+    try:
+        shapes = linear_bench.parse_shapes(args.linear_shapes) if args.linear_shapes else None
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    if shapes is None:
+        shapes = (linear_bench.QUICK_SHAPES if args.quick else linear_bench.DEFAULT_SHAPES)[device]
+    return linear_bench.build_cases(device, cases.DTYPES[args.dtype], shapes, _directions(args))
+
+
+def _measure_linear(args, todo, repeats):
+    if not todo:
+        return []
+    # cuBLAS alone is SPEC's yardstick on a GPU: always measured beside the impls asked for.
+    impls = (tuple(_split(args.impls, baselines.known(), "--impls")) if args.impls else
+             ("eager",) + linear_bench.BACKENDS) + ("cublas",)
+    print("\nlinear_logprobs_and_entropy: errors on the first 64 rows vs float64 (err grad: grad_hidden)")
+    printer = table.Printer(linear_bench.COLUMNS)
+    print(printer.head(), flush=True)
+    rows = []
+    for case in todo:
+        for r in linear_bench.measure_case(case, impls, repeats):
+            print(printer.line(r), flush=True)
+            rows.append(r)
+    if printer.notes:
+        print(printer.footnotes())
+    return rows

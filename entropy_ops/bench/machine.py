@@ -1,7 +1,8 @@
-"""Which machine ran the benchmark: device name, slug for the CSV file name, header line."""
+"""Which machine ran the benchmark: device name, slug for the CSV file name, versions, header line."""
 import datetime
 import platform
 import re
+from typing import Dict
 
 import torch
 
@@ -26,6 +27,17 @@ def slug(name: str) -> str:
 
 def now() -> str:
     return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+def versions() -> Dict[str, str]:
+    """The versions a CSV row carries: torch, triton ("" when not installed) and entropy_ops."""
+    from .. import __version__
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = ""
+    return {"torch": torch.__version__, "triton": triton_version, "entropy_ops": __version__}
 
 
 def header(device: str, name: str, threads: int, bandwidth_gbs: float, date: str) -> str:

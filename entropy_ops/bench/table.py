@@ -1,5 +1,6 @@
 """The result table: one ``Row`` per (case, implementation), printed as it comes and appended to
-a CSV (with the device, date, torch version and thread count of the run on every line)."""
+a CSV (with the device, date, torch / triton / entropy_ops versions, thread count and measured
+bandwidth of the run on every line)."""
 import csv
 import os
 from dataclasses import asdict, dataclass, fields
@@ -39,7 +40,7 @@ TOKEN_COLUMNS = (
     ("gb_s", "GB/s", 7, "{:.1f}"), ("pct_bw", "% BW", 6, "{:.1f}"), ("speedup", "vs eager", 8, "{:.2f}x"),
     ("err_h", "err out", 8, "{:.1e}"), ("err_grad", "err grad", 8, "{:.1e}"),
 )
-META = ("device", "date", "torch", "threads", "bandwidth_gb_s")
+META = ("device", "date", "torch", "triton", "entropy_ops", "threads", "bandwidth_gb_s")
 
 
 def _cell(value, fmt, width, numeric) -> str:
@@ -75,16 +76,37 @@ class Printer:
 
 
 def append_csv(path: str, rows: List[Row], meta: Dict[str, object]) -> None:
-    """Append ``rows`` to ``path`` (created with a header line when new)."""
+    """Append ``rows`` to ``path`` (created with a header line when new). A file written with
+    other columns (an older version's) is first rewritten under the union of both headers, its
+    rows left blank in the new columns, so every line stays aligned with the header."""
     names = list(META) + [f.name for f in fields(Row)]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     new = not os.path.exists(path) or os.path.getsize(path) == 0
+    if not new:
+        names = _upgrade_header(path, names)
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=names)
         if new:
             writer.writeheader()
         for row in rows:
             writer.writerow({**meta, **{k: _csv_value(v) for k, v in asdict(row).items()}})
+
+
+def _upgrade_header(path: str, names: List[str]) -> List[str]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        old_names = list(reader.fieldnames or [])
+        if old_names == names:
+            return names
+        old_rows = list(reader)
+    merged = names + [n for n in old_names if n not in names]
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=merged)
+        writer.writeheader()
+        writer.writerows(old_rows)
+    os.replace(tmp, path)
+    return merged
 
 
 def _csv_value(value):
