@@ -352,3 +352,16 @@ def test_losses_on_every_backend(backend):
     for got, tol in ((eager, 0), (compiled, 1e-6)):  # inductor may sum the loss in another order
         for x, y in zip(got, expected):
             torch.testing.assert_close(x, y, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("backend", TOP_K_BACKENDS)
+def test_losses_on_an_empty_batch(backend):
+    """A ``[0, T]`` batch (e.g. a data-parallel rank with no sequences) gives the empty-mask
+    results: loss, ppo_kl and selected_frac 0, nothing selected."""
+    empty = torch.zeros(0, 6)
+    mask = torch.zeros(0, 6, dtype=torch.bool)
+    with eo.use_backend(backend):
+        for loss in (eo.clip_cov_policy_loss, eo.kl_cov_policy_loss):
+            out = loss(empty, empty, empty, mask)
+            assert out.loss.item() == 0 and out.ppo_kl.item() == 0 and out.selected_frac.item() == 0
+            assert out.selected.shape == (0, 6)

@@ -45,6 +45,8 @@ def top_k(scores, eligible, k):
     (no NaN among the eligible) or int64."""
     flat = scores.reshape(-1)
     ok = eligible.reshape(-1)
+    if flat.numel() == 0:  # a shape, not a value: no sync; amin() below needs an entry
+        return torch.zeros_like(eligible, dtype=torch.bool)
     if flat.is_floating_point():
         key, key_bits = order_keys(-(flat + 0.0)), 8 * flat.element_size()  # -0.0 -> +0.0 first
     else:
