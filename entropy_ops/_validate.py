@@ -43,8 +43,9 @@ def _leading(name: str, t: torch.Tensor, leading: Tuple[int, ...], what: str) ->
         )
 
 
-def temperature(t, x: torch.Tensor, leading) -> Tuple[Optional[torch.Tensor], float]:
-    """Return ``(tensor or None, python float)``; a tensor is detached (no gradient flows to T)."""
+def temperature(t, x: torch.Tensor, leading, source: str = "logits") -> Tuple[Optional[torch.Tensor], float]:
+    """Return ``(tensor or None, python float)``; a tensor is detached (no gradient flows to T).
+    ``source`` names the tensor whose leading shape a per-row temperature must have."""
     if isinstance(t, bool) or not isinstance(t, (int, float, torch.Tensor)):
         raise TypeError(f"temperature: expected a float > 0 or a tensor, got {type(t).__name__}")
     if not isinstance(t, torch.Tensor):
@@ -54,8 +55,8 @@ def temperature(t, x: torch.Tensor, leading) -> Tuple[Optional[torch.Tensor], fl
     if not t.is_floating_point():
         raise TypeError(f"temperature: tensor dtype {t.dtype} is not floating point; use a float tensor")
     if t.dim() != 0:
-        _leading("temperature", t, leading, "a 0-d tensor or one value per row, the full leading shape of logits; "
-                 "partial shapes are not broadcast")
+        _leading("temperature", t, leading, f"a 0-d tensor or one value per row, the full leading shape of "
+                 f"{source}; partial shapes are not broadcast")
     _same_device("temperature", t, x)
     return t.detach(), 1.0
 
@@ -105,3 +106,15 @@ def probability(name: str, v, *, open_low: bool) -> float:
         interval = "(0, 1]" if open_low else "[0, 1]"
         raise ValueError(f"{name}: must be in {interval}, got {v}")
     return v
+
+
+def process_group(g, example: str):
+    """``process_group``: a ``torch.distributed`` ProcessGroup that this rank belongs to; ``example``
+    names the group a trainer would pass (the error message's hint)."""
+    import torch.distributed as dist  # only when a group is passed: a build without distributed imports fine
+    if not dist.is_available() or not isinstance(g, dist.ProcessGroup):
+        raise TypeError(f"process_group: expected a torch.distributed ProcessGroup ({example}), "
+                        f"got {type(g).__name__}")
+    if dist.get_rank(g) < 0:
+        raise ValueError("process_group: this process is not a member of the group; pass a group it belongs to")
+    return g

@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from . import _validate
 from ._validate import LABEL_DTYPES, LOGIT_DTYPES
 
 
@@ -67,19 +68,7 @@ def labels(y, hidden: torch.Tensor, leading) -> torch.Tensor:
 
 def temperature(t, hidden: torch.Tensor, leading) -> Tuple[Optional[torch.Tensor], float]:
     """``(tensor or None, python float)``; a tensor is detached (no gradient flows to T)."""
-    if isinstance(t, bool) or not isinstance(t, (int, float, torch.Tensor)):
-        raise TypeError(f"temperature: expected a float > 0 or a tensor, got {type(t).__name__}")
-    if not isinstance(t, torch.Tensor):
-        if not (math.isfinite(t) and t > 0):
-            raise ValueError(f"temperature: must be a finite float > 0, got {t}")
-        return None, float(t)
-    if not t.is_floating_point():
-        raise TypeError(f"temperature: tensor dtype {t.dtype} is not floating point; use a float tensor")
-    if t.dim() != 0 and tuple(t.shape) != leading:
-        raise ValueError(f"temperature: expected a 0-d tensor or one value per row of shape {list(leading)} "
-                         f"(hidden's leading shape; partial shapes are not broadcast), got {list(t.shape)}")
-    _same_device("temperature", t, hidden)
-    return t.detach(), 1.0
+    return _validate.temperature(t, hidden, leading, source="hidden")
 
 
 def row_mask(m, hidden: torch.Tensor, leading) -> Optional[torch.Tensor]:

@@ -104,11 +104,4 @@ def momentum(v) -> float:
 
 
 def process_group(g):
-    """``process_group``: a ``torch.distributed`` ProcessGroup that this rank belongs to."""
-    import torch.distributed as dist  # only when a group is passed: a build without distributed imports fine
-    if not dist.is_available() or not isinstance(g, dist.ProcessGroup):
-        raise TypeError(f"process_group: expected a torch.distributed ProcessGroup (e.g. dist.group.WORLD or "
-                        f"the data-parallel group of your trainer), got {type(g).__name__}")
-    if dist.get_rank(g) < 0:
-        raise ValueError("process_group: this process is not a member of the group; pass a group it belongs to")
-    return g
+    return _validate.process_group(g, "e.g. dist.group.WORLD or the data-parallel group of your trainer")

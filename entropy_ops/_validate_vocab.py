@@ -1,18 +1,12 @@
 """Validation of the vocab-parallel arguments (SPEC §3.3) at the Python entry of the row ops:
 ``process_group`` and ``vocab_start``, each error naming the argument and the fix. The layout of
 the shards over the ranks is checked collectively in ``parallel/layout.py``."""
+from . import _validate
 
 
 def process_group(g):
-    """``process_group``: a ``torch.distributed`` ProcessGroup that this rank belongs to."""
-    import torch.distributed as dist  # only when a group is passed: a build without distributed imports fine
-    if not dist.is_available() or not isinstance(g, dist.ProcessGroup):
-        raise TypeError(f"process_group: expected a torch.distributed ProcessGroup (the tensor-parallel group "
-                        f"that shards the vocabulary, e.g. mpu.get_tensor_model_parallel_group()), "
-                        f"got {type(g).__name__}")
-    if dist.get_rank(g) < 0:
-        raise ValueError("process_group: this process is not a member of the group; pass a group it belongs to")
-    return g
+    return _validate.process_group(g, "the tensor-parallel group that shards the vocabulary, e.g. "
+                                      "mpu.get_tensor_model_parallel_group()")
 
 
 def vocab_start(v, group):

@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--impls", help="comma list of: " + ", ".join(baselines.known())
                         + " (default: all that apply to the device, optional baselines when installed;"
                         " one that cannot run gets a row saying why; token rows: eager and the backends"
-                        " listed, the policy losses eager and torch)")
+                        " listed)")
     parser.add_argument("--repeats", type=int, help="timed runs per row, at most (default 10, --quick 3); "
                         "slow rows stop after 3 once 2 s are spent")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")

@@ -7,9 +7,9 @@ Clip-Cov: among the valid tokens that PPO does not clip and whose ``lb < cov < u
 uniformly at random get no gradient; KL-Cov: the ``k`` valid tokens of largest ``cov`` get a
 ``kl_coef * |logp - old_logp|`` penalty; ``k = max(floor(ratio * n_valid), 1)``.
 
-Everything stays on the device: the selections are the top ``k`` by radix selection of the k-th
-largest (``backends/torch_select.py``; ties by lowest flat index), with a ``k`` that is itself a
-tensor, so there is no ``.item()``, ``nonzero`` or data-dependent shape, and the losses compile
+Everything stays on the device: the selections are the top ``k`` by selection of the k-th largest
+(the ``entropy_ops::top_k_mask`` custom op on the resolved backend's ``top_k`` kernel, contract in
+``backends/token_kernel.py``; ties by lowest flat index), with a ``k`` that is itself a tensor, so there is no ``.item()``, ``nonzero`` or data-dependent shape, and the losses compile
 with ``fullgraph=True``. Clip-Cov's
 random choice uses int64 keys from ``torch.randint(generator=...)``: the ``k`` candidates with the
 largest keys are chosen, a uniform choice reproducible with the generator.

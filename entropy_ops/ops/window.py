@@ -89,7 +89,8 @@ def window_entropy(entropy: Tensor, mask: Optional[Tensor] = None, window: int =
         ``entropy_j``, ``j in [t + offset, min(t + offset + window, end_t))`` with ``end_t`` the end
         of ``t``'s sequence; 0 where that window holds no valid token (e.g. at a sequence's last
         ``offset`` tokens). Differentiable wrt ``entropy`` (masked tokens get exactly 0). Each
-        window is summed pairwise on its own, so the error does not grow with the sequence length.
+        window is summed on its own (never as a difference of prefix sums), so the error does not
+        grow with the sequence length.
     """
     _validate_tokens.tokens("entropy", entropy, cu_seqlens)
     cu_seqlens = _validate_tokens.cu_seqlens(cu_seqlens, "entropy", entropy)
