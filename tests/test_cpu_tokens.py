@@ -180,3 +180,43 @@ def test_quantile_batch_invariance():
     for i, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
         alone = eo.masked_quantile(x[s:e], mask[s:e], 0.8, cu_seqlens=torch.tensor([0, e - s]))
         torch.testing.assert_close(whole[i:i + 1], alone, rtol=0, atol=0, equal_nan=True)
+
+
+# ---- top-k on shapes of data that force the selection's refinement rounds -------------------------
+
+def _top_k_by_stable_sort(scores, eligible, k):
+    """The ``k`` eligible entries of largest score, ties to the lowest index (-0.0 == +0.0)."""
+    out = torch.zeros(scores.numel(), dtype=torch.bool)
+    index = torch.nonzero(eligible).flatten()
+    values = scores[index] if scores.dtype == torch.int64 else scores[index].double() + 0.0
+    out[index[torch.argsort(-values, stable=True)[:max(k, 0)]]] = True
+    return out
+
+
+_SELECTION_DATA = {
+    "normal": lambda g, n: torch.randn(n, generator=g, dtype=torch.float64),
+    "few_values": lambda g, n: torch.randint(-3, 4, (n,), generator=g).double(),
+    # every value in one octave: the top key bits are all equal, so the crossing bucket holds
+    # everything and the selection must narrow it over further digit rounds
+    "narrow": lambda g, n: 1 + torch.rand(n, generator=g, dtype=torch.float64) * 1e-3,
+    "signed_zeros": lambda g, n: torch.where(torch.rand(n, generator=g) < 0.5, -0.0, 0.0).double()
+    + (torch.rand(n, generator=g) < 0.01).double(),
+    "constant": lambda g, n: torch.full((n,), 2.5, dtype=torch.float64),
+}
+
+
+@pytest.mark.parametrize("data", list(_SELECTION_DATA))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.int64], ids=str)
+def test_top_k_on_narrow_tied_and_constant_data(data, dtype):
+    from entropy_ops.backends.cpu_tokens import top_k_cpu
+    g = torch.Generator().manual_seed(1)
+    n = 200_000
+    x = _SELECTION_DATA[data](g, n)
+    scores = (x * 1000).round().long() if dtype == torch.int64 else x.to(dtype)
+    eligible = torch.rand(n, generator=g) < 0.85
+    m = int(eligible.sum())
+    for k in (0, 1, 589, 100_000, m - 1, m + 5):
+        want = _top_k_by_stable_sort(scores, eligible, k)
+        for threads in (1, 2):
+            with _threads(threads):
+                assert torch.equal(top_k_cpu(scores, eligible, torch.tensor([k])), want), (k, threads)

@@ -4,7 +4,8 @@
 //   compacted into a per-thread buffer and nth_element finds v_(floor r); v_(ceil r) is the
 //   smallest key after it. O(m) per quantile.
 // - Over all tokens (one sequence of any size, no 16M cap): RadixSelect (order_select.h), two
-//   parallel passes over the input and no copy of it.
+//   parallel passes over the input (more only where a bucket holds over n/32 entries) and no
+//   copy of it.
 // Keys are compared as unsigned integers, so -0.0 == +0.0, infinities rank as values, and the
 // key read back is the value itself (bf16 / fp16 widened exactly to fp32). The ranks are the
 // contract's float64 r = max(q (m - 1), 0), the same IEEE product that Python's interpolation
@@ -83,11 +84,12 @@ void over_all(const void* x, const uint8_t* mask, int64_t n, const double* q, in
               double* v_lo, double* v_hi, int64_t* count, int num_threads) {
   using Value = typename QuantileTypes<Code>::Value;
   using Key = typename QuantileTypes<Code>::Key;
-  const auto load = [&](int64_t j, Key* key) {
+  // RadixSelect wants a key written for every entry (its passes are branch-free) and captures
+  // by value.
+  const auto load = [x, mask](int64_t j, Key* key) {
     const Value v = ElemIO<Code>::load(x, j);
-    if ((mask != nullptr && !mask[j]) || isnan(v)) return false;
     *key = order_key(v);
-    return true;
+    return (mask == nullptr || mask[j] != 0) & !isnan(v);
   };
   const int workers = static_cast<int>(
       std::min<int64_t>(std::max(num_threads, 1), std::max<int64_t>(1, n / (int64_t(1) << 16))));

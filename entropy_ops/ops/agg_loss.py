@@ -13,6 +13,8 @@ empty mask gives 0 with a zero gradient (the counts in denominators are clamped 
 changes nothing when they are >= 1). No host synchronisation.
 """
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -25,9 +27,17 @@ def masked_sum(values: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, values, 0).sum()
 
 
-def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Mean over ``mask``; 0 (with a zero gradient) when the mask is empty."""
-    return masked_sum(values, mask) / mask.sum().clamp(min=1)
+def mask_count(mask: Tensor) -> Tensor:
+    """``mask.sum()`` of a bool mask (int64, 0-d) without its cast of every entry to int64 (on CPU
+    ``count_nonzero`` reads the bytes: several times faster at [512, 8192])."""
+    return torch.count_nonzero(mask)
+
+
+def masked_mean(values: Tensor, mask: Tensor, count: Optional[Tensor] = None) -> Tensor:
+    """Mean over ``mask``; 0 (with a zero gradient) when the mask is empty. ``count``: the
+    caller's ``mask_count(mask)``, when it has one."""
+    count = mask_count(mask) if count is None else count
+    return masked_sum(values, mask) / count.clamp(min=1)
 
 
 def agg_loss(loss_mat: Tensor, mask: Tensor, mode: str = "token-mean", dp_size: int = 1,
@@ -57,23 +67,35 @@ def agg_loss(loss_mat: Tensor, mask: Tensor, mode: str = "token-mean", dp_size: 
     if dp_size > 1 and mode.startswith("seq-mean") and global_batch_size is None:
         raise ValueError(f"global_batch_size: {mode} with dp_size > 1 needs the global sequence count")
     mask = V.binary_mask(mask)
-    if mode == "token-sum":
-        return masked_sum(loss_mat, mask) * dp_size
-    if mode == "token-mean":
-        count = mask.sum() if batch_num_tokens is None else torch.as_tensor(batch_num_tokens, device=loss_mat.device)
-        return masked_sum(loss_mat, mask) / count.clamp(min=1) * dp_size
-    if loss_mat.dim() != 2:
+    if mode.startswith("seq-mean") and loss_mat.dim() != 2:
         raise ValueError(f"loss_mat: {mode} needs a [B, T] loss matrix, got shape {list(loss_mat.shape)}")
-    seq_sums = torch.where(mask, loss_mat, 0).sum(-1)
-    seq_counts = mask.sum(-1)
+    return aggregate_masked(torch.where(mask, loss_mat, 0), mask, mode, dp_size, batch_num_tokens,
+                            global_batch_size, loss_scale_factor)
+
+
+def aggregate_masked(masked: Tensor, mask: Tensor, mode: str, dp_size: int = 1, batch_num_tokens=None,
+                     global_batch_size=None, loss_scale_factor=None, count: Optional[Tensor] = None) -> Tensor:
+    """:func:`agg_loss` on checked arguments whose ``masked`` loss matrix is already 0 wherever the
+    bool ``mask`` is False (the policy losses build it so, and skip a second ``where`` over
+    ``[B, T]``); ``count``: ``mask_count(mask)`` when the caller has it."""
+    if mode == "token-sum":
+        return masked.sum() * dp_size
+    if mode == "token-mean":
+        if batch_num_tokens is not None:
+            count = torch.as_tensor(batch_num_tokens, device=masked.device)
+        elif count is None:
+            count = mask_count(mask)
+        return masked.sum() / count.clamp(min=1) * dp_size
+    seq_sums = masked.sum(-1)
+    seq_counts = torch.count_nonzero(mask, dim=-1)
     if mode == "seq-mean-token-mean":
         seq_sums = seq_sums / (seq_counts + 1e-8)
     has_tokens = seq_counts > 0
-    n_seqs = has_tokens.sum() if global_batch_size is None else torch.as_tensor(global_batch_size, device=loss_mat.device)
+    n_seqs = has_tokens.sum() if global_batch_size is None else torch.as_tensor(global_batch_size, device=masked.device)
     loss = torch.where(has_tokens, seq_sums, 0).sum() / n_seqs.clamp(min=1) * dp_size
     if mode == "seq-mean-token-sum-norm":
-        loss = loss / (loss_mat.shape[-1] if loss_scale_factor is None else loss_scale_factor)
+        loss = loss / (masked.shape[-1] if loss_scale_factor is None else loss_scale_factor)
     return loss
 
 
-__all__ = ["MODES", "agg_loss", "masked_mean", "masked_sum"]
+__all__ = ["MODES", "agg_loss", "aggregate_masked", "mask_count", "masked_mean", "masked_sum"]

@@ -22,7 +22,7 @@ from torch import Tensor
 from .. import _backends, _validate_losses as V
 from ._types import PolicyLossOutput
 from .select import top_k_mask
-from .agg_loss import MODES, agg_loss, masked_mean
+from .agg_loss import MODES, aggregate_masked, mask_count, masked_mean
 
 
 def _count_k(ratio: float, n_valid: Tensor) -> Tensor:
@@ -30,10 +30,22 @@ def _count_k(ratio: float, n_valid: Tensor) -> Tensor:
     return torch.floor(n_valid.double() * ratio).clamp(min=1).long()
 
 
-def _covariance(logp: Tensor, advantages: Tensor, mask: Tensor) -> Tensor:
+def _raw_covariance(logp: Tensor, advantages: Tensor, mask: Tensor, n_valid: Tensor) -> Tensor:
+    # Any value at the masked tokens: the losses only read cov where mask is True (their top-k
+    # eligibility and Clip-Cov's candidates include the mask), so they skip the where below.
     logp, advantages = logp.detach(), advantages.detach()
-    cov = (advantages - masked_mean(advantages, mask)) * (logp - masked_mean(logp, mask))
-    return torch.where(mask, cov, 0)
+    return (advantages - masked_mean(advantages, mask, n_valid)) * (logp - masked_mean(logp, mask, n_valid))
+
+
+def _covariance(logp: Tensor, advantages: Tensor, mask: Tensor) -> Tensor:
+    return torch.where(mask, _raw_covariance(logp, advantages, mask, mask_count(mask)), 0)
+
+
+def _outputs(loss: Tensor, ppo_kl: Tensor, selected: Tensor, n_valid: Tensor, dtype) -> PolicyLossOutput:
+    # selected_frac: the selection lies inside the mask, so its masked mean is its count over
+    # n_valid, the count converted to ``dtype`` as the sum of 0/1 values in ``dtype`` rounds it.
+    frac = mask_count(selected).to(dtype) / n_valid.clamp(min=1)
+    return PolicyLossOutput(loss, ppo_kl, selected, frac)
 
 
 def _data_parallel():
@@ -139,24 +151,26 @@ def clip_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mas
             loss_agg_mode=loss_agg_mode, weights=weights, generator=generator, random_keys=random_keys,
             process_group=process_group)
 
+    n_valid = mask_count(mask)
     log_ratio = logp - old_logp
     ratio = torch.exp(log_ratio)
-    l1 = -advantages * ratio
-    l2 = -advantages * torch.clamp(ratio, 1 - low, 1 + high)
-    cov = _covariance(logp, advantages, mask)
+    neg_advantages = -advantages
+    l1 = neg_advantages * ratio
+    l2 = neg_advantages * torch.clamp(ratio, 1 - low, 1 + high)
+    cov = _raw_covariance(logp, advantages, mask, n_valid)
     candidate = mask & ~(l2 > l1).detach() & (cov > lb) & (cov < ub)
     # Uniform choice of k candidates: the k largest of independent random keys (non-candidates -1).
     keys = random_keys
     if keys is None:
         keys = torch.randint(0, 2**62, logp.shape, generator=generator, device=logp.device)
     backend = _backends.resolve("top_k", logp.device, logp.dtype)
-    selected = top_k_mask(keys, candidate, _count_k(clip_cov_ratio, mask.sum()), backend)
-    losses = torch.where(selected, 0, torch.maximum(l1, l2))
-    if weights is not None:
-        losses = losses * weights
-    loss = agg_loss(losses, mask, loss_agg_mode)
-    return PolicyLossOutput(loss, masked_mean(-log_ratio.detach(), mask), selected,
-                            masked_mean(selected.to(logp.dtype), mask))
+    selected = top_k_mask(keys, candidate, _count_k(clip_cov_ratio, n_valid), backend)
+    if weights is None:  # one where for both masks (selected lies inside mask): the same values
+        masked = torch.where(mask & ~selected, torch.maximum(l1, l2), 0)
+    else:  # 0 * weight at the selected tokens, as verl multiplies (a NaN weight stays NaN)
+        masked = torch.where(mask, torch.where(selected, 0, torch.maximum(l1, l2)) * weights, 0)
+    loss = aggregate_masked(masked, mask, loss_agg_mode, count=n_valid)
+    return _outputs(loss, masked_mean(-log_ratio.detach(), mask, n_valid), selected, n_valid, logp.dtype)
 
 
 def kl_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *,
@@ -187,15 +201,15 @@ def kl_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask:
             logp, old_logp, advantages, mask, kl_cov_ratio=kl_cov_ratio, kl_coef=kl_coef,
             loss_agg_mode=loss_agg_mode, weights=weights, process_group=process_group)
 
+    n_valid = mask_count(mask)
     log_ratio = logp - old_logp
     abs_kl = log_ratio.abs()
     l = -advantages * torch.exp(log_ratio)
-    cov = _covariance(logp, advantages, mask)
+    cov = _raw_covariance(logp, advantages, mask, n_valid)
     backend = _backends.resolve("top_k", logp.device, logp.dtype)
-    selected = top_k_mask(cov, mask, _count_k(kl_cov_ratio, mask.sum()), backend)
+    selected = top_k_mask(cov, mask, _count_k(kl_cov_ratio, n_valid), backend)
     losses = torch.where(selected, l + kl_coef * abs_kl, l)
     if weights is not None:
         losses = losses * weights
-    loss = agg_loss(losses, mask, loss_agg_mode)
-    return PolicyLossOutput(loss, masked_mean(abs_kl.detach(), mask), selected,
-                            masked_mean(selected.to(logp.dtype), mask))
+    loss = aggregate_masked(torch.where(mask, losses, 0), mask, loss_agg_mode, count=n_valid)
+    return _outputs(loss, masked_mean(abs_kl.detach(), mask, n_valid), selected, n_valid, logp.dtype)
