@@ -52,6 +52,16 @@ def test_top_p_summary_lines():
     assert "MISSED (5.00x > 4x)" in summary.top_p_lines(rows, "512x151936", ("cpu",))[0]
 
 
+def test_cpu_targets_judge_the_forward_only():
+    rows = [_row("entropy", "cpu", 10.0), _row("entropy", "eager", 50.0), _row("entropy", "compile", 30.0),
+            _row("entropy", "cpu", 10.0, "fwd+bwd"), _row("entropy", "eager", 200.0, "fwd+bwd"),
+            _row("entropy", "compile", 25.0, "fwd+bwd")]
+    lines = summary.cpu_summary(rows)
+    assert "entropy fwd 512x151936 bf16: cpu vs eager   MISSED (5.00x < 10x)" in lines
+    assert "entropy fwd+bwd 512x151936 bf16: cpu vs compile 2.50x (no target: forward only)" in lines
+    assert not any("MET" in l or "MISSED" in l for l in lines if "fwd+bwd" in l)
+
+
 def test_infinite_reference_values_are_no_error():
     inf = float("inf")
     assert runner._max_err(torch.tensor([-inf, 1.0]), torch.tensor([-inf, 1.0], dtype=torch.float64)) == 0
