@@ -9,40 +9,18 @@
 #include "cpu/entropy_kernels.h"
 #include "cpu/vec_exp_avx2.h"
 
+// SimdAvx2 (the selective kernels' vector vocabulary) lends its widening load, narrowing store
+// and horizontal reductions; its members carry the target only inside this region.
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#include "cpu/simd_avx2.h"
+#pragma GCC pop_options
+
 namespace entropy_ops {
 namespace cpu {
 namespace {
 
-template <int Code>
-EO_AVX2 inline __m256 load8(const void* p, int64_t j) {
-  if (Code == kFloat32) return _mm256_loadu_ps(static_cast<const float*>(p) + j);
-  const __m128i h =
-      _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + j));
-  if (Code == kFloat16) return _mm256_cvtph_ps(h);
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));  // bf16: exact
-}
-
-template <int Code>
-EO_AVX2 inline void store8(void* p, int64_t j, __m256 v) {
-  if (Code == kFloat32) {
-    _mm256_storeu_ps(static_cast<float*>(p) + j, v);
-    return;
-  }
-  __m128i h;
-  if (Code == kFloat16) {
-    h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  } else {
-    // Round to nearest even on the bits; NaN replaced by 0x7fc0 first (see float_to_bf16).
-    const __m256i u = _mm256_castps_si256(v);
-    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-    __m256i r = _mm256_srli_epi32(
-        _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb)), 16);
-    const __m256i is_nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), is_nan);
-    h = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
-  }
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(p) + j), h);
-}
+using Simd = SimdAvx2;
 
 // Widens one block into buf (padded with -inf to a multiple of 32) and returns its max; NaN
 // handling as in the AVX-512 body (the exp pass, plus a scan when the max reads -inf).
@@ -52,8 +30,8 @@ EO_AVX2 inline float widen_block(const void* row, int64_t b0, int64_t n, float* 
   __m256 m0 = neg_inf, m1 = neg_inf, m2 = neg_inf, m3 = neg_inf;
   int64_t j = 0;
   for (; j + 32 <= n; j += 32) {
-    const __m256 x0 = load8<Code>(row, b0 + j), x1 = load8<Code>(row, b0 + j + 8);
-    const __m256 x2 = load8<Code>(row, b0 + j + 16), x3 = load8<Code>(row, b0 + j + 24);
+    const __m256 x0 = Simd::load<Code>(row, b0 + j), x1 = Simd::load<Code>(row, b0 + j + 8);
+    const __m256 x2 = Simd::load<Code>(row, b0 + j + 16), x3 = Simd::load<Code>(row, b0 + j + 24);
     _mm256_storeu_ps(buf + j, x0);
     _mm256_storeu_ps(buf + j + 8, x1);
     _mm256_storeu_ps(buf + j + 16, x2);
@@ -64,17 +42,14 @@ EO_AVX2 inline float widen_block(const void* row, int64_t b0, int64_t n, float* 
     m3 = _mm256_max_ps(m3, x3);
   }
   for (; j + 8 <= n; j += 8) {
-    const __m256 x = load8<Code>(row, b0 + j);
+    const __m256 x = Simd::load<Code>(row, b0 + j);
     _mm256_storeu_ps(buf + j, x);
     m0 = _mm256_max_ps(m0, x);
   }
   for (; j < n; ++j) buf[j] = ElemIO<Code>::load(row, b0 + j);
   for (; j % 32 != 0; ++j) buf[j] = -INFINITY;
   for (int64_t t = n / 8 * 8; t < j; t += 8) m0 = _mm256_max_ps(m0, _mm256_loadu_ps(buf + t));
-  const __m256 m = _mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3));
-  const __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-  const __m128 m2v = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-  return _mm_cvtss_f32(_mm_max_ss(m2v, _mm_shuffle_ps(m2v, m2v, 1)));
+  return Simd::hmax(_mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3)));
 }
 
 EO_AVX2 inline bool any_nan(const float* buf, int64_t n) {
@@ -83,12 +58,6 @@ EO_AVX2 inline bool any_nan(const float* buf, int64_t n) {
     if (_mm256_movemask_ps(_mm256_cmp_ps(x, x, _CMP_UNORD_Q))) return true;
   }
   return false;
-}
-
-EO_AVX2 inline float hsum(__m256 v) {
-  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
 }
 
 // As accumulate16 (AVX-512): lanes below the floor are zeroed by an and-mask before they are
@@ -126,8 +95,8 @@ EO_AVX2 OnlineSoftmax<float> fwd_row(const void* row, int64_t vocab, float inv_t
       accumulate8(_mm256_load_ps(buf + j + 16), m, s, s2, z2);
       accumulate8(_mm256_load_ps(buf + j + 24), m, s, s3, z3);
     }
-    const float sum = hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
-    const float sum_z = hsum(_mm256_add_ps(_mm256_add_ps(z0, z1), _mm256_add_ps(z2, z3)));
+    const float sum = Simd::hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    const float sum_z = Simd::hsum(_mm256_add_ps(_mm256_add_ps(z0, z1), _mm256_add_ps(z2, z3)));
     st = merge(st, OnlineSoftmax<float>{m_new, sum, sum_z}, inv_t);
   }
   return st;
@@ -167,8 +136,9 @@ template <int Code, bool kH, bool kLp>
 EO_AVX2 void bwd_row_impl(const void* row, void* grad, int64_t vocab, const BwdRowArgs<float>& a) {
   int64_t j = 0;
   for (; j + 8 <= vocab; j += 8) {
-    const __m256 g = (kH || kLp) ? grad8<kH, kLp>(load8<Code>(row, j), j, a) : _mm256_setzero_ps();
-    store8<Code>(grad, j, g);
+    const __m256 g =
+        (kH || kLp) ? grad8<kH, kLp>(Simd::load<Code>(row, j), j, a) : _mm256_setzero_ps();
+    Simd::store<Code>(grad, j, g);
   }
   if (j == vocab) return;
   alignas(32) float tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};

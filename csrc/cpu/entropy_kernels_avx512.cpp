@@ -6,53 +6,21 @@
 #include "cpu/entropy_kernels.h"
 #include "cpu/vec_exp_avx512.h"
 
+// SimdAvx512 (the selective kernels' vector vocabulary) lends its widening loads and narrowing
+// stores; its members carry the target only inside this region.
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq")
+#include "cpu/simd_avx512.h"
+#pragma GCC pop_options
+
 namespace entropy_ops {
 namespace cpu {
 namespace {
 
+using Simd = SimdAvx512;
+
 EO_AVX512 inline __mmask16 tail_mask(int64_t left) {
   return left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1u);
-}
-
-// 16 elements widened to fp32 (lanes outside k read as 0 and are never touched in memory).
-template <int Code>
-EO_AVX512 inline __m512 load16(const void* p, int64_t j, __mmask16 k) {
-  if (Code == kFloat32) return _mm512_maskz_loadu_ps(k, static_cast<const float*>(p) + j);
-  const __m256i h = _mm256_maskz_loadu_epi16(k, static_cast<const uint16_t*>(p) + j);
-  if (Code == kFloat16) return _mm512_cvtph_ps(h);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));  // bf16: exact
-}
-
-template <int Code>
-EO_AVX512 inline __m512 load16(const void* p, int64_t j) {
-  if (Code == kFloat32) return _mm512_loadu_ps(static_cast<const float*>(p) + j);
-  const __m256i h = _mm256_loadu_si256(
-      reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(p) + j));
-  if (Code == kFloat16) return _mm512_cvtph_ps(h);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
-template <int Code>
-EO_AVX512 inline void store16(void* p, int64_t j, __m512 v, __mmask16 k) {
-  if (Code == kFloat32) {
-    _mm512_mask_storeu_ps(static_cast<float*>(p) + j, k, v);
-    return;
-  }
-  __m256i h;
-  if (Code == kFloat16) {
-    h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  } else {
-    // Round to nearest even on the bits; NaN first replaced by 0x7fc0, as float_to_bf16 does,
-    // since the rounding add can carry a NaN payload into an infinity.
-    const __m512i u = _mm512_castps_si512(v);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_srli_epi32(
-        _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb)), 16);
-    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q),
-                              _mm512_set1_epi32(0x7fc0));
-    h = _mm512_cvtepi32_epi16(r);
-  }
-  _mm256_mask_storeu_epi16(static_cast<uint16_t*>(p) + j, k, h);
 }
 
 // Widens one block into buf (padded with -inf to a multiple of 64) and returns its max.
@@ -64,8 +32,8 @@ EO_AVX512 inline float widen_block(const void* row, int64_t b0, int64_t n, float
   __m512 m0 = neg_inf, m1 = neg_inf, m2 = neg_inf, m3 = neg_inf;
   int64_t j = 0;
   for (; j + 64 <= n; j += 64) {
-    const __m512 x0 = load16<Code>(row, b0 + j), x1 = load16<Code>(row, b0 + j + 16);
-    const __m512 x2 = load16<Code>(row, b0 + j + 32), x3 = load16<Code>(row, b0 + j + 48);
+    const __m512 x0 = Simd::load<Code>(row, b0 + j), x1 = Simd::load<Code>(row, b0 + j + 16);
+    const __m512 x2 = Simd::load<Code>(row, b0 + j + 32), x3 = Simd::load<Code>(row, b0 + j + 48);
     _mm512_storeu_ps(buf + j, x0);
     _mm512_storeu_ps(buf + j + 16, x1);
     _mm512_storeu_ps(buf + j + 32, x2);
@@ -77,7 +45,7 @@ EO_AVX512 inline float widen_block(const void* row, int64_t b0, int64_t n, float
   }
   for (; j < n; j += 16) {
     const __mmask16 k = tail_mask(n - j);
-    const __m512 x = _mm512_mask_mov_ps(neg_inf, k, load16<Code>(row, b0 + j, k));
+    const __m512 x = _mm512_mask_mov_ps(neg_inf, k, Simd::load<Code>(row, b0 + j, k));
     _mm512_storeu_ps(buf + j, x);
     m0 = _mm512_max_ps(m0, x);
   }
@@ -155,7 +123,7 @@ EO_AVX512 void bwd_row_impl(const void* row, void* grad, int64_t vocab,
     const __mmask16 k = tail_mask(vocab - j);
     __m512 g = _mm512_setzero_ps();
     if (kH || kLp) {
-      const __m512 x = k == 0xffff ? load16<Code>(row, j) : load16<Code>(row, j, k);
+      const __m512 x = k == 0xffff ? Simd::load<Code>(row, j) : Simd::load<Code>(row, j, k);
       const __m512 lp = _mm512_fmadd_ps(_mm512_sub_ps(x, shift), s, neg_log_sum);
       const __mmask16 live = _mm512_cmp_ps_mask(lp, floor, _CMP_NLT_UQ);
       const __m512 p = exp_ps_avx512(_mm512_max_ps(floor, lp));
@@ -173,7 +141,7 @@ EO_AVX512 void bwd_row_impl(const void* row, void* grad, int64_t vocab,
       }
       g = _mm512_mul_ps(g, s);
     }
-    store16<Code>(grad, j, g, k);
+    Simd::store<Code>(grad, j, g, k);
   }
 }
 

@@ -1,6 +1,7 @@
-// Row plumbing shared by the drivers of the selective ops and token_stats (top_p_cpu.cpp,
-// min_p_cpu.cpp, token_stats_cpu.cpp): row addresses (64-bit offsets), per-row temperature and
-// label, the worker count, per-thread scratch and whole-row fills.
+// Row plumbing shared by the drivers of entropy, the selective ops and token_stats
+// (entropy_cpu.cpp, top_p_cpu.cpp, min_p_cpu.cpp, token_stats_cpu.cpp): row addresses (64-bit
+// offsets), per-row temperature and label, the worker count, per-thread scratch and whole-row
+// fills.
 #pragma once
 
 #include <stdint.h>
@@ -51,7 +52,7 @@ Acc row_logit(const void* row, int dtype, int64_t j) {
   }
 }
 
-// Below this many elements per worker, waking a thread costs more than it saves (as for entropy).
+// Below this many elements per worker, waking a thread costs more than it saves.
 inline int row_workers(const RowsArgs& r) {
   const int64_t by_work = std::max<int64_t>(1, r.n_rows * r.vocab / (int64_t(1) << 15));
   return static_cast<int>(std::min<int64_t>(std::max(r.num_threads, 1), by_work));

@@ -1,7 +1,7 @@
 // The vector vocabulary of the selective row bodies for AVX2 + FMA + F16C: 8 fp32 lanes, masks as
 // all-ones lanes. Include only from a translation unit region compiled for that target
-// (selective_kernels_avx2.cpp). Same operations and results as SimdAvx512 (the exp is the same
-// reduction and polynomial), at half the width.
+// (selective_kernels_avx2.cpp, entropy_kernels_avx2.cpp). Same operations and results as
+// SimdAvx512 (the exp is the same reduction and polynomial), at half the width.
 #pragma once
 
 #include <immintrin.h>

@@ -1,6 +1,6 @@
 // The vector vocabulary of the selective row bodies (selective_body.h, nucleus_select.h) for
 // AVX-512 (F + BW + VL + DQ): 16 fp32 lanes, k-masks. Include only from a translation unit
-// region compiled for that target (selective_kernels_avx512.cpp).
+// region compiled for that target (selective_kernels_avx512.cpp, entropy_kernels_avx512.cpp).
 #pragma once
 
 #include <immintrin.h>
@@ -63,34 +63,57 @@ struct SimdAvx512 {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm_maskz_mov_epi8(m, _mm_set1_epi8(1)));
   }
 
+  // 16 elements widened to fp32 (exact). With a mask k, lanes outside k read as 0 and their
+  // memory is never touched (row tails).
   template <int Code>
   static V load(const void* p, int64_t j) {
     if (Code == kFloat32) return _mm512_loadu_ps(static_cast<const float*>(p) + j);
-    const __m256i h = _mm256_loadu_si256(
-        reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(p) + j));
-    if (Code == kFloat16) return _mm512_cvtph_ps(h);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));  // bf16: exact
+    return widen<Code>(_mm256_loadu_si256(
+        reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(p) + j)));
+  }
+  template <int Code>
+  static V load(const void* p, int64_t j, M k) {
+    if (Code == kFloat32) return _mm512_maskz_loadu_ps(k, static_cast<const float*>(p) + j);
+    return widen<Code>(_mm256_maskz_loadu_epi16(k, static_cast<const uint16_t*>(p) + j));
   }
 
-  // Narrowing rounds to nearest even, NaN to the canonical 0x7fc0 for bf16 (dtype.h's rules).
+  // With a mask k, only the lanes in k are written.
   template <int Code>
   static void store(void* p, int64_t j, V v) {
     if (Code == kFloat32) {
       _mm512_storeu_ps(static_cast<float*>(p) + j, v);
       return;
     }
-    __m256i h;
-    if (Code == kFloat16) {
-      h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    } else {
-      const __m512i u = _mm512_castps_si512(v);
-      const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-      __m512i r = _mm512_srli_epi32(
-          _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb)), 16);
-      r = _mm512_mask_mov_epi32(r, is_nan(v), _mm512_set1_epi32(0x7fc0));
-      h = _mm512_cvtepi32_epi16(r);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(p) + j), narrow<Code>(v));
+  }
+  template <int Code>
+  static void store(void* p, int64_t j, V v, M k) {
+    if (Code == kFloat32) {
+      _mm512_mask_storeu_ps(static_cast<float*>(p) + j, k, v);
+      return;
     }
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(p) + j), h);
+    _mm256_mask_storeu_epi16(static_cast<uint16_t*>(p) + j, k, narrow<Code>(v));
+  }
+
+  // 16-bit lanes (fp16 or bf16) to fp32: exact.
+  template <int Code>
+  static V widen(__m256i h) {
+    if (Code == kFloat16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));  // bf16
+  }
+
+  // fp32 to 16-bit lanes, rounding to nearest even; for bf16 NaN is first replaced by the
+  // canonical 0x7fc0 (dtype.h's rules), since the rounding add can carry a NaN payload into an
+  // infinity.
+  template <int Code>
+  static __m256i narrow(V v) {
+    if (Code == kFloat16) return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(
+        _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb)), 16);
+    r = _mm512_mask_mov_epi32(r, is_nan(v), _mm512_set1_epi32(0x7fc0));
+    return _mm512_cvtepi32_epi16(r);
   }
 };
 

@@ -120,6 +120,28 @@ min_p_bwd_kernel(RowArgs r, float min_p, MinPBwdIn b) {
   });
 }
 
+// The launchers' shared preamble: no rows launch nothing; a dtype other than 0..2 or no labels
+// is cudaErrorInvalidValue; then, on `device`, launch(tag, r, grid, block, stream) with the row
+// arguments and the dtype/alignment tag (out_aligned: the output rows').
+template <typename F>
+cudaError_t launch_min_p(const void* logits, int dtype, int64_t n_rows, int64_t vocab,
+                         int64_t row_stride, const float* temperature, double temperature_scalar,
+                         const void* labels, bool labels_int32, int64_t ignore_index,
+                         const uint8_t* mask, bool out_aligned, int device, cudaStream_t stream,
+                         F&& launch) {
+  if (n_rows <= 0) return cudaSuccess;
+  if (!launchable(dtype, 0, 0) || labels == nullptr) return cudaErrorInvalidValue;
+  DeviceGuard guard(device);
+  EO_CUDA_CHECK(guard.status());
+  const RowArgs r = make_row_args(logits, n_rows, vocab, row_stride, temperature,
+                                  temperature_scalar, labels, labels_int32, ignore_index, mask);
+  const bool aligned = rows_aligned(logits, row_stride, dtype) && out_aligned;
+  return launch_rows(dtype, aligned, n_rows, stream,
+                     [&](auto tag, dim3 grid, dim3 block, cudaStream_t st) {
+    launch(tag, r, grid, block, st);
+  });
+}
+
 }  // namespace
 }  // namespace gpu
 
@@ -130,17 +152,12 @@ cudaError_t min_p_logprobs_fwd_cuda(const void* logits, int dtype, int64_t n_row
                                     double min_p, float* logp_out, float* row_max_out,
                                     float* log_norm_out, int device, cudaStream_t stream) {
   using namespace gpu;
-  if (n_rows <= 0) return cudaSuccess;
-  if (!launchable(dtype, 0, 0) || labels == nullptr) return cudaErrorInvalidValue;
-  DeviceGuard guard(device);
-  EO_CUDA_CHECK(guard.status());
-  const RowArgs r = make_row_args(logits, n_rows, vocab, row_stride, temperature,
-                                  temperature_scalar, labels, labels_int32, ignore_index, mask);
   const MinPOut o = {logp_out, row_max_out, log_norm_out};
   // min_p in the compute type, as torch compares an fp32 tensor with a Python float.
   const float min_p_f = static_cast<float>(min_p);
-  return launch_rows(dtype, rows_aligned(logits, row_stride, dtype), n_rows, stream,
-                     [&](auto tag, dim3 grid, dim3 block, cudaStream_t st) {
+  return launch_min_p(logits, dtype, n_rows, vocab, row_stride, temperature, temperature_scalar,
+                      labels, labels_int32, ignore_index, mask, true, device, stream,
+                      [&](auto tag, const RowArgs& r, dim3 grid, dim3 block, cudaStream_t st) {
     using Tag = decltype(tag);
     min_p_fwd_kernel<Tag::kCode, Tag::kAligned><<<grid, block, 0, st>>>(r, min_p_f, o);
   });
@@ -154,18 +171,12 @@ cudaError_t min_p_logprobs_bwd_cuda(const void* logits, int dtype, int64_t n_row
                                     const float* grad_logp, void* grad_logits,
                                     int64_t grad_row_stride, int device, cudaStream_t stream) {
   using namespace gpu;
-  if (n_rows <= 0) return cudaSuccess;
-  if (!launchable(dtype, 0, 0) || labels == nullptr) return cudaErrorInvalidValue;
-  DeviceGuard guard(device);
-  EO_CUDA_CHECK(guard.status());
-  const RowArgs r = make_row_args(logits, n_rows, vocab, row_stride, temperature,
-                                  temperature_scalar, labels, labels_int32, ignore_index, mask);
   const MinPBwdIn b = {row_max, log_norm, grad_logp, grad_logits, grad_row_stride};
-  const bool aligned = rows_aligned(logits, row_stride, dtype) &&
-                       rows_aligned(grad_logits, grad_row_stride, dtype);
   const float min_p_f = static_cast<float>(min_p);
-  return launch_rows(dtype, aligned, n_rows, stream,
-                     [&](auto tag, dim3 grid, dim3 block, cudaStream_t st) {
+  return launch_min_p(logits, dtype, n_rows, vocab, row_stride, temperature, temperature_scalar,
+                      labels, labels_int32, ignore_index, mask,
+                      rows_aligned(grad_logits, grad_row_stride, dtype), device, stream,
+                      [&](auto tag, const RowArgs& r, dim3 grid, dim3 block, cudaStream_t st) {
     using Tag = decltype(tag);
     min_p_bwd_kernel<Tag::kCode, Tag::kAligned><<<grid, block, 0, st>>>(r, min_p_f, b);
   });

@@ -337,8 +337,25 @@ top_p_mask_kernel(RowArgs r, double top_p, bool inclusive, uint8_t* out, int64_t
   });
 }
 
-bool top_p_launchable(int dtype, int64_t vocab) {
-  return launchable(dtype, 0, 0) && vocab < kTopPMaxVocab;
+// The launchers' shared preamble: no rows launch nothing; a dtype other than 0..2 or vocab >=
+// kTopPMaxVocab is cudaErrorInvalidValue; then, on `device`, launch(tag, r, grid, block, stream)
+// with the row arguments (no labels) and the dtype/alignment tag (out_aligned: the output rows').
+template <typename F>
+cudaError_t launch_top_p(const void* logits, int dtype, int64_t n_rows, int64_t vocab,
+                         int64_t row_stride, const float* temperature, double temperature_scalar,
+                         const uint8_t* mask, bool out_aligned, int device, cudaStream_t stream,
+                         F&& launch) {
+  if (n_rows <= 0) return cudaSuccess;
+  if (!launchable(dtype, 0, 0) || vocab >= kTopPMaxVocab) return cudaErrorInvalidValue;
+  DeviceGuard guard(device);
+  EO_CUDA_CHECK(guard.status());
+  const RowArgs r = make_row_args(logits, n_rows, vocab, row_stride, temperature,
+                                  temperature_scalar, nullptr, false, 0, mask);
+  const bool aligned = rows_aligned(logits, row_stride, dtype) && out_aligned;
+  return launch_rows(dtype, aligned, n_rows, stream,
+                     [&](auto tag, dim3 grid, dim3 block, cudaStream_t st) {
+    launch(tag, r, grid, block, st);
+  });
 }
 
 }  // namespace
@@ -351,15 +368,10 @@ cudaError_t top_p_entropy_fwd_cuda(const void* logits, int dtype, int64_t n_rows
                                    int32_t* cut_index_out, float* log_norm_out, int device,
                                    cudaStream_t stream) {
   using namespace gpu;
-  if (n_rows <= 0) return cudaSuccess;
-  if (!top_p_launchable(dtype, vocab)) return cudaErrorInvalidValue;
-  DeviceGuard guard(device);
-  EO_CUDA_CHECK(guard.status());
-  const RowArgs r = make_row_args(logits, n_rows, vocab, row_stride, temperature,
-                                  temperature_scalar, nullptr, false, 0, mask);
   const TopPOut o = {entropy_out, row_max_out, cut_e_out, cut_index_out, log_norm_out};
-  return launch_rows(dtype, rows_aligned(logits, row_stride, dtype), n_rows, stream,
-                     [&](auto tag, dim3 grid, dim3 block, cudaStream_t st) {
+  return launch_top_p(logits, dtype, n_rows, vocab, row_stride, temperature, temperature_scalar,
+                      mask, true, device, stream,
+                      [&](auto tag, const RowArgs& r, dim3 grid, dim3 block, cudaStream_t st) {
     using Tag = decltype(tag);
     top_p_entropy_fwd_kernel<Tag::kCode, Tag::kAligned><<<grid, block, 0, st>>>(r, top_p, o);
   });
@@ -373,18 +385,11 @@ cudaError_t top_p_entropy_bwd_cuda(const void* logits, int dtype, int64_t n_rows
                                    const float* grad_entropy, void* grad_logits,
                                    int64_t grad_row_stride, int device, cudaStream_t stream) {
   using namespace gpu;
-  if (n_rows <= 0) return cudaSuccess;
-  if (!top_p_launchable(dtype, vocab)) return cudaErrorInvalidValue;
-  DeviceGuard guard(device);
-  EO_CUDA_CHECK(guard.status());
-  const RowArgs r = make_row_args(logits, n_rows, vocab, row_stride, temperature,
-                                  temperature_scalar, nullptr, false, 0, mask);
   const TopPBwdIn b = {entropy,      row_max,     cut_e,          cut_index,
                        log_norm,     grad_entropy, grad_logits,   grad_row_stride};
-  const bool aligned = rows_aligned(logits, row_stride, dtype) &&
-                       rows_aligned(grad_logits, grad_row_stride, dtype);
-  return launch_rows(dtype, aligned, n_rows, stream,
-                     [&](auto tag, dim3 grid, dim3 block, cudaStream_t st) {
+  return launch_top_p(logits, dtype, n_rows, vocab, row_stride, temperature, temperature_scalar,
+                      mask, rows_aligned(grad_logits, grad_row_stride, dtype), device, stream,
+                      [&](auto tag, const RowArgs& r, dim3 grid, dim3 block, cudaStream_t st) {
     using Tag = decltype(tag);
     top_p_entropy_bwd_kernel<Tag::kCode, Tag::kAligned><<<grid, block, 0, st>>>(r, b);
   });
@@ -396,14 +401,9 @@ cudaError_t top_p_mask_cuda(const void* logits, int dtype, int64_t n_rows, int64
                             bool inclusive, uint8_t* mask_out, int64_t out_row_stride, int device,
                             cudaStream_t stream) {
   using namespace gpu;
-  if (n_rows <= 0) return cudaSuccess;
-  if (!top_p_launchable(dtype, vocab)) return cudaErrorInvalidValue;
-  DeviceGuard guard(device);
-  EO_CUDA_CHECK(guard.status());
-  const RowArgs r = make_row_args(logits, n_rows, vocab, row_stride, temperature,
-                                  temperature_scalar, nullptr, false, 0, mask);
-  return launch_rows(dtype, rows_aligned(logits, row_stride, dtype), n_rows, stream,
-                     [&](auto tag, dim3 grid, dim3 block, cudaStream_t st) {
+  return launch_top_p(logits, dtype, n_rows, vocab, row_stride, temperature, temperature_scalar,
+                      mask, true, device, stream,
+                      [&](auto tag, const RowArgs& r, dim3 grid, dim3 block, cudaStream_t st) {
     using Tag = decltype(tag);
     top_p_mask_kernel<Tag::kCode, Tag::kAligned><<<grid, block, 0, st>>>(r, top_p, inclusive,
                                                                          mask_out, out_row_stride);
