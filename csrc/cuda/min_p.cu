@@ -120,26 +120,16 @@ min_p_bwd_kernel(RowArgs r, float min_p, MinPBwdIn b) {
   });
 }
 
-// The launchers' shared preamble: no rows launch nothing; a dtype other than 0..2 or no labels
-// is cudaErrorInvalidValue; then, on `device`, launch(tag, r, grid, block, stream) with the row
-// arguments and the dtype/alignment tag (out_aligned: the output rows').
+// launch_selective with labels (required: none is cudaErrorInvalidValue).
 template <typename F>
 cudaError_t launch_min_p(const void* logits, int dtype, int64_t n_rows, int64_t vocab,
                          int64_t row_stride, const float* temperature, double temperature_scalar,
                          const void* labels, bool labels_int32, int64_t ignore_index,
                          const uint8_t* mask, bool out_aligned, int device, cudaStream_t stream,
                          F&& launch) {
-  if (n_rows <= 0) return cudaSuccess;
-  if (!launchable(dtype, 0, 0) || labels == nullptr) return cudaErrorInvalidValue;
-  DeviceGuard guard(device);
-  EO_CUDA_CHECK(guard.status());
-  const RowArgs r = make_row_args(logits, n_rows, vocab, row_stride, temperature,
-                                  temperature_scalar, labels, labels_int32, ignore_index, mask);
-  const bool aligned = rows_aligned(logits, row_stride, dtype) && out_aligned;
-  return launch_rows(dtype, aligned, n_rows, stream,
-                     [&](auto tag, dim3 grid, dim3 block, cudaStream_t st) {
-    launch(tag, r, grid, block, st);
-  });
+  return launch_selective(logits, dtype, n_rows, vocab, row_stride, temperature,
+                          temperature_scalar, labels, labels_int32, ignore_index, mask,
+                          labels != nullptr, out_aligned, device, stream, launch);
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "cuda/entropy_rows.cuh"
+#include "cuda/util.cuh"
 #include "cuda/vec_load.cuh"
 #include "entropy_ops/nucleus.h"
 #include "entropy_ops/online_softmax.h"
@@ -220,6 +221,29 @@ cudaError_t launch_rows(int dtype, bool aligned, int64_t n_rows, cudaStream_t st
   return dispatch_dtype(dtype, aligned, [&](auto tag) {
     f(tag, dim3(row_grid(n_rows)), dim3(kSelThreads), stream);
     return cudaGetLastError();
+  });
+}
+
+// The selective launchers' shared preamble: no rows launch nothing; a dtype other than 0..2, or
+// `ok` false (the caller's own argument check), is cudaErrorInvalidValue; then, on `device`,
+// launch(tag, r, grid, block, stream) with the row arguments and the dtype/alignment tag
+// (out_aligned: whether the output rows are aligned too).
+template <typename F>
+cudaError_t launch_selective(const void* logits, int dtype, int64_t n_rows, int64_t vocab,
+                             int64_t row_stride, const float* temperature,
+                             double temperature_scalar, const void* labels, bool labels_int32,
+                             int64_t ignore_index, const uint8_t* mask, bool ok, bool out_aligned,
+                             int device, cudaStream_t stream, F&& launch) {
+  if (n_rows <= 0) return cudaSuccess;
+  if (!launchable(dtype, 0, 0) || !ok) return cudaErrorInvalidValue;
+  DeviceGuard guard(device);
+  EO_CUDA_CHECK(guard.status());
+  const RowArgs r = make_row_args(logits, n_rows, vocab, row_stride, temperature,
+                                  temperature_scalar, labels, labels_int32, ignore_index, mask);
+  const bool aligned = rows_aligned(logits, row_stride, dtype) && out_aligned;
+  return launch_rows(dtype, aligned, n_rows, stream,
+                     [&](auto tag, dim3 grid, dim3 block, cudaStream_t st) {
+    launch(tag, r, grid, block, st);
   });
 }
 

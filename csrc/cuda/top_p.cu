@@ -337,25 +337,15 @@ top_p_mask_kernel(RowArgs r, double top_p, bool inclusive, uint8_t* out, int64_t
   });
 }
 
-// The launchers' shared preamble: no rows launch nothing; a dtype other than 0..2 or vocab >=
-// kTopPMaxVocab is cudaErrorInvalidValue; then, on `device`, launch(tag, r, grid, block, stream)
-// with the row arguments (no labels) and the dtype/alignment tag (out_aligned: the output rows').
+// launch_selective with no labels; vocab >= kTopPMaxVocab is cudaErrorInvalidValue.
 template <typename F>
 cudaError_t launch_top_p(const void* logits, int dtype, int64_t n_rows, int64_t vocab,
                          int64_t row_stride, const float* temperature, double temperature_scalar,
                          const uint8_t* mask, bool out_aligned, int device, cudaStream_t stream,
                          F&& launch) {
-  if (n_rows <= 0) return cudaSuccess;
-  if (!launchable(dtype, 0, 0) || vocab >= kTopPMaxVocab) return cudaErrorInvalidValue;
-  DeviceGuard guard(device);
-  EO_CUDA_CHECK(guard.status());
-  const RowArgs r = make_row_args(logits, n_rows, vocab, row_stride, temperature,
-                                  temperature_scalar, nullptr, false, 0, mask);
-  const bool aligned = rows_aligned(logits, row_stride, dtype) && out_aligned;
-  return launch_rows(dtype, aligned, n_rows, stream,
-                     [&](auto tag, dim3 grid, dim3 block, cudaStream_t st) {
-    launch(tag, r, grid, block, st);
-  });
+  return launch_selective(logits, dtype, n_rows, vocab, row_stride, temperature,
+                          temperature_scalar, nullptr, false, 0, mask, vocab < kTopPMaxVocab,
+                          out_aligned, device, stream, launch);
 }
 
 }  // namespace
