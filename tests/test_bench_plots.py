@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from entropy_ops.__main__ import main
+from entropy_ops._plotting import MissingMatplotlib
 from entropy_ops.bench import cases, cli, machine, plots, table
 from entropy_ops.bench.table import Row
 
@@ -66,7 +67,7 @@ def test_plots_are_written_next_to_the_csv(tmp_path):
 
 def test_missing_matplotlib_is_a_clear_message(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(plots.MissingMatplotlib, match="pip install matplotlib"):
+    with pytest.raises(MissingMatplotlib, match="pip install matplotlib"):
         plots.write_plots([_row("entropy", "cpu", 1.0)], str(tmp_path), "x", "x", 1.0)
 
 

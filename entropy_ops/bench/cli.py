@@ -6,7 +6,8 @@ import time
 import torch
 
 from . import baselines, cases, machine, runner, summary, table, timing, tokens
-from .plots import MissingMatplotlib, write_plots
+from .._plotting import MissingMatplotlib
+from .plots import write_plots
 from . import linear as linear_bench
 
 ALL_OPS = cases.OPS + tokens.OPS

@@ -5,12 +5,13 @@
 - ``speedup_<device>.png``: the speed-up of each entropy_ops backend over each baseline (baseline
   time / backend time, same run) against V, log scale, 1x marked.
 
-matplotlib is optional (``pip install entropy-ops[bench]``): it is imported only here, and a
+matplotlib is optional (``pip install entropy-ops[bench]``): it is imported only when plotting, and a
 missing one is reported by ``MissingMatplotlib`` with the install line, never a crash at import.
 """
 import os
 from typing import Dict, List, Tuple
 
+from .._plotting import pyplot
 from .baselines import BACKENDS, BASELINES
 from .cases import OPS
 from .table import Row
@@ -19,19 +20,9 @@ from .table import Row
 KERNEL_BACKENDS = tuple(b for b in BACKENDS if b != "torch")
 
 
-class MissingMatplotlib(ImportError):
-    pass
-
-
 def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise MissingMatplotlib("plots skipped: matplotlib is not installed "
-                                "(pip install matplotlib, or entropy-ops[bench]; --no-plots silences this)") from None
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
-    return plt
+    return pyplot("plots skipped: matplotlib is not installed "
+                  "(pip install matplotlib, or entropy-ops[bench]; --no-plots silences this)")
 
 
 def _series(rows: List[Row], value) -> Dict[str, Dict[str, List[Tuple[int, float]]]]:

@@ -4,19 +4,14 @@ plot is asked for (an optional dependency: ``pip install entropy-ops[bench]``)."
 import math
 from typing import Dict
 
+from .._plotting import pyplot
 from .law import LawFit
 from .train import History
 
 
 def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise ImportError("the demo's plot needs matplotlib: pip install matplotlib "
-                          "(or entropy-ops[bench]); pass --no-plot to skip it") from None
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
-    return plt
+    return pyplot("the demo's plot needs matplotlib: pip install matplotlib "
+                  "(or entropy-ops[bench]); pass --no-plot to skip it")
 
 
 def write_plot(path: str, histories: Dict[str, History], fit: LawFit, law_method: str = "pg") -> str:
