@@ -5,6 +5,7 @@ number of launches depends on shapes and dtypes only."""
 import torch
 import triton
 
+from ..backends.token_kernel import quantile_lerp, quantile_rank
 from .launch import _on_device
 from .masked_quantile import masked_quantile_seq_kernel, radix_hist_kernel, radix_pick_kernel
 from .top_k import top_k_mark_kernel
@@ -103,9 +104,7 @@ def radix_select_triton(x, valid, ranks, descending=False):
 
 def _lerp(v_lo, v_hi, q, count):
     """torch.quantile's 'linear' rule on the selected pairs, NaN where ``count = 0``."""
-    rank = (q[:, None] * (count - 1)).clamp(min=0)
-    out = torch.lerp(v_lo, v_hi, rank - rank.floor())
-    return torch.where(count == 0, float("nan"), out)
+    return quantile_lerp(v_lo, v_hi, quantile_rank(q[:, None], count), count)
 
 
 def masked_quantile_triton(x, mask, cu, q):

@@ -12,7 +12,7 @@ from .. import _native
 from .._backends import register_kernel
 from .kernel import acc_dtype
 from .native_args import DTYPE_CODES, ptr
-from .token_kernel import WindowKernel
+from .token_kernel import WindowKernel, quantile_lerp, quantile_rank
 
 _INT64_SCORES = 4  # csrc/cpu/token_cpu.h: kInt64Scores
 
@@ -57,10 +57,8 @@ def masked_quantile_cpu(x, mask, cu, q):
     C.masked_quantile_cpu(x.data_ptr(), DTYPE_CODES[x.dtype], ptr(mask), ptr(cu), n_seq, x.shape[0],
                           q.data_ptr(), q.shape[0], v_lo.data_ptr(), v_hi.data_ptr(),
                           count.data_ptr(), torch.get_num_threads())
-    # torch.quantile's ranks, in float64 (the kernel selected at floor and ceil of the same r).
-    rank = (q[:, None] * (count - 1)).clamp(min=0)
-    out = torch.lerp(v_lo, v_hi, rank - rank.floor())
-    return torch.where(count == 0, float("nan"), out)
+    # The kernel selected at floor and ceil of the same rank.
+    return quantile_lerp(v_lo, v_hi, quantile_rank(q[:, None], count), count)
 
 
 def top_k_cpu(scores, eligible, k):

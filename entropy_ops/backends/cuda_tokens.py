@@ -11,7 +11,7 @@ import torch
 from .. import _native
 from .._backends import register_kernel
 from .native_args import DTYPE_CODES, ptr
-from .token_kernel import WindowKernel
+from .token_kernel import WindowKernel, quantile_lerp, quantile_rank
 
 _INT64_CODE = 4  # top_k scores may be int64 (csrc/cuda/token_select.cuh: kInt64Code)
 
@@ -74,9 +74,7 @@ def radix_select_cuda(x, valid, ranks, descending=False):
 
 def _lerp(v_lo, v_hi, q, count):
     """torch.quantile's 'linear' rule on the selected pairs, NaN where ``count = 0``."""
-    rank = (q[:, None] * (count - 1)).clamp(min=0)
-    out = torch.lerp(v_lo, v_hi, rank - rank.floor())
-    return torch.where(count == 0, float("nan"), out)
+    return quantile_lerp(v_lo, v_hi, quantile_rank(q[:, None], count), count)
 
 
 def masked_quantile_cuda(x, mask, cu, q):

@@ -27,6 +27,8 @@ bfloat16, float16, float64 with no NaN among the eligible entries, or int64), ``
 """
 from typing import Callable, NamedTuple
 
+import torch
+
 
 class WindowKernel(NamedTuple):
     fwd: Callable  # (x, mask, cu, window: int, offset: int) -> out [N] in the accumulation dtype
@@ -35,3 +37,15 @@ class WindowKernel(NamedTuple):
 
 # masked_quantile kernels are one callable: (x, mask, cu or None, q float64 [Q]) -> float64 [Q, S].
 # top_k kernels are one callable: (scores [N], eligible bool [N], k int64 [1]) -> bool [N].
+
+
+def quantile_rank(q, count):
+    """``torch.quantile``'s float64 rank ``r = max(q (n - 1), 0)`` (0 where ``n = 0``); ``q`` float64
+    broadcast against the int64 counts ``n`` (``q[:, None]`` against ``[S]`` gives ``[Q, S]``)."""
+    return (q * (count - 1)).clamp(min=0)
+
+
+def quantile_lerp(v_lo, v_hi, rank, count):
+    """``lerp(v_(floor r), v_(ceil r), r - floor r)`` in float64, NaN where ``n = 0``: the 'linear'
+    rule of every backend's masked quantile, one arithmetic so that they agree to the bit."""
+    return torch.where(count == 0, float("nan"), torch.lerp(v_lo, v_hi, rank - rank.floor()))

@@ -24,7 +24,7 @@ import torch
 from .._backends import register_kernel
 from ..ops._tokens import segment_ids
 from .kernel import acc_dtype
-from .token_kernel import WindowKernel
+from .token_kernel import WindowKernel, quantile_lerp, quantile_rank
 from .torch_select import order_keys as _order_keys, select as _select, top_k
 
 # ---- window entropy ------------------------------------------------------------------------------
@@ -163,7 +163,7 @@ def masked_quantile_torch(x, mask, cu, q):
         prefix = torch.nn.functional.pad(valid.long().cumsum(0), (1, 0))
         count = prefix[cu[1:]] - prefix[cu[:-1]]
     # torch.quantile's ranks, in float64: q (n - 1), clamped at 0 for empty sequences.
-    rank = (q[:, None] * (count - 1)).clamp(min=0)
+    rank = quantile_rank(q[:, None], count)
     lo, hi = rank.long(), rank.ceil().long()
     if cu is None:
         key = _order_keys(x)
@@ -174,8 +174,7 @@ def masked_quantile_torch(x, mask, cu, q):
         order = _sequence_order(x, valid, cu)
         v_lo = keyed[order[(cu[:-1] + lo).clamp(max=n - 1)]]
         v_hi = keyed[order[(cu[:-1] + hi).clamp(max=n - 1)]]
-    out = torch.lerp(v_lo.double(), v_hi.double(), rank - lo)
-    return torch.where(count == 0, float("nan"), out)
+    return quantile_lerp(v_lo.double(), v_hi.double(), rank, count)
 
 
 register_kernel("torch", "window_entropy", WindowKernel(window_entropy_fwd_torch, window_entropy_bwd_torch))

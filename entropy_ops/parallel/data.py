@@ -31,6 +31,7 @@ import torch.distributed._functional_collectives as funcol
 from torch import Tensor
 
 from .. import _validate_tokens
+from ..backends.token_kernel import quantile_lerp, quantile_rank
 from ..backends.torch_select import order_keys
 from ..ops._tokens import check_offsets, check_quantiles
 from ..ops._types import PolicyLossOutput
@@ -133,7 +134,7 @@ def quantile_over_all(values: Tensor, mask: Optional[Tensor], q: Tensor, group) 
     valid = ~torch.isnan(x) if mask is None else mask.reshape(-1) & ~torch.isnan(x)
 
     def ranks_of(n):  # torch.quantile's ranks in float64, clamped at 0 when n = 0
-        rank = (q * (n - 1)).clamp(min=0)
+        rank = quantile_rank(q, n)
         return torch.cat([rank.long(), rank.ceil().long()])
 
     _, tied, _, total = _select(order_keys(x), 8 * x.element_size(), valid, ranks_of, group)
@@ -141,9 +142,7 @@ def quantile_over_all(values: Tensor, mask: Optional[Tensor], q: Tensor, group) 
     picked = torch.where(tied, x.double()[None], float("-inf"))
     picked = _all_reduce(torch.nn.functional.pad(picked, (0, 1), value=float("-inf")).amax(1), "max", group)
     v_lo, v_hi = picked.chunk(2)
-    rank = (q * (total - 1)).clamp(min=0)
-    out = torch.lerp(v_lo, v_hi, rank - rank.floor())
-    return torch.where(total == 0, float("nan"), out)
+    return quantile_lerp(v_lo, v_hi, quantile_rank(q, total), total)
 
 
 def global_token_counts(mask: Tensor, process_group) -> Tuple[Tensor, Tensor]:
