@@ -175,6 +175,11 @@ void top_k(uintptr_t scores, int dtype, uintptr_t eligible, int64_t n, uintptr_t
                  ptr<const int64_t>(k), ptr<uint8_t>(out), num_threads);
 }
 
+void random_keys(uintptr_t seed, uintptr_t first, int64_t n, uintptr_t out, int num_threads) {
+  eoc::random_keys_cpu(ptr<const int64_t>(seed), ptr<const int64_t>(first), n, ptr<int64_t>(out),
+                       num_threads);
+}
+
 void set_isa(const std::string& name) {
   if (eoc::set_isa(name)) return;
   std::string supported;
@@ -278,6 +283,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("top_k_cpu", &top_k, nogil, py::arg("scores"), py::arg("dtype"), py::arg("eligible"),
         py::arg("n"), py::arg("k"), py::arg("out"), py::arg("num_threads"),
         "out = the k eligible entries of largest score (k read from an int64 [1]), ties lowest index.");
+  m.def("random_keys_cpu", &random_keys, nogil, py::arg("seed"), py::arg("first"), py::arg("n"),
+        py::arg("out"), py::arg("num_threads"),
+        "out[i] = SplitMix64 output *first + i of the stream seeded with *seed, >> 2 (int64 [n]).");
   m.def("exp2_accumulate_row", &exp2_accumulate_row, py::arg("src"), py::arg("n"),
         py::arg("temperature"), py::arg("out"),
         "Test hook: (lse, entropy) of a float32 row through the CUDA kernels' per-thread math.");

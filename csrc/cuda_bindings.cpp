@@ -308,6 +308,19 @@ void top_k_mark(std::uintptr_t scores, int dtype, std::uintptr_t eligible, int64
   });
 }
 
+void random_keys(std::uintptr_t seed, std::uintptr_t first, int64_t n, std::uintptr_t out, int device,
+                 std::uintptr_t stream) {
+  const char* what = "random_keys_cuda";
+  if (n < 0) {
+    throw py::value_error(std::string("entropy_ops._C_cuda.") + what + ": n must be >= 0, got " +
+                          std::to_string(n));
+  }
+  launch(what, [&] {
+    return entropy_ops::random_keys_cuda(ptr<const int64_t>(seed), ptr<const int64_t>(first), n,
+                                         ptr<int64_t>(out), device, as_stream(stream));
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C_cuda, m) {
@@ -432,4 +445,7 @@ PYBIND11_MODULE(_C_cuda, m) {
         py::arg("n"), py::arg("threshold"), py::arg("above"), py::arg("tie"), py::arg("device"),
         py::arg("stream"),
         "above / tie flags of the eligible scores against the selected descending key, on `stream`.");
+  m.def("random_keys_cuda", &random_keys, py::arg("seed"), py::arg("first"), py::arg("n"),
+        py::arg("out"), py::arg("device"), py::arg("stream"),
+        "out[i] = splitmix64(*seed, *first + i) >> 2 for i < n (int64; seed, first device pointers), on `stream`.");
 }

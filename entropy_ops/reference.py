@@ -187,6 +187,20 @@ def _top_k_tokens(scores, eligible, k):
     return {i for _, i in sorted(flat)[:k]}
 
 
+def random_keys_ref(seed, first, n):
+    """Clip-Cov's keys ``[first, first + n)`` of the stream seeded with ``seed`` (Python ints):
+    ``splitmix64(seed, j) >> 2`` in arbitrary-precision integers reduced modulo ``2**64``, written
+    from SplitMix64's definition (Steele, Lea, Flood 2014); int64 ``[n]``."""
+    m64 = (1 << 64) - 1
+    out = []
+    for j in range(first, first + n):
+        z = (seed + (j + 1) * 0x9E3779B97F4A7C15) & m64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m64
+        out.append((z ^ (z >> 31)) >> 2)
+    return torch.tensor(out, dtype=torch.int64)
+
+
 def clip_cov_policy_loss_ref(logp, old_logp, advantages, mask, random_keys, clip_ratio=0.2,
                              clip_ratio_low=None, clip_ratio_high=None, clip_cov_ratio=2e-4,
                              clip_cov_lb=1.0, clip_cov_ub=5.0, loss_agg_mode="token-mean", weights=None):

@@ -195,3 +195,80 @@ def test_token_ops_compile_fullgraph_per_backend(backend):
     for a, b in zip(compiled, eager):
         torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
     torch.testing.assert_close(grad_c, grad_e, rtol=0, atol=0)
+
+
+# ---- random keys (Clip-Cov's uniform choice) on both GPU backends ---------------------------------
+
+# (seed, first) as int64 bit patterns: negative seeds are the upper half of the uint64 seeds, and
+# the last offsets make first + i and j + 1 wrap modulo 2^64.
+KEY_CASES = [(0, 0), (2**62 - 1, 5), (-2**63 + 5, 2**40), (-1, 2**63 - 3), (123456789, -2)]
+
+
+def _keys_ref(seed, first, n):
+    from entropy_ops import reference as R
+
+    return R.random_keys_ref(seed % 2**64, first % 2**64, n)
+
+
+def _keys_kernel(backend):
+    from entropy_ops import _backends
+
+    ok, reason = _backends.available_backends()[backend]
+    assert ok, f"{backend} is not available on this GPU machine: {reason}"
+    return _backends.get_kernel(backend, "random_keys")
+
+
+@pytest.mark.parametrize("backend", GPU_TOKEN_BACKENDS)
+def test_random_keys_match_reference_sync_free(backend):
+    kernel = _keys_kernel(backend)
+    sizes = (0, 1, 1000, 70_001)  # 70_001: many blocks / programs and a partial last one
+    args = [(torch.tensor([s], device="cuda"), torch.tensor([f], device="cuda")) for s, f in KEY_CASES]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        outs = [kernel(seed, first, n) for seed, first in args for n in sizes]
+        tails = [kernel(seed, first + 777, 70_001 - 777) for seed, first in args]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    outs = iter(outs)
+    for (s, f), tail in zip(KEY_CASES, tails):
+        for n in sizes:
+            out = next(outs)
+            assert out.dtype == torch.int64 and out.shape == (n,) and out.device.type == "cuda"
+            assert torch.equal(out.cpu(), _keys_ref(s, f, n)), (backend, s, f, n)
+        # Counter-based: keys [first + 777, first + 70_001) are the tail of those of [first, ...).
+        assert torch.equal(tail.cpu(), _keys_ref(s, f, 70_001)[777:]), (backend, s, f)
+
+
+@pytest.mark.parametrize("backend", GPU_TOKEN_BACKENDS)
+def test_random_keys_read_seed_and_first_on_the_device(backend):
+    # Captured in a CUDA graph, then the seed and offset changed in place: the replay computes the
+    # keys of the new values, so neither was read on the host at capture.
+    kernel = _keys_kernel(backend)
+    seed, first = torch.tensor([11], device="cuda"), torch.tensor([0], device="cuda")
+    kernel(seed, first, 4096)  # warm-up: compiles / loads the kernel outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = kernel(seed, first, 4096)
+    seed.fill_(-2**63 + 99)
+    first.fill_(2**40 + 3)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out.cpu(), _keys_ref(-2**63 + 99, 2**40 + 3, 4096))
+
+
+@pytest.mark.bigmem
+@pytest.mark.parametrize("backend", GPU_TOKEN_BACKENDS)
+def test_random_keys_past_2_31(backend):
+    # 2^31 + 4099 keys (16 GiB): the index math is 64-bit (Triton's program offsets, CUDA's
+    # grid-stride loop), checked around element 2^31 and at the end.
+    kernel = _keys_kernel(backend)
+    n, seed, first = 2**31 + 4099, -2**63 + 7, 2**33
+    out = kernel(torch.tensor([seed], device="cuda"), torch.tensor([first], device="cuda"), n)
+    try:
+        for a in (0, 2**31 - 40, n - 50):
+            assert torch.equal(out[a:a + 80].cpu(), _keys_ref(seed, first + a, min(80, n - a))), a
+    finally:
+        del out
+        torch.cuda.empty_cache()

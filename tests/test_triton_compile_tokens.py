@@ -1,7 +1,7 @@
-"""Compile the token-level Triton kernels (window entropy, masked quantile, top-k) for real GPU
-targets without a GPU (SPEC §6), in the configurations the launchers use, and check ``ptxas -v``'s
-report: no register spills in any function, shared memory within the smallest of these targets'
-limits. The interpreter hides all of this, and int32 offset arithmetic:
+"""Compile the token-level Triton kernels (window entropy, masked quantile, top-k, random keys)
+for real GPU targets without a GPU (SPEC §6), in the configurations the launchers use, and check
+``ptxas -v``'s report: no register spills in any function, shared memory within the smallest of
+these targets' limits. The interpreter hides all of this, and int32 offset arithmetic:
 the signatures declare the sizes as i64, as the launchers pass them for N past 2^31."""
 import os
 import re
@@ -15,6 +15,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from entropy_ops.triton_kernels import launch_tokens as L  # noqa: E402
 from entropy_ops.triton_kernels import masked_quantile as M  # noqa: E402
+from entropy_ops.triton_kernels import random_keys as RK  # noqa: E402
 from entropy_ops.triton_kernels import top_k as T  # noqa: E402
 from entropy_ops.triton_kernels import window_entropy as W  # noqa: E402
 
@@ -27,7 +28,7 @@ SIGNATURE = dict(
     window="i64", offset="i64", grad_ptr="*fp32", share_ptr="*fp32", q_ptr="*fp64", lo_ptr="*fp64",
     hi_ptr="*fp64", count_ptr="*i64", Q="i32", prefix_ptr="*i64", hist_ptr="*i64", n_targets="i32",
     high="i32", low="i32", rank_ptr="*i64", value_ptr="*fp64", width="i32", scores_ptr="*fp32",
-    eligible_ptr="*i1", above_ptr="*i8", tie_ptr="*i8",
+    eligible_ptr="*i1", above_ptr="*i8", tie_ptr="*i8", seed_ptr="*i64", first_ptr="*i64",
 )
 X_TYPES = {"fp32": (32, 0), "bf16": (32, 16), "fp16": (32, 13), "fp64": (64, 0)}
 
@@ -98,6 +99,15 @@ def test_top_k_kernels_compile(arch, score_type, tmp_path):
              x_ptr=f"*{score_type}")
     _compile(T.top_k_mark_kernel, dict(KEY_BITS=key_bits, LOW_BITS=low_bits, IS_INT=is_int, BLOCK=L._MARK_BLOCK),
              arch, tmp_path, scores_ptr=f"*{score_type}")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_random_keys_kernel_compiles(arch, tmp_path):
+    compiled = _compile(RK.random_keys_kernel, dict(BLOCK=L._KEYS_BLOCK), arch, tmp_path, out_ptr="*i64")
+    # SplitMix64 is unsigned: every right shift logical (no arithmetic shift of the uint64 state,
+    # which the interpreter's numpy uint64 would not show if Triton typed a constant as signed).
+    assert "arith.shrui" in compiled.asm["ttir"] and "arith.shrsi" not in compiled.asm["ttir"]
+    assert "shr.s64" not in compiled.asm["ptx"]
 
 
 def test_spill_check_can_fail():

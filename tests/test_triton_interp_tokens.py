@@ -1,7 +1,8 @@
-"""The Triton token-level kernels (window entropy, masked quantile, top-k) under the Triton
-interpreter on CPU tensors, against the float64 references (``window_entropy_ref``,
-``masked_quantile_ref``) and ``torch_select.top_k``'s exact selection (SPEC §6). Triton reads
-TRITON_INTERPRET when a kernel is decorated, so these tests run in their own process:
+"""The Triton token-level kernels (window entropy, masked quantile, top-k, random keys) under the
+Triton interpreter on CPU tensors, against the float64 references (``window_entropy_ref``,
+``masked_quantile_ref``), the arbitrary-precision ``random_keys_ref`` and ``torch_select.top_k``'s
+exact selection (SPEC §6). Triton reads TRITON_INTERPRET when a kernel is decorated, so these tests
+run in their own process:
 `TRITON_INTERPRET=1 pytest tests/test_triton_interp_tokens.py -m triton_interp`.
 
 The public API routes float64 to the ``torch`` backend (SPEC §2), so float64 is tested on the
@@ -218,3 +219,49 @@ def test_ops_compile_fullgraph_on_triton():
     for a, b in zip(compiled, eager):
         torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
     torch.testing.assert_close(grad_c, grad_e, rtol=0, atol=0)
+
+
+# ---- random keys ---------------------------------------------------------------------------------
+
+# int64 bit patterns of the seed: 0, 2^62 - 1, near 2^63 from both sides (the negative ones are the
+# uint64 seeds 2^63 + 5 and 2^64 - 1), i.e. seeds of the upper half, where wrap-around is common.
+KEY_SEEDS = [0, 2**62 - 1, 2**63 - 2, -2**63 + 5, -1]
+# Offsets: 0, small, past 2^32, and near the top of int64 / uint64 (first + i, j + 1 wrap).
+KEY_FIRSTS = [0, 5, 2**40, 2**63 - 3, -2]
+
+
+def _keys_ref(seed, first, n):
+    """The reference on the uint64 values of the int64 bit patterns."""
+    return R.random_keys_ref(seed % 2**64, first % 2**64, n)
+
+
+@pytest.mark.filterwarnings("error")  # a numpy overflow warning under the interpreter fails
+@pytest.mark.parametrize("n", [0, 1, 1000, 1500])  # 1500: one full block of 1024 and a partial one
+def test_random_keys_match_reference(n):
+    kernel = _kernel("random_keys")
+    for seed in KEY_SEEDS:
+        for first in KEY_FIRSTS:
+            out = kernel(torch.tensor([seed]), torch.tensor([first]), n)
+            assert out.dtype == torch.int64 and out.shape == (n,)
+            assert torch.equal(out, _keys_ref(seed, first, n)), (seed, first)
+            assert ((out >= 0) & (out < 2**62)).all()
+
+
+def test_random_keys_reference_known_values():
+    # SplitMix64 seeded with 0: its first outputs are 0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4 (the
+    # published test vector of Vigna's splitmix64.c), shifted right by 2 here.
+    assert R.random_keys_ref(0, 0, 2).tolist() == [0xE220A8397B1DCDAF >> 2, 0x6E789E6AA1B965F4 >> 2]
+    assert torch.equal(_kernel("random_keys")(torch.tensor([0]), torch.tensor([0]), 2), R.random_keys_ref(0, 0, 2))
+
+
+@pytest.mark.filterwarnings("error")
+def test_random_keys_slices_agree():
+    # Counter-based: the keys of tokens [first + a, first + n) are the tail of those of [first, first + n).
+    kernel = _kernel("random_keys")
+    n = 1500
+    for seed, first in ((7, 0), (-2**63 + 5, 2**40), (2**62 - 1, 3)):
+        s = torch.tensor([seed])
+        full = kernel(s, torch.tensor([first]), n)
+        for a in (1, 5, 1023, 1024, 1499, 1500):
+            assert torch.equal(full[a:], kernel(s, torch.tensor([first + a]), n - a)), (seed, first, a)
+    assert not torch.equal(kernel(torch.tensor([1]), torch.tensor([0]), 64), kernel(torch.tensor([2]), torch.tensor([0]), 64))

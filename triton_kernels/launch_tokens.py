@@ -1,13 +1,15 @@
-"""Launchers of the token-level kernels (window entropy, masked quantile, top-k): choose sizes,
-allocate, launch. Calling conventions: ``entropy_ops/backends/token_kernel.py``. Nothing here
-reads a tensor's values on the host: ranks, ``k`` and every threshold stay on the device, and the
-number of launches depends on shapes and dtypes only."""
+"""Launchers of the token-level kernels (window entropy, masked quantile, top-k, random keys):
+choose sizes, allocate, launch. Calling conventions: ``entropy_ops/backends/token_kernel.py``.
+Nothing here reads a tensor's values on the host: ranks, ``k``, the seed and offset of the random
+keys and every threshold stay on the device, and the number of launches depends on shapes and
+dtypes only."""
 import torch
 import triton
 
 from ..backends.token_kernel import quantile_lerp, quantile_rank
 from .launch import _on_device
 from .masked_quantile import masked_quantile_seq_kernel, radix_hist_kernel, radix_pick_kernel
+from .random_keys import random_keys_kernel
 from .top_k import top_k_mark_kernel
 from .window_entropy import window_entropy_bwd_kernel, window_entropy_fwd_kernel, window_share_kernel
 
@@ -21,6 +23,7 @@ _SEQ_MAXNREG = 128
 _SCAN_BLOCK = 1024  # tokens per step of a global histogram program ...
 _SCAN_ITERS = 8  # ... which takes this many steps: one atomic per bin per 8192 tokens
 _MARK_BLOCK = 1024
+_KEYS_BLOCK = 1024  # keys per program (int64 arithmetic only: no reduction, no shared memory)
 _DIGIT = 8
 
 # (KEY_BITS, LOW_BITS) of the order keys: float64 and int64 use 64 bits; the others their float32
@@ -148,3 +151,14 @@ def top_k_triton(scores, eligible, k):
     # The first residual + 1 ties in index order: a prefix count of the tie flags.
     first_ties = (tie != 0) & (tie.cumsum(0, dtype=torch.int64) <= residual + 1)
     return ((above != 0) | first_ties) & (kk > 0)
+
+
+def random_keys_triton(seed, first, n):
+    """int64 ``[n]`` keys ``[first, first + n)`` of the stream of ``seed`` (both int64 ``[1]`` on the
+    device, read by the kernel); ``n = 0`` launches nothing."""
+    out = torch.empty(n, dtype=torch.int64, device=seed.device)
+    if n == 0:
+        return out
+    with _on_device(seed):
+        random_keys_kernel[(triton.cdiv(n, _KEYS_BLOCK),)](seed, first, out, n, BLOCK=_KEYS_BLOCK, num_warps=4)
+    return out

@@ -38,5 +38,10 @@ void masked_quantile_cpu(const void* x, int dtype, const uint8_t* mask, const in
 void top_k_cpu(const void* scores, int dtype, const uint8_t* eligible, int64_t n, const int64_t* k,
                uint8_t* out, int num_threads);
 
+// out[i] = random_key(*seed, *first + i) for i in [0, n) (entropy_ops/random_keys.h): Clip-Cov's
+// keys in [0, 2^62), the same bits for any thread count.
+void random_keys_cpu(const int64_t* seed, const int64_t* first, int64_t n, int64_t* out,
+                     int num_threads);
+
 }  // namespace cpu
 }  // namespace entropy_ops

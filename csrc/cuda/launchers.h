@@ -121,6 +121,10 @@ cudaError_t radix_select_cuda(const void* x, int dtype, const uint8_t* valid, in
 cudaError_t top_k_mark_cuda(const void* scores, int dtype, const uint8_t* eligible, int64_t n,
                             const int64_t* threshold, uint8_t* above, uint8_t* tie, int device,
                             cudaStream_t stream);
+// Clip-Cov's random keys: out[i] = random_key(*seed, *first + i) for i < n (int64 [n];
+// entropy_ops/random_keys.h), seed and first int64 [1] device pointers read by the kernel.
+cudaError_t random_keys_cuda(const int64_t* seed, const int64_t* first, int64_t n, int64_t* out,
+                             int device, cudaStream_t stream);
 
 // Version and device queries; none of them allocates or synchronizes.
 cudaError_t driver_version_cuda(int* version);   // 0 when no driver is installed

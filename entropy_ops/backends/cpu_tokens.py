@@ -1,5 +1,6 @@
 """The ``cpu`` backend of the token-level ops (``token_kernel.py``): native kernels of
-``entropy_ops._C`` (csrc/cpu/window_entropy_cpu.cpp, masked_quantile_cpu.cpp, top_k_cpu.cpp),
+``entropy_ops._C`` (csrc/cpu/window_entropy_cpu.cpp, masked_quantile_cpu.cpp, top_k_cpu.cpp,
+random_keys_cpu.cpp),
 threads from the module's pool sized by ``torch.get_num_threads()``.
 
 The quantile kernel returns the two order statistics of each rank; the interpolation is done
@@ -71,6 +72,15 @@ def top_k_cpu(scores, eligible, k):
     return out
 
 
+def random_keys_cpu(seed, first, n):
+    C, _ = _native.cpu_module()
+    out = torch.empty(n, dtype=torch.int64)
+    seed, first = seed.reshape(1).contiguous(), first.reshape(1).contiguous()
+    C.random_keys_cpu(seed.data_ptr(), first.data_ptr(), n, out.data_ptr(), torch.get_num_threads())
+    return out
+
+
 register_kernel("cpu", "window_entropy", WindowKernel(window_entropy_fwd_cpu, window_entropy_bwd_cpu))
 register_kernel("cpu", "masked_quantile", masked_quantile_cpu)
 register_kernel("cpu", "top_k", top_k_cpu)
+register_kernel("cpu", "random_keys", random_keys_cpu)

@@ -1,6 +1,6 @@
 """The ``cuda`` backend's token-level kernels (``token_kernel.py`` gives the contracts): window
-entropy, masked quantile and the top-k selection of the policy losses, from ``_C_cuda``
-(csrc/cuda/window_entropy.cu, masked_quantile.cu, top_k.cu).
+entropy, masked quantile, and the top-k selection and random keys of the policy losses, from
+``_C_cuda`` (csrc/cuda/window_entropy.cu, masked_quantile.cu, top_k.cu, random_keys.cu).
 
 Python allocates every buffer with torch on the tokens' device and passes raw pointers, the
 device index and that device's current stream. Ranks, ``k`` and the selected keys stay on the
@@ -115,8 +115,19 @@ def top_k_cuda(scores, eligible, k):
     return (above | first_ties) & (kk > 0)
 
 
+def random_keys_cuda(seed, first, n):
+    """int64 ``[n]`` keys ``[first, first + n)`` of the stream of ``seed`` (both int64 ``[1]`` on the
+    device: the kernel reads them, the host never does); ``n = 0`` launches nothing."""
+    C = _module()
+    out = torch.empty(n, dtype=torch.int64, device=seed.device)
+    if n > 0:
+        C.random_keys_cuda(seed.data_ptr(), first.data_ptr(), n, out.data_ptr(), *_launch(seed))
+    return out
+
+
 def register():
     """Adds the kernels to the ``cuda`` backend (called once by ``cuda_backend.py``)."""
     register_kernel("cuda", "window_entropy", WindowKernel(window_entropy_fwd_cuda, window_entropy_bwd_cuda))
     register_kernel("cuda", "masked_quantile", masked_quantile_cuda)
     register_kernel("cuda", "top_k", top_k_cuda)
+    register_kernel("cuda", "random_keys", random_keys_cuda)

@@ -24,6 +24,22 @@ bfloat16, float16, float64 with no NaN among the eligible entries, or int64), ``
 ``[N]``, ``k`` int64 ``[1]`` on the device (never a host integer): a bool ``[N]`` holding the
 ``min(k, #eligible)`` eligible entries of largest score, ties to the lowest index (``-0.0`` and
 ``+0.0`` are equal); all False where ``k <= 0``.
+
+**Random keys** (Clip-Cov's uniform choice): ``seed`` int64 ``[1]`` and ``first`` int64 ``[1]``, both
+on the device (never host integers), ``n`` a host integer: int64 ``[n]`` with
+``key_i = splitmix64(seed, first + i) >> 2`` in ``[0, 2**62)``, where ``splitmix64(s, j)`` is output
+number ``j`` (0-based) of Steele, Lea and Flood's SplitMix64 generator seeded with ``s``, all in
+unsigned 64-bit arithmetic modulo ``2**64``::
+
+    z = s + (j + 1) * 0x9E3779B97F4A7C15
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB
+    splitmix64(s, j) = z ^ (z >> 31)
+
+A counter-based stream: key ``i`` depends on ``(seed, first + i)`` alone, so a rank holding tokens
+``[first, first + n)`` of a batch draws exactly its slice of the keys of the whole batch, with the
+offset ``first`` a device value (``csrc/include/entropy_ops/random_keys.h`` holds the C++/CUDA
+function; ``reference.random_keys_ref`` the arbitrary-precision one).
 """
 from typing import Callable, NamedTuple
 
@@ -37,6 +53,7 @@ class WindowKernel(NamedTuple):
 
 # masked_quantile kernels are one callable: (x, mask, cu or None, q float64 [Q]) -> float64 [Q, S].
 # top_k kernels are one callable: (scores [N], eligible bool [N], k int64 [1]) -> bool [N].
+# random_keys kernels are one callable: (seed int64 [1], first int64 [1], n: int) -> int64 [n].
 
 
 def quantile_rank(q, count):

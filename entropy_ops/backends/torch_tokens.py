@@ -177,6 +177,34 @@ def masked_quantile_torch(x, mask, cu, q):
     return quantile_lerp(v_lo.double(), v_hi.double(), rank, count)
 
 
+# ---- random keys ---------------------------------------------------------------------------------
+
+def _signed(u: int) -> int:
+    """The int64 of the same bits as the uint64 ``u`` (torch has int64 arithmetic, which wraps)."""
+    return u - (1 << 64) if u >= 1 << 63 else u
+
+
+_GAMMA, _MIX1, _MIX2 = _signed(0x9E3779B97F4A7C15), _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
+
+
+def _logical_shift(z, s: int):
+    """Logical ``z >> s`` of int64 bits (torch's ``>>`` on int64 is arithmetic)."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def random_keys_torch(seed, first, n: int):
+    """SplitMix64 in int64 tensor arithmetic, whose wrap-around is the uint64 modular arithmetic.
+    In place, about a dozen elementwise passes: the reference path (and the fallback on GPU); the
+    ``cpu`` kernel is one pass, and Inductor fuses this one into one loop."""
+    z = torch.arange(1, n + 1, device=seed.device).add_(first.reshape(1)).mul_(_GAMMA).add_(seed.reshape(1))
+    for shift, multiplier in ((30, _MIX1), (27, _MIX2)):
+        z ^= _logical_shift(z, shift)
+        z *= multiplier
+    z ^= _logical_shift(z, 31)
+    return z.bitwise_right_shift_(2).bitwise_and_((1 << 62) - 1)  # logical >> 2, in place
+
+
 register_kernel("torch", "window_entropy", WindowKernel(window_entropy_fwd_torch, window_entropy_bwd_torch))
 register_kernel("torch", "masked_quantile", masked_quantile_torch)
 register_kernel("torch", "top_k", top_k)
+register_kernel("torch", "random_keys", random_keys_torch)

@@ -1,6 +1,6 @@
 """The ``triton`` backend's token-level kernels (``token_kernel.py`` gives the contracts): window
-entropy, masked quantile and the top-k selection of the policy losses. The kernel modules are
-imported on first call, as in ``triton_backend.py``."""
+entropy, masked quantile, and the top-k selection and random keys of the policy losses. The kernel
+modules are imported on first call, as in ``triton_backend.py``."""
 from .._backends import register_kernel
 from .token_kernel import WindowKernel
 
@@ -20,3 +20,4 @@ def register():
                     WindowKernel(_lazy("window_entropy_fwd_triton"), _lazy("window_entropy_bwd_triton")))
     register_kernel("triton", "masked_quantile", _lazy("masked_quantile_triton"))
     register_kernel("triton", "top_k", _lazy("top_k_triton"))
+    register_kernel("triton", "random_keys", _lazy("random_keys_triton"))
