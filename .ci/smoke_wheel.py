@@ -177,6 +177,12 @@ def case_clip_cov_policy_loss():
     assert bool(ref[2].any()), "clip_cov_policy_loss: the smoke input selects no token"
     check("clip_cov_policy_loss", tuple(ours), ref)
     check("clip_cov_policy_loss.selected", ours.selected, ref[2], exact=True)
+    # generator=: the keys are the SplitMix64 stream of one seed drawn from it (ops/random_keys.py).
+    seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(3)))
+    drawn = eo.clip_cov_policy_loss(logp, old, adv, mask, generator=torch.Generator().manual_seed(3), **kw)
+    keys = R.random_keys_ref(seed, 0, mask.numel()).view(mask.shape)
+    check("clip_cov_policy_loss(generator).selected", drawn.selected,
+          R.clip_cov_policy_loss_ref(logp, old, adv, mask, keys, **kw)[2], exact=True)
 
 
 def case_kl_cov_policy_loss():

@@ -202,14 +202,21 @@ def _compiled_world(rank, world_size, tensors):
     group = dist.group.WORLD
     t = tensors[rank]
     kl = torch.compile(lambda *a: eo.kl_cov_policy_loss(*a, kl_cov_ratio=0.2, process_group=group), fullgraph=True)
-    clip = torch.compile(lambda *a, **k: eo.clip_cov_policy_loss(*a, clip_cov_ratio=0.3, process_group=group, **k),
+    clip_kw = dict(clip_cov_ratio=0.3, clip_cov_lb=-1.0)  # every unclipped valid token a candidate
+    clip = torch.compile(lambda *a, **k: eo.clip_cov_policy_loss(*a, **clip_kw, process_group=group, **k),
                          fullgraph=True)
     quantile = torch.compile(lambda x, m: eo.masked_quantile(x, m, 0.7, per_sequence=False, process_group=group),
                              fullgraph=True)
     args = (t["logp"], t["old"], t["adv"], t["mask"])
+    # Keys from the global RNG: a seed drawn in the graph, the offset summed on the device. Inductor
+    # draws random numbers its own way unless told to call torch's, which the eager run uses.
+    with torch._inductor.config.patch(fallback_random=True):
+        torch.manual_seed(11)
+        clip_rng = clip(*args).selected
     return dict(kl=kl(*args).selected, kl_eager=_call("kl", dict(kl_cov_ratio=0.2), t, group)["selected"],
                 clip=clip(*args, random_keys=t["keys"]).selected,
-                clip_eager=_call("clip", dict(clip_cov_ratio=0.3), t, group)["selected"],
+                clip_eager=_call("clip", clip_kw, t, group)["selected"],
+                clip_rng=clip_rng, clip_rng_eager=_call("clip", dict(clip_kw, global_seed=11), t, group)["selected"],
                 quantile=quantile(t["logp"], t["mask"]),
                 quantile_eager=eo.masked_quantile(t["logp"], t["mask"], 0.7, per_sequence=False, process_group=group))
 
@@ -218,8 +225,10 @@ def _compiled_world(rank, world_size, tensors):
 def test_data_parallel_paths_compile_fullgraph():
     out = run_world(_compiled_world, 2, _loss_inputs([3, 2], 16, seed=5, ties=True))
     for rank in out:
-        for name in ("kl", "clip", "quantile"):
+        for name in ("kl", "clip", "clip_rng", "quantile"):
             assert torch.equal(rank[name], rank[f"{name}_eager"]), name
+    for name in ("kl", "clip", "clip_rng"):
+        assert any(rank[name].any() for rank in out), name  # a real choice, not an empty one
 
 
 def test_process_group_must_be_a_group():
@@ -246,7 +255,8 @@ def test_world_of_one_on_nccl_is_sync_free():
         x = _token_inputs([(4, 32)], seed=4)[0]
         x = {k: v.cuda() for k, v in x.items()}
         calls = [lambda g: _call("kl", dict(kl_cov_ratio=0.2), t, g),
-                 lambda g: _call("clip", dict(clip_cov_ratio=0.3), t, g),
+                 lambda g: _call("clip", dict(clip_cov_ratio=0.3, clip_cov_lb=-1.0), t, g),
+                 lambda g: _call("clip", dict(clip_cov_ratio=0.3, clip_cov_lb=-1.0, global_seed=8), t, g),  # RNG keys
                  lambda g: _call("cov", {}, t, g),
                  lambda g: _call("quantile", dict(q=torch.tensor([0.2, 0.9], device="cuda")), x, g),
                  lambda g: _call("peak", dict(q=0.8), x, g)]

@@ -158,6 +158,20 @@ def test_clip_cov_generator_reproducible():
     assert torch.equal(a.selected, b.selected) and not torch.equal(a.selected, c.selected)
 
 
+def test_clip_cov_generator_keys_are_the_documented_stream():
+    # generator=g is random_keys = splitmix64(seed, flat index) >> 2, seed = randint(0, 2**62, (1,), g).
+    logp, old, adv, mask, _ = _batch(seed=10, T=300)
+    kw = dict(clip_cov_ratio=0.02, clip_cov_lb=0.0, clip_cov_ub=100.0)
+    seed = int(torch.randint(0, KEY_HIGH, (1,), generator=torch.Generator().manual_seed(5)))
+    keys = R.random_keys_ref(seed, 0, logp.numel()).view(logp.shape)
+    for backend in ("torch", "cpu"):
+        with eo.use_backend(backend):
+            a = eo.clip_cov_policy_loss(logp, old, adv, mask, generator=torch.Generator().manual_seed(5), **kw)
+        b = eo.clip_cov_policy_loss(logp, old, adv, mask, random_keys=keys, **kw)
+        assert a.selected.sum() == max(int(0.02 * int(mask.sum())), 1)
+        assert torch.equal(a.selected, b.selected) and torch.equal(a.loss, b.loss), backend
+
+
 # ---- KL-Cov ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", MODES)

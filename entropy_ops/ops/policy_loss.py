@@ -11,8 +11,10 @@ Everything stays on the device: the selections are the top ``k`` by selection of
 (the ``entropy_ops::top_k_mask`` custom op on the resolved backend's ``top_k`` kernel, contract in
 ``backends/token_kernel.py``; ties by lowest flat index), with a ``k`` that is itself a tensor, so there is no ``.item()``, ``nonzero`` or data-dependent shape, and the losses compile
 with ``fullgraph=True``. Clip-Cov's
-random choice uses int64 keys from ``torch.randint(generator=...)``: the ``k`` candidates with the
-largest keys are chosen, a uniform choice reproducible with the generator.
+random choice uses int64 keys: the ``k`` candidates with the largest keys are chosen, a uniform
+choice. The keys are a counter-based SplitMix64 stream (``ops/random_keys.py``) whose seed is drawn
+with ``torch.randint(generator=...)``, so the choice is reproducible with the generator, and a
+data-parallel rank computes its slice of the keys of the whole batch without a host sync.
 """
 from typing import Optional
 
@@ -21,6 +23,7 @@ from torch import Tensor
 
 from .. import _backends, _validate_losses as V
 from ._types import PolicyLossOutput
+from .random_keys import clip_cov_keys
 from .select import top_k_mask
 from .agg_loss import MODES, aggregate_masked, mask_count, masked_mean
 
@@ -107,22 +110,24 @@ def clip_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mas
         clip_cov_ratio: the fraction ``(0, 1]`` of valid tokens to detach; clip_cov_lb, clip_cov_ub:
             the covariance window of candidates.
         loss_agg_mode: see :func:`agg_loss`. weights: optional ``[B, T]`` rollout importance weights.
-        generator: a ``torch.Generator`` on ``logp``'s device for the random choice.
+        generator: a ``torch.Generator`` on ``logp``'s device for the random choice: one seed
+            ``torch.randint(0, 2**62, (1,), generator=generator)`` is drawn, and the key of the
+            token of flat index ``i`` is ``splitmix64(seed, i) >> 2`` (``backends/token_kernel.py``).
         random_keys: instead of ``generator``, the keys themselves: int64 ``[B, T]`` in
             ``[0, 2**62)``, e.g. ``torch.randint(0, 2**62, logp.shape, generator=g)``; the
             candidates with the largest keys are chosen. ``torch.compile`` cannot trace a
             ``torch.Generator``: under ``fullgraph=True`` draw the keys outside and pass them here
-            (without either, the global RNG is used, which compiles).
+            (without either, the global RNG draws the seed, which compiles).
         process_group: a ``torch.distributed`` data-parallel group: the means, ``n_valid``, ``k``,
             the choice and the scalars are over all its ranks, exactly as one process computes them
             on the batches concatenated in rank order; ``selected`` is this rank's part. ``loss``
             holds the global loss on every rank, and its gradient is ``world_size x`` that of
             this rank's share, so that DDP / FSDP's gradient average is the single-process
-            gradient. Keys: ``random_keys`` are this rank's own; else every rank draws the keys
-            of the whole concatenated batch from ``generator`` (or the global RNG) and takes its
-            slice (the same generator state on every rank reproduces the single-process choice);
-            that draw reads the per-rank sizes on the host, so pass ``random_keys`` to stay
-            sync-free. See ``entropy_ops.parallel.data``.
+            gradient. Keys: ``random_keys`` are this rank's own; else every rank draws the seed
+            from ``generator`` (or the global RNG) and computes the keys of its tokens at their
+            flat index in the concatenated batch, an offset summed on the device: the same
+            generator state on every rank reproduces the single-process choice, with no host
+            sync. See ``entropy_ops.parallel.data``.
 
     Returns:
         :class:`PolicyLossOutput`: ``loss``; ``ppo_kl`` = masked mean of ``old_logp - logp``;
@@ -162,7 +167,7 @@ def clip_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mas
     # Uniform choice of k candidates: the k largest of independent random keys (non-candidates -1).
     keys = random_keys
     if keys is None:
-        keys = torch.randint(0, 2**62, logp.shape, generator=generator, device=logp.device)
+        keys = clip_cov_keys(generator, torch.zeros(1, dtype=torch.int64, device=logp.device), logp)
     backend = _backends.resolve("top_k", logp.device, logp.dtype)
     selected = top_k_mask(keys, candidate, _count_k(clip_cov_ratio, n_valid), backend)
     if weights is None:  # one where for both masks (selected lies inside mask): the same values

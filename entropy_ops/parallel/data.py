@@ -19,9 +19,9 @@ rank's tokens where the output is per token:
 
 Under ``torch.compile`` the collectives are ``torch.distributed._functional_collectives``, so the
 paths trace with ``fullgraph=True`` (eagerly they are c10d's in-place all-reduce on a copy).
-Nothing reads a tensor on the host except the per-rank sizes that Clip-Cov needs to draw its random
-keys from a generator (see :func:`clip_cov_policy_loss`). Every rank must call with the same dtypes
-and arguments (the rounds and the packing depend on them), as with any collective.
+Nothing reads a tensor on the host: Clip-Cov's random keys come from a counter-based stream whose
+offset (the tokens of the ranks before this one) stays on the device. Every rank must call with the
+same dtypes and arguments (the rounds and the packing depend on them), as with any collective.
 """
 from typing import Callable, List, Optional, Tuple
 
@@ -36,9 +36,9 @@ from ..backends.torch_select import order_keys
 from ..ops._tokens import check_offsets, check_quantiles
 from ..ops._types import PolicyLossOutput
 from ..ops.agg_loss import agg_loss
+from ..ops.random_keys import clip_cov_keys
 
 _DIGIT_BITS = 11  # 2048 bins: 16 KB of int64 counts per round, 3 rounds for fp32 keys
-KEY_HIGH = 2**62  # Clip-Cov's random keys are drawn in [0, KEY_HIGH)
 _REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
 
 
@@ -199,13 +199,11 @@ def _loss(losses, mask, mode, stats, group):
 
 
 def _random_keys(logp, stats, generator, group):
-    """Clip-Cov's keys of this rank: every rank draws the keys of the whole concatenated batch,
-    ``torch.randint(0, 2**62, [N_total], generator=generator)``, and keeps its slice. The draw's
-    shape needs the per-rank sizes on the host: a device-to-host copy of P numbers on CUDA."""
-    sizes = stats.sizes.long().tolist()
-    start = sum(sizes[:dist.get_rank(group)])
-    keys = torch.randint(0, KEY_HIGH, (sum(sizes),), generator=generator, device=logp.device)
-    return keys[start:start + logp.numel()].view(logp.shape)
+    """Clip-Cov's keys of this rank: its slice of the keys of the concatenated batch, from the
+    counter-based stream (``ops/random_keys.py``) at the offset of its first token, the sizes of
+    the ranks before it summed on the device (no host read)."""
+    first = stats.sizes[:dist.get_rank(group)].sum().long().view(1)
+    return clip_cov_keys(generator, first, logp)
 
 
 def clip_cov_policy_loss(logp, old_logp, advantages, mask, *, low, high, clip_cov_ratio, lb, ub,
@@ -214,11 +212,10 @@ def clip_cov_policy_loss(logp, old_logp, advantages, mask, *, low, high, clip_co
 
     Random keys: with ``random_keys`` given, each rank passes the keys of its own tokens (a slice of
     keys drawn for the concatenated batch reproduces the single-process choice; independent draws
-    per rank still give a uniform choice). Otherwise every rank draws the keys of the full
-    concatenated batch from ``generator`` (or the global RNG) and takes its slice, so the same
-    generator state on every rank gives exactly the single-process choice, and differently seeded
-    ranks still give a uniform one. That draw reads the per-rank sizes on the host; pass
-    ``random_keys`` to stay sync-free and ``fullgraph``-compilable.
+    per rank still give a uniform choice). Otherwise each rank draws one seed from ``generator``
+    (or the global RNG) and computes its slice of the stream of that seed at its global token
+    offset, so the same generator state on every rank gives exactly the single-process choice, and
+    differently seeded ranks still give a uniform one. Sync-free either way.
 
     Collectives: the packed sums, 6 histogram rounds of the int64 keys, the tie counts, the loss."""
     group = _validate_tokens.process_group(process_group)
