@@ -65,6 +65,18 @@ def positive_int(name: str, v) -> int:
     return v
 
 
+def global_counts(mode: str, dp_size, batch_num_tokens, global_batch_size) -> int:
+    """verl's data-parallel aggregation arguments of a checked ``mode``: ``dp_size`` an int >= 1;
+    with ``dp_size > 1``, ``token-mean`` needs ``batch_num_tokens`` and the ``seq-mean-*`` modes
+    ``global_batch_size``. Returns ``dp_size``."""
+    dp_size = positive_int("dp_size", dp_size)
+    if dp_size > 1 and mode == "token-mean" and batch_num_tokens is None:
+        raise ValueError("batch_num_tokens: token-mean with dp_size > 1 needs the global token count")
+    if dp_size > 1 and mode.startswith("seq-mean") and global_batch_size is None:
+        raise ValueError(f"global_batch_size: {mode} with dp_size > 1 needs the global sequence count")
+    return dp_size
+
+
 def ratio(name: str, v, *, low_open: bool = True, high: float = 1.0) -> float:
     """A Python float in (0, high] (``low_open``) or [0, high]."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):

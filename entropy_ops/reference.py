@@ -203,9 +203,10 @@ def random_keys_ref(seed, first, n):
 
 def clip_cov_policy_loss_ref(logp, old_logp, advantages, mask, random_keys, clip_ratio=0.2,
                              clip_ratio_low=None, clip_ratio_high=None, clip_cov_ratio=2e-4,
-                             clip_cov_lb=1.0, clip_cov_ub=5.0, loss_agg_mode="token-mean", weights=None):
+                             clip_cov_lb=1.0, clip_cov_ub=5.0, loss_agg_mode="token-mean", weights=None, **agg):
     """Clip-Cov with the random choice given as ``random_keys`` (the candidates with the largest
-    keys are chosen); float64, differentiable wrt ``logp``."""
+    keys are chosen); float64, differentiable wrt ``logp``. ``agg``: :func:`agg_loss_ref`'s
+    ``dp_size``, ``batch_num_tokens``, ``global_batch_size``, ``loss_scale_factor``."""
     m = mask.bool()
     x, old, a = logp.double(), old_logp.double(), advantages.double()
     low = clip_ratio if clip_ratio_low is None else clip_ratio_low
@@ -225,12 +226,12 @@ def clip_cov_policy_loss_ref(logp, old_logp, advantages, mask, random_keys, clip
         losses = losses * weights.double()
     ppo_kl = (old - x.detach())[m].mean() if n_valid else x.new_zeros(())
     frac = selected.sum().double() / n_valid if n_valid else x.new_zeros(())
-    return agg_loss_ref(losses, m, loss_agg_mode), ppo_kl, selected, frac
+    return agg_loss_ref(losses, m, loss_agg_mode, **agg), ppo_kl, selected, frac
 
 
 def kl_cov_policy_loss_ref(logp, old_logp, advantages, mask, kl_cov_ratio=2e-4, kl_coef=1.0,
-                           loss_agg_mode="token-mean", weights=None):
-    """KL-Cov in float64, differentiable wrt ``logp``."""
+                           loss_agg_mode="token-mean", weights=None, **agg):
+    """KL-Cov in float64, differentiable wrt ``logp`` (``agg`` as in :func:`clip_cov_policy_loss_ref`)."""
     m = mask.bool()
     x, old, a = logp.double(), old_logp.double(), advantages.double()
     abs_kl = (x - old).abs()
@@ -246,7 +247,7 @@ def kl_cov_policy_loss_ref(logp, old_logp, advantages, mask, kl_cov_ratio=2e-4, 
         losses = losses * weights.double()
     ppo_kl = abs_kl.detach()[m].mean() if n_valid else x.new_zeros(())
     frac = selected.sum().double() / n_valid if n_valid else x.new_zeros(())
-    return agg_loss_ref(losses, m, loss_agg_mode), ppo_kl, selected, frac
+    return agg_loss_ref(losses, m, loss_agg_mode, **agg), ppo_kl, selected, frac
 
 
 # ---- token-level ops ----

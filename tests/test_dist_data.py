@@ -66,6 +66,8 @@ def _cases(rows, T):
         cases += [("kl", dict(kl_cov_ratio=ratio), base), ("kl", dict(kl_cov_ratio=ratio), ties)]
         cases += [("clip", dict(clip_cov_ratio=ratio, clip_ratio=0.05), base),
                   ("clip", dict(clip_cov_ratio=ratio, clip_cov_lb=-1.0, clip_cov_ub=5.0), ties)]
+    cases += [("kl", dict(kl_cov_ratio=0.1, loss_agg_mode="seq-mean-token-sum-norm", loss_scale_factor=7), base),
+              ("clip", dict(clip_cov_ratio=0.1, loss_agg_mode="seq-mean-token-sum-norm", loss_scale_factor=7), base)]
     for mode in MODES:
         cases += [("kl", dict(kl_cov_ratio=0.1, loss_agg_mode=mode, weighted=True), base),
                   ("clip", dict(clip_cov_ratio=0.1, loss_agg_mode=mode, weighted=True), base),

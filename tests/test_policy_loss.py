@@ -211,6 +211,47 @@ def test_kl_cov_empty_mask():
     assert not out.selected.any() and (torch.autograd.grad(out.loss, x)[0] == 0).all()
 
 
+# ---- verl's global batch counts -----------------------------------------------------------------------
+
+GLOBAL_INFO = dict(dp_size=2, batch_num_tokens=400, global_batch_size=12, loss_scale_factor=64)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_losses_take_verls_global_batch_counts(mode):
+    # verl aggregates each rank's loss matrix with the counts of the global batch (global_batch_info).
+    logp, old, adv, mask, keys = _batch(seed=12)
+    w = torch.rand(logp.shape, generator=torch.Generator().manual_seed(2)) + 0.5
+    for name in ("clip", "kl"):
+        x = logp.clone().requires_grad_(True)
+        xr = logp.double().requires_grad_(True)
+        if name == "clip":
+            kw = dict(clip_cov_ratio=0.05, clip_cov_lb=0.1, loss_agg_mode=mode, weights=w)
+            out = eo.clip_cov_policy_loss(x, old, adv, mask, random_keys=keys, **kw, **GLOBAL_INFO)
+            ref = R.clip_cov_policy_loss_ref(xr, old, adv, mask, keys, **kw, **GLOBAL_INFO)
+        else:
+            kw = dict(kl_cov_ratio=0.05, kl_coef=0.7, loss_agg_mode=mode, weights=w)
+            out = eo.kl_cov_policy_loss(x, old, adv, mask, **kw, **GLOBAL_INFO)
+            ref = R.kl_cov_policy_loss_ref(xr, old, adv, mask, **kw, **GLOBAL_INFO)
+        assert torch.equal(out.selected, ref[2]) and out.selected.any()
+        _close(out.loss, ref[0])
+        _close(torch.autograd.grad(out.loss, x)[0], torch.autograd.grad(ref[0], xr)[0])
+        local = (R.clip_cov_policy_loss_ref(xr, old, adv, mask, keys, **kw) if name == "clip"
+                 else R.kl_cov_policy_loss_ref(xr, old, adv, mask, **kw))[0]
+        assert not torch.isclose(ref[0], local)  # the counts change the loss: the case has teeth
+
+
+def test_global_batch_counts_errors():
+    logp, old, adv, mask, _ = _batch(seed=13)
+    with pytest.raises(ValueError, match="^batch_num_tokens:"):
+        eo.kl_cov_policy_loss(logp, old, adv, mask, dp_size=2)
+    with pytest.raises(ValueError, match="^global_batch_size:"):
+        eo.clip_cov_policy_loss(logp, old, adv, mask, dp_size=2, loss_agg_mode="seq-mean-token-mean")
+    with pytest.raises(ValueError, match="^dp_size:"):
+        eo.kl_cov_policy_loss(logp, old, adv, mask, dp_size=0)
+    with pytest.raises(ValueError, match="^dp_size: with process_group"):
+        eo.clip_cov_policy_loss(logp, old, adv, mask, dp_size=2, batch_num_tokens=10, process_group=object())
+
+
 # ---- compile, dtypes, errors -------------------------------------------------------------------------
 
 def test_losses_compile_fullgraph():

@@ -61,11 +61,7 @@ def agg_loss(loss_mat: Tensor, mask: Tensor, mode: str = "token-mean", dp_size: 
     """
     loss_mat, mask = V.matrix_and_mask(loss_mat, mask, "loss_mat")
     V.choice("mode", mode, MODES)
-    dp_size = V.positive_int("dp_size", dp_size)
-    if dp_size > 1 and mode == "token-mean" and batch_num_tokens is None:
-        raise ValueError("batch_num_tokens: token-mean with dp_size > 1 needs the global token count")
-    if dp_size > 1 and mode.startswith("seq-mean") and global_batch_size is None:
-        raise ValueError(f"global_batch_size: {mode} with dp_size > 1 needs the global sequence count")
+    dp_size = V.global_counts(mode, dp_size, batch_num_tokens, global_batch_size)
     mask = V.binary_mask(mask)
     if mode.startswith("seq-mean") and loss_mat.dim() != 2:
         raise ValueError(f"loss_mat: {mode} needs a [B, T] loss matrix, got shape {list(loss_mat.shape)}")

@@ -77,7 +77,9 @@ def token_covariance(logp: Tensor, advantages: Tensor, mask: Tensor, process_gro
     return _covariance(logp, advantages, V.binary_mask(mask))
 
 
-def _losses_args(logp, old_logp, advantages, mask, loss_agg_mode, weights):
+def _losses_args(logp, old_logp, advantages, mask, loss_agg_mode, weights, dp_size, batch_num_tokens,
+                 global_batch_size, loss_scale_factor, process_group):
+    """The checked bool mask, and the keyword arguments of the aggregation (:func:`agg_loss`'s)."""
     logp, mask = V.matrix_and_mask(logp, mask, "logp")
     V.like("old_logp", old_logp, logp, "logp")
     V.like("advantages", advantages, logp, "logp")
@@ -85,7 +87,12 @@ def _losses_args(logp, old_logp, advantages, mask, loss_agg_mode, weights):
     V.choice("loss_agg_mode", loss_agg_mode, MODES)
     if logp.dim() != 2:
         raise ValueError(f"logp: expected a [B, T] tensor, got shape {list(logp.shape)}")
-    return V.binary_mask(mask)
+    dp_size = V.global_counts(loss_agg_mode, dp_size, batch_num_tokens, global_batch_size)
+    if process_group is not None and (dp_size != 1 or batch_num_tokens is not None or global_batch_size is not None):
+        raise ValueError("dp_size: with process_group the loss computes the global counts itself; leave dp_size, "
+                         "batch_num_tokens and global_batch_size unset")
+    return V.binary_mask(mask), dict(dp_size=dp_size, batch_num_tokens=batch_num_tokens,
+                                     global_batch_size=global_batch_size, loss_scale_factor=loss_scale_factor)
 
 
 def clip_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *,
@@ -94,7 +101,8 @@ def clip_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mas
                          clip_cov_lb: float = 1.0, clip_cov_ub: float = 5.0,
                          loss_agg_mode: str = "token-mean", weights: Optional[Tensor] = None,
                          generator: Optional[torch.Generator] = None,
-                         random_keys: Optional[Tensor] = None, process_group=None) -> PolicyLossOutput:
+                         random_keys: Optional[Tensor] = None, process_group=None, dp_size: int = 1,
+                         batch_num_tokens=None, global_batch_size=None, loss_scale_factor=None) -> PolicyLossOutput:
     """Clip-Cov policy loss (verl's ``clip_cov``).
 
     ``l1 = -A r``, ``l2 = -A clamp(r, 1 - low, 1 + high)``; candidates are the valid tokens with
@@ -110,6 +118,9 @@ def clip_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mas
         clip_cov_ratio: the fraction ``(0, 1]`` of valid tokens to detach; clip_cov_lb, clip_cov_ub:
             the covariance window of candidates.
         loss_agg_mode: see :func:`agg_loss`. weights: optional ``[B, T]`` rollout importance weights.
+        dp_size, batch_num_tokens, global_batch_size, loss_scale_factor: passed to :func:`agg_loss`
+            (verl's ``global_batch_info``: the loss of this rank's batch with the global counts).
+            With ``process_group`` the group's counts are used: leave the first three unset.
         generator: a ``torch.Generator`` on ``logp``'s device for the random choice: one seed
             ``torch.randint(0, 2**62, (1,), generator=generator)`` is drawn, and the key of the
             token of flat index ``i`` is ``splitmix64(seed, i) >> 2`` (``backends/token_kernel.py``).
@@ -134,7 +145,8 @@ def clip_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mas
         ``selected`` the detached tokens; ``selected_frac`` = selected / n_valid. An empty mask gives
         0 for the scalars, with a zero gradient.
     """
-    mask = _losses_args(logp, old_logp, advantages, mask, loss_agg_mode, weights)
+    mask, agg = _losses_args(logp, old_logp, advantages, mask, loss_agg_mode, weights, dp_size, batch_num_tokens,
+                             global_batch_size, loss_scale_factor, process_group)
     clip_ratio = V.number("clip_ratio", clip_ratio)
     low = clip_ratio if clip_ratio_low is None else V.number("clip_ratio_low", clip_ratio_low)
     high = clip_ratio if clip_ratio_high is None else V.number("clip_ratio_high", clip_ratio_high)
@@ -154,7 +166,7 @@ def clip_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mas
         return _data_parallel().clip_cov_policy_loss(
             logp, old_logp, advantages, mask, low=low, high=high, clip_cov_ratio=clip_cov_ratio, lb=lb, ub=ub,
             loss_agg_mode=loss_agg_mode, weights=weights, generator=generator, random_keys=random_keys,
-            process_group=process_group)
+            process_group=process_group, loss_scale_factor=loss_scale_factor)
 
     n_valid = mask_count(mask)
     log_ratio = logp - old_logp
@@ -174,14 +186,15 @@ def clip_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mas
         masked = torch.where(mask & ~selected, torch.maximum(l1, l2), 0)
     else:  # 0 * weight at the selected tokens, as verl multiplies (a NaN weight stays NaN)
         masked = torch.where(mask, torch.where(selected, 0, torch.maximum(l1, l2)) * weights, 0)
-    loss = aggregate_masked(masked, mask, loss_agg_mode, count=n_valid)
+    loss = aggregate_masked(masked, mask, loss_agg_mode, **agg, count=n_valid)
     return _outputs(loss, masked_mean(-log_ratio.detach(), mask, n_valid), selected, n_valid, logp.dtype)
 
 
 def kl_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *,
                        kl_cov_ratio: float = 2e-4, kl_coef: float = 1.0,
                        loss_agg_mode: str = "token-mean", weights: Optional[Tensor] = None,
-                       process_group=None) -> PolicyLossOutput:
+                       process_group=None, dp_size: int = 1, batch_num_tokens=None, global_batch_size=None,
+                       loss_scale_factor=None) -> PolicyLossOutput:
     """KL-Cov policy loss (verl's ``kl_cov``).
 
     ``l = -A r``; the ``k = max(floor(kl_cov_ratio * n_valid), 1)`` valid tokens of largest ``cov``
@@ -189,7 +202,8 @@ def kl_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask:
     No clipping. ``loss = agg(l * weights)``.
 
     Args:
-        logp, old_logp, advantages, mask, loss_agg_mode, weights: as in :func:`clip_cov_policy_loss`.
+        logp, old_logp, advantages, mask, loss_agg_mode, weights, dp_size, batch_num_tokens,
+            global_batch_size, loss_scale_factor: as in :func:`clip_cov_policy_loss`.
         kl_cov_ratio: the fraction ``(0, 1]`` of valid tokens penalized. kl_coef: the penalty weight.
         process_group: a data-parallel group, as in :func:`clip_cov_policy_loss` (the top ``k``
             over all ranks, ties to the lowest flat index of the concatenated batch).
@@ -198,13 +212,15 @@ def kl_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask:
         :class:`PolicyLossOutput`: ``loss``; ``ppo_kl`` = masked mean of ``|logp - old_logp|``;
         ``selected`` the penalized tokens; ``selected_frac`` = selected / n_valid.
     """
-    mask = _losses_args(logp, old_logp, advantages, mask, loss_agg_mode, weights)
+    mask, agg = _losses_args(logp, old_logp, advantages, mask, loss_agg_mode, weights, dp_size, batch_num_tokens,
+                             global_batch_size, loss_scale_factor, process_group)
     kl_cov_ratio = V.ratio("kl_cov_ratio", kl_cov_ratio)
     kl_coef = V.number("kl_coef", kl_coef)
     if process_group is not None:
         return _data_parallel().kl_cov_policy_loss(
             logp, old_logp, advantages, mask, kl_cov_ratio=kl_cov_ratio, kl_coef=kl_coef,
-            loss_agg_mode=loss_agg_mode, weights=weights, process_group=process_group)
+            loss_agg_mode=loss_agg_mode, weights=weights, process_group=process_group,
+            loss_scale_factor=loss_scale_factor)
 
     n_valid = mask_count(mask)
     log_ratio = logp - old_logp
@@ -216,5 +232,5 @@ def kl_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask:
     losses = torch.where(selected, l + kl_coef * abs_kl, l)
     if weights is not None:
         losses = losses * weights
-    loss = aggregate_masked(torch.where(mask, losses, 0), mask, loss_agg_mode, count=n_valid)
+    loss = aggregate_masked(torch.where(mask, losses, 0), mask, loss_agg_mode, **agg, count=n_valid)
     return _outputs(loss, masked_mean(abs_kl.detach(), mask, n_valid), selected, n_valid, logp.dtype)

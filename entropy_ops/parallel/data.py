@@ -189,11 +189,12 @@ def token_covariance(logp: Tensor, advantages: Tensor, mask: Tensor, process_gro
     return _Stats(logp, advantages, mask, None, process_group).covariance(logp, advantages, mask)
 
 
-def _loss(losses, mask, mode, stats, group):
+def _loss(losses, mask, mode, stats, group, loss_scale_factor):
     """The single-process loss of the concatenated batch as the value on every rank; backward
     gives ``world_size x`` the gradient of this rank's share of it, so that the gradient average of
     DDP / FSDP over the group is the single-process gradient (verl's ``dp_size`` factor)."""
-    share = agg_loss(losses, mask, mode, batch_num_tokens=stats.n_valid, global_batch_size=stats.n_seqs)
+    share = agg_loss(losses, mask, mode, batch_num_tokens=stats.n_valid, global_batch_size=stats.n_seqs,
+                     loss_scale_factor=loss_scale_factor)
     total = _all_reduce(share.detach(), "sum", group)
     return total + (share - share.detach()) * dist.get_world_size(group)
 
@@ -207,7 +208,8 @@ def _random_keys(logp, stats, generator, group):
 
 
 def clip_cov_policy_loss(logp, old_logp, advantages, mask, *, low, high, clip_cov_ratio, lb, ub,
-                         loss_agg_mode, weights, generator, random_keys, process_group) -> PolicyLossOutput:
+                         loss_agg_mode, weights, generator, random_keys, process_group,
+                         loss_scale_factor=None) -> PolicyLossOutput:
     """Clip-Cov over all ranks (arguments validated by the public function).
 
     Random keys: with ``random_keys`` given, each rank passes the keys of its own tokens (a slice of
@@ -231,12 +233,12 @@ def clip_cov_policy_loss(logp, old_logp, advantages, mask, *, low, high, clip_co
     losses = torch.where(selected, 0, torch.maximum(l1, l2))
     if weights is not None:
         losses = losses * weights
-    return PolicyLossOutput(_loss(losses, mask, loss_agg_mode, stats, group), stats.means[2], selected,
+    return PolicyLossOutput(_loss(losses, mask, loss_agg_mode, stats, group, loss_scale_factor), stats.means[2], selected,
                             stats.frac(n_selected, logp.dtype))
 
 
 def kl_cov_policy_loss(logp, old_logp, advantages, mask, *, kl_cov_ratio, kl_coef, loss_agg_mode, weights,
-                       process_group) -> PolicyLossOutput:
+                       process_group, loss_scale_factor=None) -> PolicyLossOutput:
     """KL-Cov over all ranks (arguments validated by the public function). Collectives: the packed
     sums, the histogram rounds of ``cov`` (2 for 16-bit, 3 for 32-bit, 6 for 64-bit logp), the tie
     counts, the loss."""
@@ -251,7 +253,7 @@ def kl_cov_policy_loss(logp, old_logp, advantages, mask, *, kl_cov_ratio, kl_coe
     losses = torch.where(selected, l + kl_coef * abs_kl, l)
     if weights is not None:
         losses = losses * weights
-    return PolicyLossOutput(_loss(losses, mask, loss_agg_mode, stats, group), stats.means[2], selected,
+    return PolicyLossOutput(_loss(losses, mask, loss_agg_mode, stats, group, loss_scale_factor), stats.means[2], selected,
                             stats.frac(n_selected, logp.dtype))
 
 
