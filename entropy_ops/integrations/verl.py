@@ -69,9 +69,10 @@ def _or(value, default):
     return default if value is None else value
 
 
-def _aggregate(loss_mat, mask, loss_agg_mode, config):
-    # verl 0.9.1 puts dp_size, batch_num_tokens, global_batch_size and loss_scale_factor here.
-    return agg_loss(loss_mat, mask, loss_agg_mode, **(getattr(config, "global_batch_info", None) or {}))
+def _global_batch_info(config) -> dict:
+    # verl 0.9.1 puts dp_size, batch_num_tokens, global_batch_size and loss_scale_factor here: the
+    # aggregation arguments the entropy_ops losses take as they are.
+    return dict(getattr(config, "global_batch_info", None) or {})
 
 
 def compute_policy_loss_clip_cov(
@@ -90,20 +91,13 @@ def compute_policy_loss_clip_cov(
     clip = config.clip_ratio
     low = _or(getattr(config, "clip_ratio_low", None), clip)
     high = _or(getattr(config, "clip_ratio_high", None), clip)
-    mask = response_mask > 0
-    out = eo.clip_cov_policy_loss(log_prob, old_log_prob, advantages, mask, clip_ratio=clip, clip_ratio_low=low,
-                                  clip_ratio_high=high, clip_cov_ratio=_or(pl.clip_cov_ratio, 2e-4),
-                                  clip_cov_lb=_or(pl.clip_cov_lb, 1.0), clip_cov_ub=_or(pl.clip_cov_ub, 5.0))
-    # verl aggregates with its global batch counts, which the entropy_ops loss does not take: the
-    # selection (the part that synchronized in verl) comes from entropy_ops; the [B, T] loss matrix
-    # is rebuilt here and aggregated by entropy_ops' agg_loss with those counts.
-    ratio = torch.exp(log_prob - old_log_prob)
-    losses = torch.maximum(-advantages * ratio, -advantages * torch.clamp(ratio, 1 - low, 1 + high))
-    losses = torch.where(out.selected, 0, losses)
-    if rollout_is_weights is not None:
-        losses = losses * rollout_is_weights
-    loss = _aggregate(losses, mask, loss_agg_mode, config)
-    return loss, {"actor/pg_clipfrac": out.selected_frac.detach().item(), "actor/ppo_kl": out.ppo_kl.detach().item()}
+    out = eo.clip_cov_policy_loss(log_prob, old_log_prob, advantages, response_mask > 0, clip_ratio=clip,
+                                  clip_ratio_low=low, clip_ratio_high=high,
+                                  clip_cov_ratio=_or(pl.clip_cov_ratio, 2e-4), clip_cov_lb=_or(pl.clip_cov_lb, 1.0),
+                                  clip_cov_ub=_or(pl.clip_cov_ub, 5.0), loss_agg_mode=loss_agg_mode,
+                                  weights=rollout_is_weights, **_global_batch_info(config))
+    return out.loss, {"actor/pg_clipfrac": out.selected_frac.detach().item(),
+                      "actor/ppo_kl": out.ppo_kl.detach().item()}
 
 
 def compute_policy_loss_kl_cov(
@@ -119,17 +113,11 @@ def compute_policy_loss_kl_cov(
     Reads ``config.policy_loss.kl_cov_ratio`` (2e-4 where None), ``.ppo_kl_coef`` (1.0 where None)
     and ``config.global_batch_info``."""
     pl = _policy_config(config, "kl_cov")
-    coef = _or(pl.ppo_kl_coef, 1.0)
-    mask = response_mask > 0
-    out = eo.kl_cov_policy_loss(log_prob, old_log_prob, advantages, mask,
-                                kl_cov_ratio=_or(pl.kl_cov_ratio, 2e-4), kl_coef=coef)
-    log_ratio = log_prob - old_log_prob
-    losses = -advantages * torch.exp(log_ratio)
-    losses = torch.where(out.selected, losses + coef * log_ratio.abs(), losses)
-    if rollout_is_weights is not None:
-        losses = losses * rollout_is_weights
-    loss = _aggregate(losses, mask, loss_agg_mode, config)
-    return loss, {"actor/ppo_kl": out.ppo_kl.detach().item()}
+    out = eo.kl_cov_policy_loss(log_prob, old_log_prob, advantages, response_mask > 0,
+                                kl_cov_ratio=_or(pl.kl_cov_ratio, 2e-4), kl_coef=_or(pl.ppo_kl_coef, 1.0),
+                                loss_agg_mode=loss_agg_mode, weights=rollout_is_weights,
+                                **_global_batch_info(config))
+    return out.loss, {"actor/ppo_kl": out.ppo_kl.detach().item()}
 
 
 # ---- installing into verl ----------------------------------------------------------------------
