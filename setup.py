@@ -334,7 +334,7 @@ def cuda_extension():
     print(f"entropy_ops: building _C_cuda with CUDA at {root} for archs {archs}", flush=True)
     ext = Extension(
         "entropy_ops._C_cuda",
-        sources=["csrc/cuda_bindings.cpp"],
+        sources=["csrc/cuda_bindings.cpp", "csrc/cuda_token_bindings.cpp"],
         include_dirs=["csrc/include", "csrc", os.path.join(root, "include"), pybind11.get_include()],
         define_macros=[("ENTROPY_OPS_CUDA_ARCHS", f'"{archs}"')],
         extra_compile_args=[*CXX_FLAGS, "-include", compat_header()],
