@@ -1,0 +1,42 @@
+""".ci/gpu_check, the prepared script of the GPU checks: it parses, refuses an unknown stage, and
+the tests its sanitizer stage names still exist (a renamed test would otherwise leave that stage
+running nothing on the one day a GPU is lent), selecting cases of both GPU backends."""
+import os
+import re
+import shlex
+import subprocess
+
+from conftest import PYTHON, REPO_ROOT, subprocess_env
+
+SCRIPT = os.path.join(REPO_ROOT, ".ci", "gpu_check")
+
+
+def _sanitize_selection():
+    text = open(SCRIPT).read()
+    body = text[text.index("stage_sanitize() {"):]
+    body = body[:body.index("\n}\n")]
+    node_ids = re.findall(r'"(tests/[^"]+::[^"]+)"', body)
+    keyword = re.search(r'-k "([^"]+)"', body).group(1)
+    return node_ids, keyword
+
+
+def test_script_parses_and_refuses_an_unknown_stage(tmp_path):
+    assert subprocess.run(["bash", "-n", SCRIPT]).returncode == 0
+    proc = subprocess.run(["bash", SCRIPT, "nosuch"], capture_output=True, text=True,
+                          env=subprocess_env(GPU_CHECK_OUT=str(tmp_path)))
+    assert proc.returncode == 2 and "unknown stage 'nosuch'" in proc.stderr
+
+
+def test_sanitizer_stage_selects_existing_tests_of_both_backends():
+    node_ids, keyword = _sanitize_selection()
+    assert len(node_ids) >= 5, node_ids
+    proc = subprocess.run([PYTHON, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-m", "gpu",
+                           *node_ids, "-k", keyword], cwd=REPO_ROOT, capture_output=True, text=True,
+                          env=subprocess_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    selected = [line for line in proc.stdout.splitlines() if "::" in line]
+    for node in node_ids:
+        mine = [s for s in selected if s.startswith(node + "[") or s == node]
+        assert mine, f"the sanitizer's -k {shlex.quote(keyword)} selects nothing of {node}"
+        for backend in ("triton", "cuda"):
+            assert any(backend in s for s in mine), f"no {backend} case of {node} under memcheck"
