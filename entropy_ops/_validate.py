@@ -49,7 +49,7 @@ def temperature(t, x: torch.Tensor, leading, source: str = "logits") -> Tuple[Op
     if isinstance(t, bool) or not isinstance(t, (int, float, torch.Tensor)):
         raise TypeError(f"temperature: expected a float > 0 or a tensor, got {type(t).__name__}")
     if not isinstance(t, torch.Tensor):
-        if not (math.isfinite(t) and t > 0):
+        if not 0 < t < math.inf:  # NaN fails it too; comparisons, not math.isfinite, trace under dynamic=True
             raise ValueError(f"temperature: must be a finite float > 0, got {t}")
         return None, float(t)
     if not t.is_floating_point():

@@ -89,7 +89,7 @@ def positive_float(name: str, v, *, allow_none: bool) -> float:
         return 0.0
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"{name}: expected a Python float > 0{' or None' if allow_none else ''}, got {type(v).__name__}")
-    if not (math.isfinite(v) and v > 0):
+    if not 0 < v < math.inf:  # NaN fails it too; comparisons, not math.isfinite, trace under dynamic=True
         raise ValueError(f"{name}: must be a finite float > 0, got {v}")
     return float(v)
 
