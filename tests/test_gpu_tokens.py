@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import entropy_ops as eo
+from token_common import check_strided_layouts
 
 pytestmark = [
     pytest.mark.gpu,
@@ -48,6 +49,15 @@ def _flat(out):
             yield from o
         else:
             yield o
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_strided_masks_and_offsets_are_read_as_values(backend):
+    """The GPU launchers hand the kernels raw pointers: views must arrive contiguous."""
+    if not eo.available_backends()[backend][0]:
+        pytest.skip(f"{backend}: {eo.available_backends()[backend][1]}")
+    with eo.use_backend(backend):
+        check_strided_layouts("cuda")
 
 
 def test_cuda_matches_cpu():

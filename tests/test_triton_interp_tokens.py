@@ -17,7 +17,7 @@ from entropy_ops import _backends
 from entropy_ops import reference as R
 from entropy_ops.backends.torch_select import top_k as top_k_torch
 from entropy_ops.ops._tokens import row_offsets
-from token_common import TOKEN_DTYPES, acc_dtype, make_batch, make_packed
+from token_common import TOKEN_DTYPES, acc_dtype, check_strided_layouts, make_batch, make_packed
 
 pytestmark = [
     pytest.mark.triton_interp,
@@ -91,6 +91,11 @@ def test_window_public_api_and_autograd():
     ref.backward(torch.ones_like(ref))
     _close(out.detach(), ref.detach(), torch.float32)
     _close(x.grad, ref_in.grad, torch.float32)
+
+
+def test_strided_masks_and_offsets_are_read_as_values():
+    with eo.use_backend("triton"):
+        check_strided_layouts()
 
 
 def test_window_batch_invariance():

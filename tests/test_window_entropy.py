@@ -8,7 +8,8 @@ import torch
 
 import entropy_ops as eo
 from entropy_ops import reference as R
-from token_common import TOKEN_BACKENDS, TOKEN_DTYPES, acc_dtype, make_batch, make_packed, prefix_mask, rows_as_packed
+from token_common import (TOKEN_BACKENDS, TOKEN_DTYPES, acc_dtype, check_strided_layouts, make_batch, make_packed,
+                          prefix_mask, rows_as_packed)
 
 WINDOWS = [(4, 1), (1, 0), (3, 0), (7, 2), (50, 1), (2, 40), (2**62, 0)]
 
@@ -115,6 +116,13 @@ def test_non_contiguous_inputs():
     (g1,) = torch.autograd.grad(eo.window_entropy(xg, mt), xg, g_t)
     (g2,) = torch.autograd.grad(eo.window_entropy(xg, mt), xg, g_t.contiguous())
     assert torch.equal(g1, g2)
+
+
+@pytest.mark.parametrize("backend", TOKEN_BACKENDS)
+def test_strided_masks_and_offsets_on_every_backend(backend):
+    """Strided and expanded masks, strided offsets, with window_entropy and masked_quantile."""
+    with eo.use_backend(backend):
+        check_strided_layouts()
 
 
 def test_masked_nan_never_leaks():

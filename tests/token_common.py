@@ -47,3 +47,31 @@ def rows_as_packed(x_rows, mask_rows, lengths):
 def prefix_mask(row_len, lengths):
     """bool ``[B, T]``: True on the first ``lengths[b]`` tokens of row ``b``."""
     return torch.arange(row_len)[None, :] < torch.tensor(lengths)[:, None]
+
+
+def check_strided_layouts(device="cpu"):
+    """Packed tokens whose ``x``, ``mask`` and int64 ``cu_seqlens`` are strided views (stride 2), and
+    an expanded (stride-0) mask, give the same bits as their contiguous copies, through the public
+    ops on the current backend: ``window_entropy`` forward and backward, ``masked_quantile`` per
+    sequence and over all tokens. Kernels read the flat tensors with unit stride, so a view that
+    reached one unconverted would be misread (an expanded mask of 1 byte, read out of bounds)."""
+    import entropy_ops as eo
+
+    gen = torch.Generator().manual_seed(17)
+    x = (torch.rand(2 * 70, generator=gen, dtype=torch.float64) * 6).float().to(device)[::2]
+    mask = (torch.rand(2 * 70, generator=gen) < 0.7).to(device)[::2]
+    cu = torch.tensor([0, 99, 25, 99, 25, 99, 61, 99, 70, 99], device=device)[::2]  # [0, 25, 25, 61, 70]
+    expanded = torch.ones(1, dtype=torch.bool, device=device).expand(70)
+    for m in (mask, expanded):
+        pairs = ((x, m, cu), (x.contiguous(), m.contiguous(), cu.contiguous()))
+        outs, grads = [], []
+        for xs, ms, cs in pairs:
+            xg = xs.detach().requires_grad_(True)  # a leaf that keeps the view's strides
+            out = eo.window_entropy(xg, ms, 3, 1, cs)
+            (grad,) = torch.autograd.grad(out, xg, torch.linspace(0.5, 1.5, 70, device=device))
+            outs.append((out.detach(), eo.masked_quantile(xs, ms, 0.8, cu_seqlens=cs),
+                         eo.masked_quantile(xs, ms, 0.3, per_sequence=False)))
+            grads.append(grad)
+        for strided, contiguous in zip(outs[0], outs[1]):
+            assert torch.equal(strided.nan_to_num(-7.0), contiguous.nan_to_num(-7.0)), (strided, contiguous)
+        assert torch.equal(grads[0], grads[1])

@@ -16,14 +16,19 @@ def row_offsets(n_rows: int, row_len: int, device) -> torch.Tensor:
 
 def flat_tokens(x: torch.Tensor, mask: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor]
                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
-    """``(x [N], mask [N] or None, cu int64 [S + 1])`` of ``[B, T]`` rows (``cu_seqlens`` None)
-    or of packed ``[N]`` tokens, checking user-given offsets."""
+    """``(x [N], mask [N] or None, cu int64 [S + 1])``, all contiguous (the kernels read them with
+    unit stride: a strided or expanded mask or offsets tensor would be misread), of ``[B, T]`` rows
+    (``cu_seqlens`` None) or of packed ``[N]`` tokens, checking user-given offsets."""
     if cu_seqlens is None:
         cu = row_offsets(x.shape[0], x.shape[1], x.device)
     else:
-        cu = cu_seqlens.long()
+        cu = cu_seqlens.long().contiguous()
         check_offsets(cu, x.shape[0])
-    return x.reshape(-1), None if mask is None else mask.reshape(-1), cu
+    return x.reshape(-1).contiguous(), flat_mask(mask), cu
+
+
+def flat_mask(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if mask is None else mask.reshape(-1).contiguous()
 
 
 def segment_ids(cu: torch.Tensor, n_tokens: int) -> torch.Tensor:

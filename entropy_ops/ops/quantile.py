@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .. import _backends, _validate, _validate_tokens
 from ..backends.kernel import acc_dtype
-from ._tokens import check_offsets, check_quantiles, flat_tokens, segment_ids
+from ._tokens import check_offsets, check_quantiles, flat_mask, flat_tokens, segment_ids
 
 
 @torch.library.custom_op("entropy_ops::masked_quantile", mutates_args=())
@@ -31,9 +31,9 @@ def _masked_quantile_op(values: Tensor, mask: Optional[Tensor], q: Optional[Tens
     else:
         if cu_seqlens is not None:
             check_offsets(cu_seqlens.long(), values.shape[0])
-        x, m, cu = values.reshape(-1), None if mask is None else mask.reshape(-1), None
+        x, m, cu = values.reshape(-1).contiguous(), flat_mask(mask), None
     qs = torch.full((1,), q_scalar, dtype=torch.float64, device=values.device) if q is None else q.reshape(-1)
-    out = _backends.get_kernel(backend, "masked_quantile")(x.contiguous(), m, cu, qs.to(torch.float64))
+    out = _backends.get_kernel(backend, "masked_quantile")(x, m, cu, qs.to(torch.float64))
     out = out if per_sequence else out.view(-1)
     return out if q is not None and q.dim() == 1 else out[0].clone()
 

@@ -23,7 +23,7 @@ from ._tokens import flat_tokens
 def _window_entropy_op(entropy: Tensor, mask: Optional[Tensor], cu_seqlens: Optional[Tensor],
                        window: int, offset: int, backend: str) -> Tensor:
     x, m, cu = flat_tokens(entropy, mask, cu_seqlens)
-    out = _backends.get_kernel(backend, "window_entropy").fwd(x.contiguous(), m, cu, window, offset)
+    out = _backends.get_kernel(backend, "window_entropy").fwd(x, m, cu, window, offset)
     return out.view(entropy.shape)
 
 
@@ -36,7 +36,7 @@ def _(entropy, mask, cu_seqlens, window, offset, backend):
 def _window_entropy_bwd_op(grad: Tensor, mask: Optional[Tensor], cu_seqlens: Optional[Tensor],
                            window: int, offset: int, backend: str) -> Tensor:
     g, m, cu = flat_tokens(grad, mask, cu_seqlens)
-    out = _backends.get_kernel(backend, "window_entropy").bwd(g.contiguous(), m, cu, window, offset)
+    out = _backends.get_kernel(backend, "window_entropy").bwd(g, m, cu, window, offset)
     return out.view(grad.shape)
 
 
