@@ -172,8 +172,12 @@ def eager_logprobs_and_entropy(logits, labels, temperature=1.0, ignore_index=-10
 def assert_within_eager_bound(ours, ref, eager, kinds=None, what="value", abs_tol=ABS_TOL):
     """``|ours - ref| <= 2 |eager - ref| + abs_tol`` with errors taken as the max over each group of
     rows of one kind (``kinds``: one entry per row of the flattened leading shape). Where the
-    reference is NaN or infinite, ``ours`` must be the same NaN / infinity."""
+    reference is NaN or infinite, ``ours`` must be the same NaN / infinity; a reference beyond the
+    range of ``ours``' dtype (the logp of a label masked with ``finfo.min``, at T < 1) counts as the
+    infinity it rounds to."""
     ref = ref.double()
+    if ours.dtype != torch.float64:
+        ref = torch.where(ref.abs() > torch.finfo(ours.dtype).max, ref.to(ours.dtype).double(), ref)
     ours_d = ours.double()
     assert ours.shape == ref.shape, f"{what}: shape {tuple(ours.shape)} != reference {tuple(ref.shape)}"
     nan_ref = torch.isnan(ref)
@@ -241,3 +245,55 @@ def assert_neginf_grad_is_zero(grad, x, labels=None):
         neginf &= ~hit
     assert not grad.isnan().any(), "NaN in the gradient"
     assert (grad[neginf] == 0).all(), "-inf logits must get an exact 0 gradient"
+
+
+# ---- rows masked with finfo(dtype).min (masked_fill(~allowed, torch.finfo(dtype).min)) ---------
+
+FINFO_MASK_PATTERNS = ("first_16", "first_60_percent", "random_90_percent", "all_but_two")
+
+
+def finfo_masked_rows(vocab, dtype, seed=0):
+    """``(logits [P, vocab], labels [P])``: one row per pattern of FINFO_MASK_PATTERNS, the masked
+    entries ``torch.finfo(dtype).min``, the label an unmasked token. Masked entries first make
+    states of masked entries alone (a GPU lane's first groups, a whole CPU block, a Triton block)
+    that are later rescaled to a real max: where the rescale factor underflows, ``sum_exp * delta``
+    overflows (delta ~ -3.4e38), and a `-inf * 0` used to make the entropy NaN."""
+    gen = torch.Generator().manual_seed(seed)
+    rows, labels = [], []
+    for pattern in FINFO_MASK_PATTERNS:
+        x = torch.randn(vocab, generator=gen) * 2
+        j = torch.arange(vocab)
+        drop = {"first_16": j < 16, "first_60_percent": j < int(0.6 * vocab),
+                "random_90_percent": torch.rand(vocab, generator=gen) < 0.9,
+                "all_but_two": j < vocab - 2}[pattern]
+        drop[-1] = False  # at least one allowed token, the label
+        rows.append(x.to(dtype).masked_fill(drop, torch.finfo(dtype).min))
+        labels.append(vocab - 1)
+    return torch.stack(rows), torch.tensor(labels)
+
+
+def check_finfo_masked_rows(device="cpu", vocabs=(16, 1000, 4099, 32000), dtypes=None, temperatures=(1.0, 0.7)):
+    """``entropy`` and ``logprobs_and_entropy`` on the current backend, forward and the gradient of
+    ``w_H H + w_logp logp``, against the float64 reference within SPEC §2's eager bound, on rows
+    masked with ``finfo.min``: finite values, no NaN."""
+    from entropy_ops.reference import logprobs_and_entropy_ref
+
+    for dtype in dtypes or (torch.float32, torch.bfloat16, torch.float16):
+        for vocab in vocabs:
+            x, y = finfo_masked_rows(vocab, dtype, seed=vocab)
+            kinds = list(FINFO_MASK_PATTERNS)
+            weights = (torch.linspace(0.5, 1.5, len(kinds)), torch.linspace(-1.0, 1.0, len(kinds)))
+            for t in temperatures:
+                what = f"{dtype} V={vocab} T={t}"
+                ref_logp, ref_h = logprobs_and_entropy_ref(x, y, t)
+                eager_logp, eager_h = eager_logprobs_and_entropy(x, y, t)
+                logp, h = eo.logprobs_and_entropy(x.to(device), y.to(device), t)
+                assert_within_eager_bound(h.cpu(), ref_h, eager_h, kinds, what=f"entropy {what}")
+                assert_within_eager_bound(logp.cpu(), ref_logp, eager_logp, kinds, what=f"logp {what}")
+                assert_within_eager_bound(eo.entropy(x.to(device), t).cpu(), ref_h, eager_h, kinds,
+                                          what=f"entropy() {what}")
+                ref_g = reference_grad(logprobs_and_entropy_ref, x, y, t, weights=weights[::-1])
+                eager_g = eager_grad(eager_logprobs_and_entropy, x, y, t, weights=weights[::-1])
+                w_dev = tuple(w.to(device) for w in weights[::-1])
+                grad = ours_grad(eo.logprobs_and_entropy, x.to(device), y.to(device), t, weights=w_dev).cpu()
+                assert_within_eager_bound(grad, ref_g, eager_g, kinds, what=f"grad {what}")

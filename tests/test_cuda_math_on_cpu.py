@@ -30,3 +30,14 @@ def test_exp2_accumulator_matches_reference(native, vocab, temperature):
     used = torch.isfinite(ref_h) & (ref_lse.abs() < 64)
     eager_lse = torch.logsumexp(x / temperature, -1)
     assert_within_eager_bound(ours[used, 0], ref_lse[used], eager_lse[used], what="lse")
+
+
+def test_exp2_accumulator_of_finfo_masked_rows(native):
+    """The GPU thread fold of a row masked with finfo.min (a first group of masked entries alone,
+    rescaled to a real max when the allowed tokens come): finite, equal to the reference."""
+    from conftest import finfo_masked_rows
+    for vocab in (16, 1000):
+        x, _ = finfo_masked_rows(vocab, torch.float32, seed=vocab)
+        ours = torch.stack([_accumulate(native, row, 0.7) for row in x])
+        ref_h = R.entropy_ref(x, 0.7)
+        assert_within_eager_bound(ours[:, 1], ref_h, eager_entropy(x, 0.7), what="entropy")

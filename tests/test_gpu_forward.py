@@ -8,6 +8,7 @@ import torch
 from conftest import (
     FINITE_KINDS,
     NAN_KINDS,
+    check_finfo_masked_rows,
     eager_entropy,
     eager_grad,
     eager_logprobs_and_entropy,
@@ -100,6 +101,12 @@ def test_forward_temperature_labels_mask(gpu_backend, dtype, vocab, temperature,
     for name, out in (("entropy", h), ("logp", logp), ("entropy (logprobs_and_entropy)", h2)):
         assert (out[~mask] == 0).all(), f"{name}: masked rows must be exactly 0"
     assert (logp[(y == -1) & mask] == 0).all(), "ignored labels must give logp = 0"
+
+
+def test_finfo_masked_rows(gpu_backend):
+    """Rows masked with finfo(dtype).min (masked first tokens: a lane's first groups alone, then
+    rescaled to the real max): finite entropy, log-probs and gradients within the eager bound."""
+    check_finfo_masked_rows("cuda", vocabs=(16, 1000, 4099, 32000, 151936))
 
 
 @pytest.mark.parametrize("vocab", [111, 32000, 151936])

@@ -66,7 +66,7 @@ def merge_split_states(part, inv_t):
     d = m - base[:, None]
     f = torch.exp(d * inv_t[:, None])
     s_row = (s * f).sum(1)
-    sz_row = torch.where(s > 0, (sz + d * s) * f, 0).sum(1)
+    sz_row = torch.where((s > 0) & (f > 0), (sz + d * s) * f, 0).sum(1)
     log_s = torch.where(s_row > 0, torch.log(s_row), float("nan"))
     return top, log_s, log_s - sz_row * inv_t / s_row, top * inv_t + log_s
 

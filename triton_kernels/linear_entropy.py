@@ -99,7 +99,7 @@ def linear_entropy_fwd_kernel(
         base = tl.where(m_new == float("-inf"), 0.0, m_new)
         d = m - base
         scale = tl.exp2(d * k)
-        sz = tl.where(s > 0, (sz + d * s) * scale, 0.0)
+        sz = tl.where((s > 0) & (scale > 0), (sz + d * s) * scale, 0.0)  # as online_softmax: no -inf * 0
         s = s * scale
         shifted = z - base[:, None]
         e = tl.exp2(shifted * k[:, None])

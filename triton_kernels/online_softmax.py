@@ -4,7 +4,9 @@
 States hold raw-logit units: ``m`` is the max of the raw logits ``x``; ``s = sum 2^((x - m) k)`` and
 ``sz = sum 2^((x - m) k) (x - m)`` with ``k = log2(e) / T``, so a single ``exp2`` per element and
 the shift by ``m`` (rows shifted by 1e4 keep full precision). Terms with ``2^(...) = 0`` contribute
-exactly 0 (a select, never ``0 * -inf``).
+exactly 0 (a select, never ``0 * -inf``); so does a whole state whose rescale factor underflows to
+0, whose ``sz + d s`` can overflow to -inf (a block masked with ``finfo.min``: ``d ~ -3.4e38``).
+A NaN state (``s`` NaN) stays NaN through ``s``.
 """
 import triton
 import triton.language as tl
@@ -25,7 +27,7 @@ def block_update(m, s, sz, x, k):
     base = safe_max(m_new)
     scale = tl.exp2((m - base) * k)
     d = m - base
-    sz = tl.where(s > 0, (sz + d * s) * scale, 0.0)
+    sz = tl.where((s > 0) & (scale > 0), (sz + d * s) * scale, 0.0)
     s = s * scale
     shifted = x - base
     e = tl.exp2(shifted * k)
@@ -43,7 +45,8 @@ def merge(m_a, s_a, sz_a, m_b, s_b, sz_b, k):
     d_b = m_b - base
     f_a = tl.exp2(d_a * k)
     f_b = tl.exp2(d_b * k)
-    sz = tl.where(s_a > 0, (sz_a + d_a * s_a) * f_a, 0.0) + tl.where(s_b > 0, (sz_b + d_b * s_b) * f_b, 0.0)
+    sz = (tl.where((s_a > 0) & (f_a > 0), (sz_a + d_a * s_a) * f_a, 0.0)
+          + tl.where((s_b > 0) & (f_b > 0), (sz_b + d_b * s_b) * f_b, 0.0))
     return m, s_a * f_a + s_b * f_b, sz
 
 
@@ -55,7 +58,7 @@ def reduce_lanes(m, s, sz, k):
     d = m - base
     f = tl.exp2(d * k)
     s_row = tl.sum(s * f, axis=0)
-    sz_row = tl.sum(tl.where(s > 0, (sz + d * s) * f, 0.0), axis=0)
+    sz_row = tl.sum(tl.where((s > 0) & (f > 0), (sz + d * s) * f, 0.0), axis=0)
     return m_row, s_row, sz_row
 
 

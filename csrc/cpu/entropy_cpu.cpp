@@ -49,8 +49,10 @@ void fwd_rows(const RowsArgs& r, FwdRowFn<Acc> fwd, Acc* lse_out, Acc* ent_out, 
 template <typename Acc>
 void set_log_prob_shift(const RowsArgs& r, FwdRowFn<Acc> fwd, const void* row, Acc lse,
                         BwdRowArgs<Acc>& a) {
-  const Acc mag = lse < 0 ? -lse : lse;  // NaN fails the test below, inf passes neither check
-  if (sizeof(Acc) != sizeof(float) || !(mag >= kExactLseBound) || mag == INFINITY) return;
+  // NaN fails the test; an infinite lse (max / T overflowing, e.g. a row of finfo.min at T < 1)
+  // is the case that most needs the exact shift.
+  const Acc mag = lse < 0 ? -lse : lse;
+  if (sizeof(Acc) != sizeof(float) || !(mag >= kExactLseBound)) return;
   const OnlineSoftmax<Acc> st = fwd(row, r.vocab, a.inv_t);
   if (st.max == -INFINITY || eo_isnan(st.max)) return;
   a.x_shift = st.max;

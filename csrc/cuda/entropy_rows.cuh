@@ -94,10 +94,9 @@ __device__ inline void* row_ptr(void* base, int64_t i, int64_t stride) {
   return static_cast<typename Elem<Code>::Storage*>(base) + i * stride;
 }
 
-__device__ inline bool needs_exact_lse(float lse) {
-  const float mag = fabsf(lse);
-  return mag >= kExactLseBound && mag != INFINITY;  // NaN fails the first test
-}
+// NaN fails the test; an infinite lse (max / T overflowing, e.g. a row of finfo.min at T < 1) is
+// the case that most needs the exact shift.
+__device__ inline bool needs_exact_lse(float lse) { return fabsf(lse) >= kExactLseBound; }
 
 // The state of slice[0, len) as seen by thread t of n: groups t, t + n, t + 2n, ... folded in
 // that order; the last group may be partial (padded with -inf, which adds nothing).

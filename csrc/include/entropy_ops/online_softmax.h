@@ -49,10 +49,14 @@ struct OnlineSoftmax {
   // The same state expressed relative to new_max >= max:
   //   e^(s(x-new)) = e^(s(x-max)) f,  s(x-new) = s(x-max) + delta,  delta = s(max-new), f = e^delta
   // An empty state stays exactly empty (no -inf - -inf), an equal max leaves the bits untouched.
+  // Where f underflows to 0 the state's terms are exactly 0: `sum_exp * delta` is not formed
+  // there, since it overflows to -inf for a slice masked with a huge negative logit (finfo.min:
+  // delta ~ -3.4e38) and -inf * 0 would be NaN. A NaN state stays NaN (NaN * 0).
   EO_HOST_DEVICE OnlineSoftmax rescaled(T new_max, T s = T(1)) const {
     if (max == new_max || max == -static_cast<T>(INFINITY)) return {new_max, sum_exp, sum_exp_z};
     const T delta = (max - new_max) * s;
     const T f = eo_exp(delta);
+    if (f == T(0)) return {new_max, sum_exp * f, sum_exp_z * f};
     return {new_max, sum_exp * f, (sum_exp_z + sum_exp * delta) * f};
   }
 };
@@ -104,7 +108,8 @@ struct Exp2Accumulator {
       if (max != -static_cast<T>(INFINITY)) {
         const T delta = max - group_max;
         const T f = eo_exp2(delta * k);
-        sum_exp_d = (sum_exp_d + sum_exp * delta) * f;
+        // f = 0: exactly 0, without the product that overflows for finfo.min (see `rescaled`).
+        sum_exp_d = f == T(0) ? sum_exp_d * f : (sum_exp_d + sum_exp * delta) * f;
         sum_exp *= f;
       }
       max = group_max;
