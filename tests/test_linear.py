@@ -196,6 +196,26 @@ def test_non_contiguous_inputs(backend):
     torch.testing.assert_close((logp, ent), eo.linear_logprobs_and_entropy(h, w, y, b), rtol=1e-6, atol=1e-7)
 
 
+def check_strided_bias():
+    """A strided bias and an expanded (stride-0) one give what their contiguous copies give, values
+    and gradients (the kernels read the bias with unit stride)."""
+    h, w, _, y = make_inputs(n=10, d=8, vocab=90)
+    b_big = torch.randn(90, 2, dtype=h.dtype)
+    for bias in (b_big[:, 0], torch.full((1,), 0.3, dtype=h.dtype).expand(90)):
+        got, want = [], []
+        for b, out in ((bias, got), (bias.contiguous(), want)):
+            b = b.detach().requires_grad_(True)
+            logp, ent = eo.linear_logprobs_and_entropy(h, w, y, b)
+            (g_b,) = torch.autograd.grad((logp * 0.7 + ent).sum(), b)
+            out += [logp, ent, g_b]
+        for a, c in zip(got, want):
+            torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-6)
+
+
+def test_strided_bias(backend):
+    check_strided_bias()
+
+
 def test_masked_rows_are_zero_even_with_nan_hidden(backend):
     h, w, b, y = make_inputs(n=20)
     mask = torch.ones(20, dtype=torch.bool)

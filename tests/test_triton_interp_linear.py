@@ -9,7 +9,7 @@ import torch
 import entropy_ops as eo
 
 from conftest import assert_within_eager_bound
-from test_linear import _eager, _ours, _ref, grads, make_inputs, temperature_of
+from test_linear import _eager, _ours, _ref, check_strided_bias, grads, make_inputs, temperature_of
 
 pytestmark = [
     pytest.mark.triton_interp,
@@ -103,3 +103,7 @@ def test_empty_batch():
     (logp.sum() + ent.sum()).backward()
     assert logp.shape == ent.shape == (0,) and h.grad.shape == (0, 16)
     assert (w.grad == 0).all() and (b.grad == 0).all()
+
+
+def test_strided_bias():
+    check_strided_bias()

@@ -41,7 +41,10 @@ def _logits_tile(h_ptr, stride_h, w_ptr, stride_w, b_ptr, rows, live_rows, cols,
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < D
         a = tl.load(h_ptr + rows[:, None] * stride_h + ks[None, :], mask=live_rows[:, None] & k_ok[None, :], other=0.0)
-        b = tl.load(w_ptr + cols[None, :] * stride_w + ks[:, None], mask=col_ok[None, :] & k_ok[:, None], other=0.0)
+        # 64-bit: a vocab row's offset passes 2^31 on large heads ([151936, 16384]); cols and a
+        # stride below 2^31 arrive as int32.
+        b = tl.load(w_ptr + cols[None, :].to(tl.int64) * stride_w + ks[:, None], mask=col_ok[None, :] & k_ok[:, None],
+                    other=0.0)
         if UPCAST:  # the interpreter's bf16 tl.dot is wrong (Triton 3.9): bf16 -> fp32 is exact
             a = a.to(tl.float32)
             b = b.to(tl.float32)

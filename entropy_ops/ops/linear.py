@@ -169,6 +169,8 @@ def linear_logprobs_and_entropy(hidden: Tensor, weight: Tensor, labels: Tensor, 
     k_labels = labels.dim() > len(leading)
     hidden2d = hidden.reshape(-1, hidden.shape[-1])
     labels2d = labels.reshape(hidden2d.shape[0], labels.shape[-1] if k_labels else 1)
+    if bias is not None:
+        bias = bias.contiguous()  # the kernels read it with unit stride (a strided or expanded view)
     if process_group is not None or vocab_start is not None:
         group, vocab_start = _validate_vocab.vocab_parallel(process_group, vocab_start)
         n_rows = hidden2d.shape[0]
