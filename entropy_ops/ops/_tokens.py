@@ -22,9 +22,17 @@ def flat_tokens(x: torch.Tensor, mask: Optional[torch.Tensor], cu_seqlens: Optio
     if cu_seqlens is None:
         cu = row_offsets(x.shape[0], x.shape[1], x.device)
     else:
-        cu = cu_seqlens.long().contiguous()
+        cu = cu_seqlens.long()
         check_offsets(cu, x.shape[0])
+        cu = in_range_offsets(cu, x.shape[0])
     return x.reshape(-1).contiguous(), flat_mask(mask), cu
+
+
+def in_range_offsets(cu: torch.Tensor, n_tokens: int) -> torch.Tensor:
+    """Offsets that are non-decreasing and within ``[0, n_tokens]`` (the same tensor's values when
+    it is valid): offsets left unchecked (CUDA without ``ENTROPY_OPS_CHECK``) then give wrong
+    numbers, never a read outside the tokens. Elementwise on ``S + 1`` values, no host sync."""
+    return torch.cummax(cu.clamp(0, n_tokens), 0).values
 
 
 def flat_mask(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
