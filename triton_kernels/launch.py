@@ -9,6 +9,7 @@ import contextlib
 import torch
 import triton
 
+from . import FP_FUSION
 from .entropy import entropy_bwd_kernel, entropy_combine_kernel, entropy_fwd_kernel, entropy_shift_kernel
 
 _SPLIT = 8192
@@ -46,10 +47,11 @@ def entropy_fwd_triton(x, labels, temperature, temperature_scalar, ignore_index,
         entropy_fwd_kernel[(n_rows, n_splits)](
             x, x.stride(0), vocab, split_size, *row_args, lse, entropy, logp, part, n_splits,
             SPLIT=n_splits > 1, BLOCK=block, num_warps=_num_warps(block), **flags,
+            enable_fp_fusion=FP_FUSION,
         )
         if n_splits > 1:
             entropy_combine_kernel[(n_rows,)](part, n_splits, vocab, *row_args, lse, entropy, logp,
-                                              num_warps=1, **flags)
+                                              num_warps=1, **flags, enable_fp_fusion=FP_FUSION)
     return lse, entropy, logp
 
 
@@ -68,6 +70,7 @@ def entropy_bwd_triton(x, labels, temperature, temperature_scalar, ignore_index,
                 x, x.stride(0), vocab, temperature, float(temperature_scalar), mask, lse, shift, c,
                 HAS_TEMP=temperature is not None, HAS_MASK=mask is not None, BLOCK=block,
                 num_warps=_num_warps(block),
+                enable_fp_fusion=FP_FUSION,
             )
         entropy_bwd_kernel[(n_rows, n_splits)](
             x, x.stride(0), vocab, split_size,
@@ -76,4 +79,5 @@ def entropy_bwd_triton(x, labels, temperature, temperature_scalar, ignore_index,
             HAS_TEMP=temperature is not None, HAS_LABELS=labels is not None, HAS_MASK=mask is not None,
             HAS_GRAD_ENTROPY=grad_entropy is not None, HAS_GRAD_LOGP=grad_logp is not None,
             SHIFT_GIVEN=n_splits > 1, BLOCK=block, num_warps=_num_warps(block),
+            enable_fp_fusion=FP_FUSION,
         )

@@ -20,6 +20,7 @@ import triton
 
 from ..backends.kernel import acc_dtype
 from ..backends.torch_linear import _mm_acc, add_mm, chunk_rows
+from . import FP_FUSION
 from .linear_entropy import linear_entropy_bwd_kernel, linear_entropy_fwd_kernel
 
 _SPLIT = 16384  # vocabulary entries per forward program (a multiple of BLOCK_N)
@@ -95,6 +96,7 @@ def linear_fwd_triton(a):
             h, h.stride(0), w, w.stride(0), a.bias, n_rows, vocab, dim, split_size,
             a.temperature, float(a.temperature_scalar), a.labels, n_labels, a.mask,
             float(a.logit_scale), float(a.softcap or 1.0), part, n_splits, z_y, **flags, **launch,
+            enable_fp_fusion=FP_FUSION,
         )
     inv_t = _inv_t(a, n_rows, dev)
     top, log_s, h_row, _ = merge_split_states(part, inv_t)
@@ -160,6 +162,7 @@ def linear_bwd_triton(a, state, entropy, grad_logp, grad_entropy, need_hidden, n
                 n_rows, v1 - v0, dim, v0, a.temperature, float(a.temperature_scalar), a.labels, n_labels,
                 a.mask, float(a.logit_scale), float(a.softcap or 1.0), state, entropy, grad_entropy, g_k,
                 total, g, g.stride(0), **flags, **launch,
+                enable_fp_fusion=FP_FUSION,
             )
         g = g.to(w.dtype)
         if need_hidden:

@@ -7,6 +7,7 @@ import math
 import torch
 import triton
 
+from . import FP_FUSION
 from .launch import _num_warps, _on_device, _sizes
 from .min_p import min_p_logprobs_bwd_kernel, min_p_logprobs_fwd_kernel
 from .token_stats import token_stats_kernel
@@ -73,6 +74,7 @@ def top_p_entropy_fwd_triton(x, temperature, temperature_scalar, top_p, mask):
             x, x.stride(0), n_rows, vocab, temperature, float(temperature_scalar), _top_p_arg(top_p), mask, ws,
             entropy, row_max, cut_e, cut_index, log_norm,
             num_warps=_num_warps(sizes["BLOCK"]), **_flags(temperature, mask), **sizes,
+            enable_fp_fusion=FP_FUSION,
         )
     return entropy, row_max, cut_e, cut_index, log_norm
 
@@ -89,6 +91,7 @@ def top_p_entropy_bwd_triton(x, temperature, temperature_scalar, mask, entropy, 
             entropy, row_max, cut_e, cut_index, log_norm, grad_entropy, out, out.stride(0),
             HAS_GRAD=grad_entropy is not None, BLOCK=block, num_warps=_num_warps(block),
             **_flags(temperature, mask),
+            enable_fp_fusion=FP_FUSION,
         )
 
 
@@ -105,6 +108,7 @@ def top_p_mask_triton(x, temperature, temperature_scalar, top_p, inclusive, mask
             x, x.stride(0), n_rows, vocab, temperature, float(temperature_scalar), _top_p_arg(top_p), mask, ws,
             out_bytes, out_bytes.stride(0), INCLUSIVE=bool(inclusive),
             num_warps=_num_warps(sizes["BLOCK"]), **_flags(temperature, mask), **sizes,
+            enable_fp_fusion=FP_FUSION,
         )
 
 
@@ -120,6 +124,7 @@ def min_p_logprobs_fwd_triton(x, labels, temperature, temperature_scalar, ignore
             x, x.stride(0), vocab, temperature, float(temperature_scalar), labels, int(ignore_index),
             float(min_p), mask, logp, row_max, log_norm,
             BLOCK=block, num_warps=_num_warps(block), **_flags(temperature, mask),
+            enable_fp_fusion=FP_FUSION,
         )
     return logp, row_max, log_norm
 
@@ -135,6 +140,7 @@ def min_p_logprobs_bwd_triton(x, labels, temperature, temperature_scalar, ignore
             x, x.stride(0), vocab, split_size, temperature, float(temperature_scalar), labels, int(ignore_index),
             float(min_p), mask, row_max, log_norm, grad_logp, out, out.stride(0),
             BLOCK=block, num_warps=_num_warps(block), **_flags(temperature, mask),
+            enable_fp_fusion=FP_FUSION,
         )
 
 
@@ -152,5 +158,6 @@ def token_stats_triton(x, labels, temperature, temperature_scalar, ignore_index,
             x, x.stride(0), vocab, math.log(vocab), temperature, float(temperature_scalar), labels,
             int(ignore_index), mask, *stats,
             HAS_LABELS=labels is not None, BLOCK=block, num_warps=_num_warps(block), **_flags(temperature, mask),
+            enable_fp_fusion=FP_FUSION,
         )
     return tuple(stats)

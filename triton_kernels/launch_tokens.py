@@ -7,6 +7,7 @@ import torch
 import triton
 
 from ..backends.token_kernel import quantile_lerp, quantile_rank
+from . import FP_FUSION
 from .launch import _on_device
 from .masked_quantile import masked_quantile_seq_kernel, radix_hist_kernel, radix_pick_kernel
 from .random_keys import random_keys_kernel
@@ -47,6 +48,7 @@ def _window_launch(kernel, src, mask, cu, dst, window, offset):
         kernel[(triton.cdiv(n, _WINDOW_BLOCK),)](
             src, mask, cu, dst, n, cu.shape[0] - 1, _search_steps(cu), min(window, n), min(offset, n),
             HAS_MASK=mask is not None, BLOCK=_WINDOW_BLOCK, num_warps=4,
+            enable_fp_fusion=FP_FUSION,
         )
 
 
@@ -98,9 +100,11 @@ def radix_select_triton(x, valid, ranks, descending=False):
                 x, valid, n, prefix, hist, targets, high, low, HAS_MASK=valid is not None,
                 KEY_BITS=key_bits, IS_INT=not x.is_floating_point(), DESCENDING=descending,
                 BLOCK=_SCAN_BLOCK, ITERS=_SCAN_ITERS, num_warps=4,
+                enable_fp_fusion=FP_FUSION,
             )
             radix_pick_kernel[(1,)](hist, rank, prefix, value, targets, high - low,
-                                    LAST=low == low_bits and x.is_floating_point() and not descending, num_warps=4, **flags)
+                                    LAST=low == low_bits and x.is_floating_point() and not descending, num_warps=4, **flags,
+                                    enable_fp_fusion=FP_FUSION)
             high = low
     return prefix, rank, value
 
@@ -130,6 +134,7 @@ def masked_quantile_triton(x, mask, cu, q):
         masked_quantile_seq_kernel[(_programs(x, n_seq, 4),)](
             x, mask, cu, q.contiguous(), v_lo, v_hi, count, n_seq, n_q, HAS_MASK=mask is not None,
             KEY_BITS=key_bits, LOW_BITS=low_bits, BLOCK=_SEQ_BLOCK, num_warps=_SEQ_WARPS, maxnreg=_SEQ_MAXNREG,
+            enable_fp_fusion=FP_FUSION,
         )
     return _lerp(v_lo, v_hi, q, count)
 
@@ -147,6 +152,7 @@ def top_k_triton(scores, eligible, k):
         top_k_mark_kernel[(triton.cdiv(n, _MARK_BLOCK),)](
             scores, eligible, n, prefix, above, tie, KEY_BITS=key_bits, LOW_BITS=low_bits,
             IS_INT=not scores.is_floating_point(), BLOCK=_MARK_BLOCK, num_warps=4,
+            enable_fp_fusion=FP_FUSION,
         )
     # The first residual + 1 ties in index order: a prefix count of the tie flags.
     first_ties = (tie != 0) & (tie.cumsum(0, dtype=torch.int64) <= residual + 1)
@@ -160,5 +166,6 @@ def random_keys_triton(seed, first, n):
     if n == 0:
         return out
     with _on_device(seed):
-        random_keys_kernel[(triton.cdiv(n, _KEYS_BLOCK),)](seed, first, out, n, BLOCK=_KEYS_BLOCK, num_warps=4)
+        random_keys_kernel[(triton.cdiv(n, _KEYS_BLOCK),)](seed, first, out, n, BLOCK=_KEYS_BLOCK, num_warps=4,
+                                                           enable_fp_fusion=FP_FUSION)
     return out
