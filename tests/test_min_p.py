@@ -109,6 +109,21 @@ def test_masked_and_bad_rows(backend):
     assert (g[~mask] == 0).all()
 
 
+@pytest.mark.parametrize("min_p", [0.0, 0.05])
+def test_bad_rows_have_a_nan_gradient(backend, min_p):
+    """A NaN / +inf / all -inf row has a NaN logp and, under a non-zero upstream gradient, a NaN
+    gradient row on every backend (the torch backend used to give 0 when min_p > 0: a bad row's e
+    keeps nothing); an ignored label's row gets 0."""
+    nan = float("nan")
+    x = torch.tensor([[0.0, 1, nan], [0, 1, float("inf")], [float("-inf")] * 3, [0, 1, nan], [0, 1, 2]])
+    y = torch.tensor([1, 0, 2, -100, 1])
+    xg = x.clone().requires_grad_(True)
+    out = eo.min_p_logprobs(xg, y, min_p)
+    (g,) = torch.autograd.grad(out, xg, torch.ones(5))
+    assert torch.isnan(out[:3]).all() and out[3] == 0 and torch.isfinite(out[4])
+    assert torch.isnan(g[:3]).all() and (g[3] == 0).all() and torch.isfinite(g[4]).all()
+
+
 def test_out_of_range_label_raises_on_cpu(backend):
     with pytest.raises(ValueError, match="labels"):
         eo.min_p_logprobs(torch.randn(2, 8), torch.tensor([1, 8]))

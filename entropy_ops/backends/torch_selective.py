@@ -176,14 +176,17 @@ def min_p_logprobs_bwd_torch(x, labels, temperature, temperature_scalar, ignore_
     for start, end in _chunks(n_rows, vocab):
         _, s, e, bad = _row_e(x, temperature, temperature_scalar, start, end)
         kept = e >= min_p
-        y, ignored, _ = _label_terms(labels, ignore_index, vocab, start, end)
+        y, ignored, in_range = _label_terms(labels, ignore_index, vocab, start, end)
         kept_y = kept.gather(-1, y[:, None]).squeeze(-1)
         g_l = grad_logp[start:end, None]
         q = (s - log_norm[start:end, None]).exp()
         one_hot = torch.nn.functional.one_hot(y, vocab).to(q.dtype)
         live = (g_l != 0) & (kept_y & ~ignored)[:, None]
         g = torch.where(live & kept, g_l * (one_hot - q), 0)
-        g = torch.where(bad[:, None] & live, float("nan"), g)
+        # A bad row or an (unchecked) out-of-range label has a NaN logp: its gradient is NaN too,
+        # as on the other backends, whether or not the NaN row's e "keeps" the label.
+        poisoned = (g_l != 0) & ((bad | ~in_range) & ~ignored)[:, None]
+        g = torch.where(poisoned, float("nan"), g)
         g = g / (temperature_scalar if temperature is None else temperature[start:end, None])
         if mask is not None:
             g = torch.where(mask[start:end, None], g, 0)
