@@ -9,6 +9,8 @@ import torch
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 LABEL_DTYPES = (torch.int64, torch.int32)
 
+_F32_TINY, _F32_MAX = torch.finfo(torch.float32).tiny, torch.finfo(torch.float32).max
+
 
 def logits(x) -> Tuple[int, ...]:
     """Check ``logits [..., V]`` and return its leading shape."""
@@ -49,8 +51,13 @@ def temperature(t, x: torch.Tensor, leading, source: str = "logits") -> Tuple[Op
     if isinstance(t, bool) or not isinstance(t, (int, float, torch.Tensor)):
         raise TypeError(f"temperature: expected a float > 0 or a tensor, got {type(t).__name__}")
     if not isinstance(t, torch.Tensor):
-        if not 0 < t < math.inf:  # NaN fails it too; comparisons, not math.isfinite, trace under dynamic=True
+        # Comparisons, not math.isfinite: they trace under dynamic=True (NaN fails them too). The
+        # kernels take T as a float32: outside its normal range T or 1/T would become 0 or inf.
+        if not 0 < t < math.inf:
             raise ValueError(f"temperature: must be a finite float > 0, got {t}")
+        if not _F32_TINY <= t <= _F32_MAX:
+            raise ValueError(f"temperature: must lie in float32's normal range [{_F32_TINY:.3g}, {_F32_MAX:.3g}] "
+                             f"(the kernels compute with it in float32), got {t}")
         return None, float(t)
     if not t.is_floating_point():
         raise TypeError(f"temperature: tensor dtype {t.dtype} is not floating point; use a float tensor")

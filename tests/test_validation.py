@@ -64,7 +64,7 @@ def test_out_of_range_label_in_masked_row_is_fine(backend):
     assert_within_eager_bound(h.reshape(-1), ref_h.reshape(-1), eager_h.reshape(-1), what="entropy")
 
 
-@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan"), float("inf"), -float("inf"), 1e-46, 1e39])
 def test_bad_float_temperature(backend, temperature):
     for call in both_ops(temperature=temperature):
         raises_naming(ValueError, "temperature", call)
