@@ -297,3 +297,47 @@ def check_finfo_masked_rows(device="cpu", vocabs=(16, 1000, 4099, 32000), dtypes
                 w_dev = tuple(w.to(device) for w in weights[::-1])
                 grad = ours_grad(eo.logprobs_and_entropy, x.to(device), y.to(device), t, weights=w_dev).cpu()
                 assert_within_eager_bound(grad, ref_g, eager_g, kinds, what=f"grad {what}")
+
+
+# ---- one row in several memory layouts ------------------------------------------------------------
+
+def _layouts(x, pad):
+    """``x [N, V]`` contiguous, inside rows ``pad`` wider (row stride V + pad: 16-byte aligned rows
+    whose last vector group is partial when V is not a multiple of the vector width), and at
+    storage offset 1 (unaligned rows: the scalar-load paths)."""
+    n, v = x.shape
+    wide = torch.full((n, v + pad), float("nan"), dtype=x.dtype, device=x.device)
+    wide[:, :v] = x
+    flat = torch.full((n * v + 1,), float("nan"), dtype=x.dtype, device=x.device)
+    flat[1:] = x.reshape(-1)
+    return {"contiguous": x, "wide": wide[:, :v], "offset_1": flat[1:].view(n, v)}
+
+
+def _same_bits(a, b):
+    return a.shape == b.shape and torch.equal(torch.nan_to_num(a, 7.0, 8.0, -8.0), torch.nan_to_num(b, 7.0, 8.0, -8.0))
+
+
+def check_layouts_give_the_same_bits(device="cpu", shapes=((3, 1000, 16), (2, 4099, 13)), dtype=torch.bfloat16):
+    """Every vocabulary op on the current backend gives the same bits, values and gradients, for the
+    same rows in each layout of ``_layouts`` (SPEC §2: a row's results depend on its values, never
+    on where it sits in memory; a microbatch slice or a padded vocabulary must not change a bit)."""
+    for n, vocab, pad in shapes:
+        gen = torch.Generator().manual_seed(vocab)
+        x = (torch.randn(n, vocab, generator=gen) * 3).to(dtype).to(device)
+        y = torch.randint(0, vocab, (n,), generator=gen).to(device)
+        w = torch.linspace(0.5, 1.5, n, device=device)
+        results = {}
+        for name, view in _layouts(x, pad).items():
+            leaf = view.detach().requires_grad_(True)
+            logp, h = eo.logprobs_and_entropy(leaf, y, 0.7)
+            (g_rows,) = torch.autograd.grad((w * logp + h).sum(), leaf)
+            h_top = eo.top_p_entropy(leaf, 0.8, 0.7)
+            (g_top,) = torch.autograd.grad((w * h_top).sum(), leaf)
+            lp_min = eo.min_p_logprobs(leaf, y, 0.05, 0.7)
+            (g_min,) = torch.autograd.grad((w * torch.where(torch.isfinite(lp_min), lp_min, 0)).sum(), leaf)
+            stats = [t for t in eo.token_stats(view, y, 0.7)]
+            results[name] = [logp, h, g_rows, h_top, g_top, lp_min, g_min, eo.top_p_mask(view, 0.8, 0.7), *stats]
+        base = results.pop("contiguous")
+        for name, outs in results.items():
+            for i, (a, b) in enumerate(zip(outs, base)):
+                assert _same_bits(a, b), f"{name} layout, output {i}, V={vocab}: bits differ from contiguous rows"

@@ -10,6 +10,7 @@ from conftest import (
     NORMAL,
     acc_dtype,
     assert_within_eager_bound,
+    check_layouts_give_the_same_bits,
     eager_entropy,
     eager_logprobs_and_entropy,
     make_labels,
@@ -163,3 +164,7 @@ def test_masked_row_of_1d_logits(backend):
     assert eo.entropy(x, mask=torch.tensor(False)).item() == 0
     h = eo.entropy(x, mask=torch.tensor(True))
     assert_within_eager_bound(h, entropy_ref(x), eager_entropy(x), what="entropy")
+
+
+def test_layouts_give_the_same_bits(backend):
+    check_layouts_give_the_same_bits()

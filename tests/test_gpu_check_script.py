@@ -11,13 +11,16 @@ from conftest import PYTHON, REPO_ROOT, subprocess_env
 SCRIPT = os.path.join(REPO_ROOT, ".ci", "gpu_check")
 
 
-def _sanitize_selection():
+def _sanitizer_runs():
+    """``[(tool, node ids, -k expression)]`` of the sanitizer stage's commands."""
     text = open(SCRIPT).read()
     body = text[text.index("stage_sanitize() {"):]
     body = body[:body.index("\n}\n")]
-    node_ids = re.findall(r'"(tests/[^"]+::[^"]+)"', body)
-    keyword = re.search(r'-k "([^"]+)"', body).group(1)
-    return node_ids, keyword
+    runs = []
+    for command in body.split("\n  run ")[1:]:
+        tool = re.search(r"--tool (\w+)", command).group(1)
+        runs.append((tool, re.findall(r'"(tests/[^"]+::[^"]+)"', command), re.search(r'-k "([^"]+)"', command).group(1)))
+    return runs
 
 
 def test_script_parses_and_refuses_an_unknown_stage(tmp_path):
@@ -28,15 +31,17 @@ def test_script_parses_and_refuses_an_unknown_stage(tmp_path):
 
 
 def test_sanitizer_stage_selects_existing_tests_of_both_backends():
-    node_ids, keyword = _sanitize_selection()
-    assert len(node_ids) >= 5, node_ids
-    proc = subprocess.run([PYTHON, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-m", "gpu",
-                           *node_ids, "-k", keyword], cwd=REPO_ROOT, capture_output=True, text=True,
-                          env=subprocess_env())
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    selected = [line for line in proc.stdout.splitlines() if "::" in line]
-    for node in node_ids:
-        mine = [s for s in selected if s.startswith(node + "[") or s == node]
-        assert mine, f"the sanitizer's -k {shlex.quote(keyword)} selects nothing of {node}"
-        for backend in ("triton", "cuda"):
-            assert any(backend in s for s in mine), f"no {backend} case of {node} under memcheck"
+    runs = _sanitizer_runs()
+    assert [tool for tool, _, _ in runs] == ["memcheck", "racecheck"], runs
+    for tool, node_ids, keyword in runs:
+        assert len(node_ids) >= 3, (tool, node_ids)
+        proc = subprocess.run([PYTHON, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-m", "gpu",
+                               *node_ids, "-k", keyword], cwd=REPO_ROOT, capture_output=True, text=True,
+                              env=subprocess_env())
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        selected = [line for line in proc.stdout.splitlines() if "::" in line]
+        for node in node_ids:
+            mine = [s for s in selected if s.startswith(node + "[") or s == node]
+            assert mine, f"{tool}: -k {shlex.quote(keyword)} selects nothing of {node}"
+            for backend in ("triton", "cuda"):
+                assert any(backend in s for s in mine), f"{tool}: no {backend} case of {node}"

@@ -9,6 +9,7 @@ from conftest import (
     FINITE_KINDS,
     NAN_KINDS,
     check_finfo_masked_rows,
+    check_layouts_give_the_same_bits,
     eager_entropy,
     eager_grad,
     eager_logprobs_and_entropy,
@@ -101,6 +102,13 @@ def test_forward_temperature_labels_mask(gpu_backend, dtype, vocab, temperature,
     for name, out in (("entropy", h), ("logp", logp), ("entropy (logprobs_and_entropy)", h2)):
         assert (out[~mask] == 0).all(), f"{name}: masked rows must be exactly 0"
     assert (logp[(y == -1) & mask] == 0).all(), "ignored labels must give logp = 0"
+
+
+def test_layouts_give_the_same_bits(gpu_backend):
+    """The vectorized path with a partial last group (a vocabulary sliced from a padded buffer,
+    151646 of 151936), the scalar path (storage offset 1) and contiguous rows: the same bits,
+    values and gradients, for every vocabulary op."""
+    check_layouts_give_the_same_bits("cuda", shapes=((3, 1000, 16), (2, 4099, 13), (2, 151646, 290)))
 
 
 def test_finfo_masked_rows(gpu_backend):
