@@ -18,15 +18,9 @@ from .token_kernel import WindowKernel, quantile_lerp, quantile_rank
 _INT64_SCORES = 4  # csrc/cpu/token_cpu.h: kInt64Scores
 
 
-def _layout(mask, cu):
-    """Contiguous mask (or None) and int64 offsets, as the native kernels read them."""
-    return None if mask is None else mask.contiguous(), cu.contiguous()
-
-
 def window_entropy_fwd_cpu(x, mask, cu, window, offset):
     C, _ = _native.cpu_module()
     n = x.shape[0]
-    mask, cu = _layout(mask, cu)
     out = torch.empty(n, dtype=acc_dtype(x.dtype))
     # A window or offset past N acts as N: clamped here so that no index sum can overflow.
     C.window_entropy_fwd_cpu(x.data_ptr(), DTYPE_CODES[x.dtype], ptr(mask), cu.data_ptr(),
@@ -38,7 +32,6 @@ def window_entropy_fwd_cpu(x, mask, cu, window, offset):
 def window_entropy_bwd_cpu(grad, mask, cu, window, offset):
     C, _ = _native.cpu_module()
     n = grad.shape[0]
-    mask, cu = _layout(mask, cu)
     share, out = torch.empty_like(grad), torch.empty_like(grad)
     C.window_entropy_bwd_cpu(grad.data_ptr(), DTYPE_CODES[grad.dtype], ptr(mask), cu.data_ptr(),
                              cu.shape[0] - 1, n, min(window, n), min(offset, n), share.data_ptr(),
@@ -48,8 +41,6 @@ def window_entropy_bwd_cpu(grad, mask, cu, window, offset):
 
 def masked_quantile_cpu(x, mask, cu, q):
     C, _ = _native.cpu_module()
-    mask = None if mask is None else mask.contiguous()
-    cu = None if cu is None else cu.contiguous()
     q = q.contiguous()
     n_seq = 1 if cu is None else cu.shape[0] - 1
     v_lo = torch.empty(q.shape[0], n_seq, dtype=torch.float64)

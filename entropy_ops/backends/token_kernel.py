@@ -1,9 +1,11 @@
 """The calling convention of the token-level kernels (SPEC §3.2), one for every backend.
 
-Kernels see packed tokens only, every tensor contiguous (``ops/_tokens.flat_tokens``): ``x`` an
-``[N]`` tensor in its own dtype (float32, bfloat16, float16 or float64), ``mask`` a bool ``[N]`` or
-None (every token valid), ``cu`` int64 ``[S + 1]`` offsets (sequence ``s`` is ``x[cu[s]:cu[s+1]]``; a ``[B, T]`` batch arrives as
-``cu = [0, T, ..., B T]``), already checked. No kernel may synchronize with the host.
+Kernels see packed tokens only, ``x``, ``mask`` and ``cu`` contiguous (``ops/_tokens.flat_tokens``):
+``x`` an ``[N]`` tensor in its own dtype (float32, bfloat16, float16 or float64), ``mask`` a bool
+``[N]`` or None (every token valid), ``cu`` int64 ``[S + 1]`` offsets (sequence ``s`` is
+``x[cu[s]:cu[s+1]]``; a ``[B, T]`` batch arrives as ``cu = [0, T, ..., B T]``), already checked,
+or, where unchecked, at least non-decreasing within ``[0, N]``. No kernel may synchronize with
+the host.
 
 **Window entropy** (``window >= 1``, ``offset >= 0``; ``end_t`` the end of ``t``'s sequence):
 ``lo_t = min(t + offset, end_t)``, ``hi_t = min(t + offset + window, end_t)``,
