@@ -130,3 +130,19 @@ def within(ours, ref, eager, abs_tol=1e-5):
 __all__ = ["MARGIN", "acc_dtype", "clear_of_min_p_cut", "clear_of_top_p_cut", "eager_min_p_logprobs",
            "eager_top_p_entropy", "all_outputs", "masked_bad_shifted_rows", "tied_rows", "with_clear_cuts",
            "within"]
+
+
+def check_min_p_bad_rows_have_a_nan_gradient(min_p, device="cpu"):
+    """A NaN / +inf / all -inf row has a NaN logp and, under a non-zero upstream gradient, a NaN
+    gradient row on the current backend (the torch backend used to give 0 when min_p > 0: a bad
+    row's e keeps nothing); an ignored label's row gets 0."""
+    import entropy_ops as eo
+    nan = float("nan")
+    x = torch.tensor([[0.0, 1, nan], [0, 1, float("inf")], [float("-inf")] * 3, [0, 1, nan], [0, 1, 2]], device=device)
+    y = torch.tensor([1, 0, 2, -100, 1], device=device)
+    xg = x.clone().requires_grad_(True)
+    out = eo.min_p_logprobs(xg, y, min_p)
+    (g,) = torch.autograd.grad(out, xg, torch.ones(5, device=device))
+    out, g = out.cpu(), g.cpu()
+    assert torch.isnan(out[:3]).all() and out[3] == 0 and torch.isfinite(out[4])
+    assert torch.isnan(g[:3]).all() and (g[3] == 0).all() and torch.isfinite(g[4]).all()

@@ -21,7 +21,7 @@ from entropy_ops import _backends
 from entropy_ops import reference as R
 from gpu_common import DEVICE, GPU_BACKENDS, GPU_DTYPES, VOCABS, assert_same_bits, pytestmark  # noqa: F401
 from selective_common import (
-    all_outputs, clear_of_min_p_cut, clear_of_top_p_cut, eager_min_p_logprobs,
+    all_outputs, check_min_p_bad_rows_have_a_nan_gradient, clear_of_min_p_cut, clear_of_top_p_cut, eager_min_p_logprobs,
     eager_top_p_entropy, masked_bad_shifted_rows, with_clear_cuts, within,
 )
 from test_token_stats import eager_token_stats
@@ -236,6 +236,11 @@ def test_masked_bad_and_shifted_rows(sel_backend):
         assert (v[~mask] == 0).all(), name
         if name != "logp":
             assert torch.isnan(v[live_bad]).all(), name
+
+
+@pytest.mark.parametrize("min_p", [0.0, 0.05])
+def test_min_p_bad_rows_have_a_nan_gradient(sel_backend, min_p):
+    check_min_p_bad_rows_have_a_nan_gradient(min_p, DEVICE)
 
 
 @pytest.mark.parametrize("vocab", [111, 32000])

@@ -10,7 +10,7 @@ from conftest import (
     FINITE_KINDS, FLOAT_DTYPES, NAN_KINDS, acc_dtype, eager_grad, make_labels, make_rows, ours_grad, reference_grad,
 )
 from entropy_ops import reference as R
-from selective_common import clear_of_min_p_cut, eager_min_p_logprobs, within
+from selective_common import check_min_p_bad_rows_have_a_nan_gradient, clear_of_min_p_cut, eager_min_p_logprobs, within
 
 VOCABS = [1, 2, 111, 1023, 1024, 32000]
 MIN_PS = [0.0, 0.02, 0.5, 1.0]
@@ -111,17 +111,7 @@ def test_masked_and_bad_rows(backend):
 
 @pytest.mark.parametrize("min_p", [0.0, 0.05])
 def test_bad_rows_have_a_nan_gradient(backend, min_p):
-    """A NaN / +inf / all -inf row has a NaN logp and, under a non-zero upstream gradient, a NaN
-    gradient row on every backend (the torch backend used to give 0 when min_p > 0: a bad row's e
-    keeps nothing); an ignored label's row gets 0."""
-    nan = float("nan")
-    x = torch.tensor([[0.0, 1, nan], [0, 1, float("inf")], [float("-inf")] * 3, [0, 1, nan], [0, 1, 2]])
-    y = torch.tensor([1, 0, 2, -100, 1])
-    xg = x.clone().requires_grad_(True)
-    out = eo.min_p_logprobs(xg, y, min_p)
-    (g,) = torch.autograd.grad(out, xg, torch.ones(5))
-    assert torch.isnan(out[:3]).all() and out[3] == 0 and torch.isfinite(out[4])
-    assert torch.isnan(g[:3]).all() and (g[3] == 0).all() and torch.isfinite(g[4]).all()
+    check_min_p_bad_rows_have_a_nan_gradient(min_p)
 
 
 def test_out_of_range_label_raises_on_cpu(backend):

@@ -381,3 +381,9 @@ def test_empty_batch():
     assert eo.top_p_mask(x, 0.5).shape == (0, 7)
     assert eo.min_p_logprobs(x, torch.empty(0, dtype=torch.long)).shape == (0,)
     assert eo.token_stats(x).entropy.shape == (0,)
+
+
+@pytest.mark.parametrize("min_p", [0.0, 0.05])
+def test_min_p_bad_rows_have_a_nan_gradient(min_p):
+    from selective_common import check_min_p_bad_rows_have_a_nan_gradient
+    check_min_p_bad_rows_have_a_nan_gradient(min_p)
