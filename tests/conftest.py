@@ -313,8 +313,15 @@ def _layouts(x, pad):
     return {"contiguous": x, "wide": wide[:, :v], "offset_1": flat[1:].view(n, v)}
 
 
-def _same_bits(a, b):
-    return a.shape == b.shape and torch.equal(torch.nan_to_num(a, 7.0, 8.0, -8.0), torch.nan_to_num(b, 7.0, 8.0, -8.0))
+def assert_same_bits(got, want, what):
+    assert got.shape == want.shape and got.dtype == want.dtype, (
+        f"{what}: {tuple(got.shape)} {got.dtype} vs {tuple(want.shape)} {want.dtype}")
+    same = (got == want) | (got.isnan() & want.isnan())
+    if not bool(same.all()):
+        bad = (~same).nonzero()[:5]
+        idx = tuple(bad.t())
+        raise AssertionError(f"{what}: bits differ at {bad.tolist()}: got {got[idx].tolist()}, "
+                             f"want {want[idx].tolist()}")
 
 
 def check_layouts_give_the_same_bits(device="cpu", shapes=((3, 1000, 16), (2, 4099, 13)), dtype=torch.bfloat16):
@@ -335,9 +342,9 @@ def check_layouts_give_the_same_bits(device="cpu", shapes=((3, 1000, 16), (2, 40
             (g_top,) = torch.autograd.grad((w * h_top).sum(), leaf)
             lp_min = eo.min_p_logprobs(leaf, y, 0.05, 0.7)
             (g_min,) = torch.autograd.grad((w * torch.where(torch.isfinite(lp_min), lp_min, 0)).sum(), leaf)
-            stats = [t for t in eo.token_stats(view, y, 0.7)]
+            stats = list(eo.token_stats(view, y, 0.7))
             results[name] = [logp, h, g_rows, h_top, g_top, lp_min, g_min, eo.top_p_mask(view, 0.8, 0.7), *stats]
         base = results.pop("contiguous")
         for name, outs in results.items():
             for i, (a, b) in enumerate(zip(outs, base)):
-                assert _same_bits(a, b), f"{name} layout, output {i}, V={vocab}: bits differ from contiguous rows"
+                assert_same_bits(a, b, f"{name} layout, output {i}, V={vocab}")

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 import entropy_ops as eo
-from conftest import (
+from conftest import (  # noqa: F401 (assert_same_bits: re-exported for the GPU tests)
     FINITE_KINDS,
+    assert_same_bits,
     assert_within_eager_bound,
     skip_unless_available,
 )
@@ -66,17 +67,6 @@ def check(ours, ref, eager, kinds=None, what="value", abs_tol=1e-5):
     """SPEC §2's bound, on CPU copies (the comparison's boolean indexing stays off the GPU)."""
     cpu = [t.detach().cpu() for t in (ours, ref, eager)]
     assert_within_eager_bound(*cpu, kinds, what=what, abs_tol=abs_tol)
-
-
-def assert_same_bits(got, want, what):
-    assert got.shape == want.shape and got.dtype == want.dtype, (
-        f"{what}: {tuple(got.shape)} {got.dtype} vs {tuple(want.shape)} {want.dtype}")
-    same = (got == want) | (got.isnan() & want.isnan())
-    if not bool(same.all()):
-        bad = (~same).nonzero()[:5]
-        idx = tuple(bad.t())
-        raise AssertionError(f"{what}: bits differ at {bad.tolist()}: got {got[idx].tolist()}, "
-                             f"want {want[idx].tolist()}")
 
 
 def assert_outputs(tensors, device, dtype=torch.float32):
