@@ -52,6 +52,28 @@ def test_agg_loss_empty_mask_is_zero_with_zero_gradient(mode):
     assert (g == 0).all()
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", [(3, 0), (0, 5), (0, 0)])
+def test_agg_loss_empty_shapes_are_zero(mode, shape):
+    x = torch.randn(shape, requires_grad=True)
+    loss = eo.agg_loss(x, torch.ones(shape, dtype=torch.bool), mode)
+    assert loss.item() == 0
+    assert torch.autograd.grad(loss, x)[0].shape == shape
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_agg_loss_half_precision_accumulates_like_verl(mode):
+    """bf16 loss matrices: the seq-mean modes sum each sequence in float32 and return float32 (verl's
+    float sequence mask promotes them); the token modes keep the dtype. Errors vs float64."""
+    loss_mat, _, _, mask, _ = _batch(B=64, T=512, seed=2)
+    x = loss_mat.bfloat16()
+    ours = eo.agg_loss(x, mask, mode)
+    ref = R.agg_loss_ref(x.double(), mask, mode)
+    assert ours.dtype == (torch.float32 if mode.startswith("seq-mean") else torch.bfloat16)
+    tol = 1e-4 if mode.startswith("seq-mean") else 1e-2
+    _close(ours, ref, tol=tol)
+
+
 def test_agg_loss_float_mask_and_global_counts():
     x = torch.randn(3, 5)
     m = torch.rand(3, 5) > 0.3
@@ -265,8 +287,11 @@ def test_losses_compile_fullgraph():
         return a.loss, a.selected, b.loss, b.selected, c, eo.token_covariance(logp, adv, mask)
 
     compiled = torch.compile(fn, fullgraph=True)
-    for x, y in zip(compiled(logp, old, adv, mask, keys), fn(logp, old, adv, mask, keys)):
-        torch.testing.assert_close(x, y)
+    for m in (mask, mask.float()):  # a 0/1 float mask's check is a device assert inside the graph
+        for x, y in zip(compiled(logp, old, adv, m, keys), fn(logp, old, adv, m, keys)):
+            torch.testing.assert_close(x, y)
+    with pytest.raises(RuntimeError, match="mask: a floating point mask must hold only 0 and 1"):
+        compiled(logp, old, adv, mask.float() * 0.5, keys)
     # The global RNG (no generator, no keys) compiles too.
     torch.compile(lambda *a: eo.clip_cov_policy_loss(*a).loss, fullgraph=True)(logp, old, adv, mask)
 
@@ -325,6 +350,32 @@ def test_losses_on_every_backend(backend):
     for got, tol in ((eager, 0), (compiled, 1e-6)):  # inductor may sum the loss in another order
         for x, y in zip(got, expected):
             torch.testing.assert_close(x, y, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("backend", TOP_K_BACKENDS)
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean"])
+@pytest.mark.parametrize("padding", ["old_logp", "advantages", "weights", "logp"])
+def test_non_finite_padding_gives_zero_gradient(backend, mode, padding):
+    """NaN / inf at masked tokens (an inference engine's padding) never reaches the loss or the
+    gradient (SPEC §2: masked entries contribute exactly 0), in both losses."""
+    logp, old, adv, mask, keys = _batch(seed=12)
+    weights = torch.rand(logp.shape, generator=torch.Generator().manual_seed(1)) + 0.5
+    clean = dict(logp=logp, old_logp=old, advantages=adv, weights=weights)
+    dirty = dict(clean, **{padding: torch.where(mask, clean[padding], torch.tensor([float("nan"), float("inf"),
+                                                                                    -float("inf")]).repeat(14)[:40])})
+    kw = dict(loss_agg_mode=mode)
+    with eo.use_backend(backend):
+        for loss, extra in ((eo.clip_cov_policy_loss, dict(clip_cov_ratio=0.05, clip_cov_lb=0.1, random_keys=keys)),
+                            (eo.kl_cov_policy_loss, dict(kl_cov_ratio=0.05))):
+            results = []
+            for inputs in (clean, dirty):
+                x = inputs["logp"].clone().requires_grad_(True)
+                out = loss(x, inputs["old_logp"], inputs["advantages"], mask, weights=inputs["weights"], **kw, **extra)
+                results.append((out, torch.autograd.grad(out.loss, x)[0]))
+            (out, grad), (dirty_out, dirty_grad) = results
+            assert (grad[~mask] == 0).all() and torch.equal(dirty_grad, grad), loss.__name__
+            for a, b in zip(out, dirty_out):
+                assert torch.equal(a, b), loss.__name__
 
 
 @pytest.mark.parametrize("backend", TOP_K_BACKENDS)

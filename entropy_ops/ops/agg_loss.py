@@ -40,6 +40,16 @@ def masked_mean(values: Tensor, mask: Tensor, count: Optional[Tensor] = None) ->
     return masked_sum(values, mask) / count.clamp(min=1)
 
 
+def policy_terms(logp: Tensor, old_logp: Tensor, advantages: Tensor, weights: Optional[Tensor], mask: Tensor):
+    """``(logp - old_logp, advantages, weights)`` of the policy losses, made 0 at the masked tokens
+    before any ``exp`` or product: the loss matrix's final ``where`` sends a 0 gradient there, and
+    ``0 * d(exp(nan))`` would still be NaN (padded ``old_logp`` of -inf or NaN, NaN advantages or
+    weights). SPEC §2: masked entries contribute exactly 0 to every value and gradient."""
+    log_ratio = torch.where(mask, logp - old_logp, 0)
+    advantages = torch.where(mask, advantages, 0)
+    return log_ratio, advantages, None if weights is None else torch.where(mask, weights, 0)
+
+
 def agg_loss(loss_mat: Tensor, mask: Tensor, mode: str = "token-mean", dp_size: int = 1,
              batch_num_tokens=None, global_batch_size=None, loss_scale_factor=None) -> Tensor:
     """Aggregate ``loss_mat`` over the valid tokens, as verl's ``agg_loss``.
@@ -57,7 +67,9 @@ def agg_loss(loss_mat: Tensor, mask: Tensor, mode: str = "token-mean", dp_size: 
         loss_scale_factor: the divisor of ``seq-mean-token-sum-norm`` (default ``T``).
 
     Returns:
-        0-d tensor in ``loss_mat``'s dtype.
+        0-d tensor: in ``loss_mat``'s dtype for the ``token-*`` modes; at least float32 for the
+        ``seq-mean-*`` modes (their per-sequence sums accumulate in float32, as verl's float
+        sequence mask promotes them).
     """
     loss_mat, mask = V.matrix_and_mask(loss_mat, mask, "loss_mat")
     V.choice("mode", mode, MODES)
@@ -82,7 +94,7 @@ def aggregate_masked(masked: Tensor, mask: Tensor, mode: str, dp_size: int = 1, 
         elif count is None:
             count = mask_count(mask)
         return masked.sum() / count.clamp(min=1) * dp_size
-    seq_sums = masked.sum(-1)
+    seq_sums = masked.sum(-1, dtype=torch.promote_types(masked.dtype, torch.float32))
     seq_counts = torch.count_nonzero(mask, dim=-1)
     if mode == "seq-mean-token-mean":
         seq_sums = seq_sums / (seq_counts + 1e-8)
@@ -90,8 +102,8 @@ def aggregate_masked(masked: Tensor, mask: Tensor, mode: str, dp_size: int = 1, 
     n_seqs = has_tokens.sum() if global_batch_size is None else torch.as_tensor(global_batch_size, device=masked.device)
     loss = torch.where(has_tokens, seq_sums, 0).sum() / n_seqs.clamp(min=1) * dp_size
     if mode == "seq-mean-token-sum-norm":
-        loss = loss / (masked.shape[-1] if loss_scale_factor is None else loss_scale_factor)
+        loss = loss / (max(masked.shape[-1], 1) if loss_scale_factor is None else loss_scale_factor)  # T = 0: 0 / 1
     return loss
 
 
-__all__ = ["MODES", "agg_loss", "aggregate_masked", "mask_count", "masked_mean", "masked_sum"]
+__all__ = ["MODES", "agg_loss", "aggregate_masked", "mask_count", "masked_mean", "masked_sum", "policy_terms"]

@@ -25,7 +25,7 @@ from .. import _backends, _validate_losses as V
 from ._types import PolicyLossOutput
 from .random_keys import clip_cov_keys
 from .select import top_k_mask
-from .agg_loss import MODES, aggregate_masked, mask_count, masked_mean
+from .agg_loss import MODES, aggregate_masked, mask_count, masked_mean, policy_terms
 
 
 def _count_k(ratio: float, n_valid: Tensor) -> Tensor:
@@ -169,7 +169,7 @@ def clip_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mas
             process_group=process_group, loss_scale_factor=loss_scale_factor)
 
     n_valid = mask_count(mask)
-    log_ratio = logp - old_logp
+    log_ratio, advantages, weights = policy_terms(logp, old_logp, advantages, weights, mask)
     ratio = torch.exp(log_ratio)
     neg_advantages = -advantages
     l1 = neg_advantages * ratio
@@ -223,7 +223,7 @@ def kl_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask:
             loss_scale_factor=loss_scale_factor)
 
     n_valid = mask_count(mask)
-    log_ratio = logp - old_logp
+    log_ratio, advantages, weights = policy_terms(logp, old_logp, advantages, weights, mask)
     abs_kl = log_ratio.abs()
     l = -advantages * torch.exp(log_ratio)
     cov = _raw_covariance(logp, advantages, mask, n_valid)

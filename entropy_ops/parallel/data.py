@@ -35,7 +35,7 @@ from ..backends.token_kernel import quantile_lerp, quantile_rank
 from ..backends.torch_select import order_keys
 from ..ops._tokens import check_offsets, check_quantiles
 from ..ops._types import PolicyLossOutput
-from ..ops.agg_loss import agg_loss
+from ..ops.agg_loss import agg_loss, policy_terms
 from ..ops.random_keys import clip_cov_keys
 
 _DIGIT_BITS = 11  # 2048 bins: 16 KB of int64 counts per round, 3 rounds for fp32 keys
@@ -111,7 +111,7 @@ def top_k(scores: Tensor, eligible: Tensor, k: Tensor, group) -> Tuple[Tensor, T
     if flat.is_floating_point():
         key, key_bits = order_keys(-(flat + 0.0)), 8 * flat.element_size()  # -0.0 -> +0.0 first
     else:
-        key, key_bits = -flat, 64
+        key, key_bits = ~flat, 64  # -1 - flat: order-reversing, no overflow at -2**63
     # The k-th largest is the entry of rank k - 1 in ascending order of -score.
     k_th = lambda n: (torch.minimum(k, n) - 1).clamp(min=0).view(1)  # noqa: E731
     below, tied, residual, total = _select(key, key_bits, ok, k_th, group)
@@ -221,7 +221,7 @@ def clip_cov_policy_loss(logp, old_logp, advantages, mask, *, low, high, clip_co
 
     Collectives: the packed sums, 6 histogram rounds of the int64 keys, the tie counts, the loss."""
     group = _validate_tokens.process_group(process_group)
-    log_ratio = logp - old_logp
+    log_ratio, advantages, weights = policy_terms(logp, old_logp, advantages, weights, mask)
     stats = _Stats(logp, advantages, mask, -log_ratio, group)
     ratio = torch.exp(log_ratio)
     l1 = -advantages * ratio
@@ -243,7 +243,7 @@ def kl_cov_policy_loss(logp, old_logp, advantages, mask, *, kl_cov_ratio, kl_coe
     sums, the histogram rounds of ``cov`` (2 for 16-bit, 3 for 32-bit, 6 for 64-bit logp), the tie
     counts, the loss."""
     group = _validate_tokens.process_group(process_group)
-    log_ratio = logp - old_logp
+    log_ratio, advantages, weights = policy_terms(logp, old_logp, advantages, weights, mask)
     abs_kl = log_ratio.abs()
     stats = _Stats(logp, advantages, mask, abs_kl, group)
     l = -advantages * torch.exp(log_ratio)
