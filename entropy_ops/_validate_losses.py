@@ -41,15 +41,19 @@ def matrix_and_mask(values, mask, name: str) -> Tuple[torch.Tensor, torch.Tensor
 
 
 def binary_mask(mask: torch.Tensor) -> torch.Tensor:
-    """A bool mask; a float mask must hold only 0 and 1 (checked without a host sync on CUDA)."""
+    """A bool mask; a float mask must hold only 0 and 1: checked on CPU tensors (a host read in
+    eager, a device assert inside a compiled graph, which a host read would break) and on CUDA
+    tensors under ``ENTROPY_OPS_CHECK=1`` (a device assert: no host sync)."""
     if mask.dtype == torch.bool:
         return mask
-    ok = ((mask == 0) | (mask == 1)).all()
-    if mask.device.type == "cpu":
-        if not bool(ok):
-            raise ValueError("mask: a floating point mask must hold only 0 and 1; pass a bool mask for selections")
-    elif os.environ.get("ENTROPY_OPS_CHECK", "0") == "1":
-        torch._assert_async(ok, "mask: a floating point mask must hold only 0 and 1")
+    on_cpu = mask.device.type == "cpu"
+    if on_cpu or os.environ.get("ENTROPY_OPS_CHECK", "0") == "1":
+        ok = ((mask == 0) | (mask == 1)).all()
+        if on_cpu and not torch.compiler.is_compiling():
+            if not bool(ok):
+                raise ValueError("mask: a floating point mask must hold only 0 and 1; pass a bool mask for selections")
+        else:
+            torch._assert_async(ok, "mask: a floating point mask must hold only 0 and 1")
     return mask != 0
 
 

@@ -165,7 +165,8 @@ MODES = ["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean",
 @pytest.mark.parametrize("info", BATCH_INFOS, ids=["local", "global"])
 def test_verl_agg_loss_equals_real(verl_algos, mode, info):
     old, logp, _, mask = _batch()
-    torch.testing.assert_close(eo_verl.agg_loss(logp, mask, mode, **info), verl_algos.agg_loss(logp, mask, mode, **info))
+    for m in (mask, mask.long()):  # verl's response mask is float; one sliced from attention_mask is int64
+        torch.testing.assert_close(eo_verl.agg_loss(logp, m, mode, **info), verl_algos.agg_loss(logp, m, mode, **info))
 
 
 def _config(info, **policy_loss):
@@ -226,8 +227,9 @@ def test_trl_helpers_equal_real(trl_utils, dtype):
         for a, b in zip(ours, real):
             torch.testing.assert_close(a, b.float(), **tol)
     top_k = torch.randint(0, 300, (4, 9, 3), generator=torch.Generator().manual_seed(3))
-    torch.testing.assert_close(eo_trl.selective_log_softmax(x, top_k),
-                               trl_utils.selective_log_softmax(x, top_k).float(), **tol)
+    for k in (top_k, top_k[..., :0]):  # [..., 0]: no candidate column
+        torch.testing.assert_close(eo_trl.selective_log_softmax(x, k), trl_utils.selective_log_softmax(x, k).float(),
+                                   **tol)
 
 
 # ---- always: formulas, installation into trainer-shaped modules, the missing-trainer error ------
@@ -251,6 +253,8 @@ def test_adapters_match_plain_torch_formulas():
     assert not ent.requires_grad
     k = torch.stack([y, (y + 1) % 200], -1)
     torch.testing.assert_close(eo_trl.selective_log_softmax(x, k), logp_all.gather(-1, k))
+    empty = eo_trl.selective_log_softmax(x, k[..., :0])  # no candidate column
+    assert empty.shape == (5, 7, 0) and empty.dtype == torch.float64
     with pytest.raises(ValueError, match="index: expected shape"):
         eo_trl.selective_log_softmax(x, y[:, :3])
 

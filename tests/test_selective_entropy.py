@@ -44,6 +44,17 @@ def test_no_peak_token_gives_zero_with_zero_gradient(backend):
     assert (torch.autograd.grad(loss, x)[0] == 0).all()
 
 
+def test_every_kernel_runs_on_the_backend_in_force(backend, monkeypatch):
+    import entropy_ops._backends as backends
+
+    calls, get_kernel = [], backends.get_kernel
+    monkeypatch.setattr(backends, "get_kernel", lambda name, op: (calls.append((name, op)), get_kernel(name, op))[1])
+    x, mask = _batch()
+    eo.selective_entropy_loss(x, mask, 0.3)
+    assert {op for _, op in calls} >= {"top_p_entropy", "masked_quantile"}
+    assert {name for name, _ in calls} == {backend}, calls
+
+
 def test_packed_layout_equals_rows(backend):
     x, mask = _batch()
     rows = eo.selective_entropy_loss(x, mask, 0.3)

@@ -63,6 +63,17 @@ def test_top_k_mask_matches_a_sort(dtype, backend):
             assert torch.equal(chosen, _top_k_by_sort(scores, eligible, k)), (shape, k)
 
 
+@pytest.mark.parametrize("backend", TOP_K_BACKENDS)
+def test_top_k_mask_int64_extremes(backend):
+    # -2**63 is the smallest score on every backend (its negation would overflow to itself).
+    from entropy_ops.ops.select import top_k_mask
+    scores = torch.tensor([5, -2**63, 2**63 - 1, -3, 0, 2**63 - 1, -2**63, -2**63 + 1])
+    eligible = torch.ones(scores.shape, dtype=torch.bool)
+    for k in range(scores.numel() + 2):
+        assert torch.equal(top_k_mask(scores, eligible, torch.tensor(k), backend),
+                           _top_k_by_sort(scores, eligible, k)), k
+
+
 def test_top_k_mask_does_not_depend_on_the_thread_count():
     from entropy_ops.ops.select import top_k_mask
     gen = torch.Generator().manual_seed(1)

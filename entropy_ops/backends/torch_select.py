@@ -50,7 +50,7 @@ def top_k(scores, eligible, k):
     if flat.is_floating_point():
         key, key_bits = order_keys(-(flat + 0.0)), 8 * flat.element_size()  # -0.0 -> +0.0 first
     else:
-        key, key_bits = -flat, 64
+        key, key_bits = ~flat, 64  # -1 - flat: order-reversing, no overflow at -2**63
     k = torch.minimum(k.reshape(1), ok.sum().reshape(1))
     # The k-th largest is the entry of rank k - 1 in ascending order of -score.
     tied, residual, _ = select(key, key_bits, ok, (k - 1).clamp(min=0))

@@ -34,11 +34,13 @@ def _logprobs_and_entropy(logits, index, temperature, row_mask):
         return eo.logprobs_and_entropy(logits, index, temperature, mask=mask)
     if index.dim() != logits.dim() or index.shape[:-1] != leading:
         raise ValueError(f"index: expected shape {list(leading)} or {list(leading)} + [K], got {list(index.shape)}")
+    if index.shape[-1] == 0:  # no candidate column: TRL's gather gives [..., 0]
+        entropy = eo.entropy(logits, temperature)
+        return entropy.new_zeros(index.shape), entropy
     columns = [eo.logprobs_and_entropy(logits, index[..., k], temperature,
                                        mask=None if mask is None else mask[..., k])
                for k in range(index.shape[-1])]
-    entropy = columns[0][1] if columns else eo.entropy(logits, temperature)
-    return torch.stack([logp for logp, _ in columns], dim=-1), entropy
+    return torch.stack([logp for logp, _ in columns], dim=-1), columns[0][1]
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, temperature: float = 1.0,

@@ -54,7 +54,10 @@ def logprobs_from_logits(logits, labels, inplace_backward=True):
 def agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str, dp_size: int = 1,
              batch_num_tokens: Optional[int] = None, global_batch_size: Optional[int] = None,
              loss_scale_factor: Optional[int] = None):
-    """verl's ``agg_loss`` (all five modes, verl 0.9.1 semantics): :func:`entropy_ops.agg_loss`."""
+    """verl's ``agg_loss`` (all five modes, verl 0.9.1 semantics): :func:`entropy_ops.agg_loss`.
+    An integer 0/1 ``loss_mask`` (sliced from an attention mask) is accepted, as verl accepts it."""
+    if not loss_mask.is_floating_point() and loss_mask.dtype != torch.bool:
+        loss_mask = loss_mask.to(loss_mat.dtype)
     return eo.agg_loss(loss_mat, loss_mask, loss_agg_mode, dp_size=dp_size, batch_num_tokens=batch_num_tokens,
                        global_batch_size=global_batch_size, loss_scale_factor=loss_scale_factor)
 

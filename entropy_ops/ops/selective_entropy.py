@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import _backends, _validate, _validate_losses
+from .. import _validate, _validate_losses
 from .quantile import peak_entropy_mask
 from .top_p import top_p_entropy
 
@@ -49,10 +49,7 @@ def selective_entropy_loss(logits: Tensor, mask: Tensor, anchor, *, top_p: float
     else:
         anchor = _validate_losses.number("anchor", anchor)
     h = top_p_entropy(logits, top_p, temperature, mask=mask)
-    # The backend in force serves the vocabulary pass; the [B, T] quantile takes whichever backend
-    # has it (a forced `cpu` has no quantile kernel yet, and the result is the same exact value).
-    with _backends.use_backend("auto"):
-        peak = peak_entropy_mask(h.detach(), mask, peak_q, per_sequence=True, cu_seqlens=cu_seqlens)
+    peak = peak_entropy_mask(h.detach(), mask, peak_q, per_sequence=True, cu_seqlens=cu_seqlens)
     n_peak = peak.sum()
     mean_peak = torch.where(peak, h, 0).sum() / n_peak.clamp(min=1)
     return torch.where(n_peak > 0, coef * (mean_peak - anchor) ** 2, 0)
