@@ -196,12 +196,37 @@ def test_inplace_backward_entropy_non_collapsible(backend):
     assert_within_eager_bound(x.grad.reshape(12, 50), ref.reshape(12, 50), eager.reshape(12, 50))
 
 
-def test_double_backward_raises(backend):
+@pytest.mark.parametrize("layout", ["expand", "unfold", "expand_non_collapsible"])
+def test_inplace_backward_of_rows_sharing_memory(backend, layout):
+    """Rows that share memory cannot hold one gradient each: the gradient is written out of place,
+    and equals the out-of-place one (it used to be silently wrong by O(1))."""
+    gen = torch.Generator().manual_seed(72)
+    make, base = {
+        "expand": (lambda t: t.expand(2, 3, 6), torch.randn(1, 1, 6, generator=gen)),
+        "unfold": (lambda t: t.unfold(0, 8, 2), torch.randn(20, generator=gen)),
+        "expand_non_collapsible": (lambda t: t.expand(2, 3, 6), torch.randn(2, 1, 6, generator=gen)),
+    }[layout]
+    grads = []
+    for inplace in (False, True):
+        leaf = base.clone().requires_grad_(True)
+        w = make(leaf * 1.0)
+        logp, h = eo.logprobs_and_entropy(w, torch.zeros(w.shape[:-1], dtype=torch.long), inplace_backward=inplace)
+        grads.append(torch.autograd.grad((logp + h).sum(), leaf)[0])
+    assert torch.equal(grads[1], grads[0])
+    leaf = base.double().requires_grad_(True)
+    w = make(leaf)
+    logp, h = logprobs_and_entropy_ref(w, torch.zeros(w.shape[:-1], dtype=torch.long))
+    torch.testing.assert_close(grads[0].double(), torch.autograd.grad((logp + h).sum(), leaf)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_double_backward_raises(backend, inplace):
     x = torch.randn(3, 20, dtype=torch.float64, requires_grad=True)
-    (g,) = torch.autograd.grad(eo.entropy(x).sum(), x, create_graph=True)
+    (g,) = torch.autograd.grad(eo.entropy(x * 1, inplace_backward=inplace).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
         g.sum().backward()
-    (g,) = torch.autograd.grad(eo.logprobs_and_entropy(x, torch.tensor([1, 2, 3]))[0].sum(), x, create_graph=True)
+    logp = eo.logprobs_and_entropy(x * 1, torch.tensor([1, 2, 3]), inplace_backward=inplace)[0]
+    (g,) = torch.autograd.grad(logp.sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
         g.sum().backward()
 

@@ -119,13 +119,27 @@ def _no_double_backward_setup(ctx, inputs, output):
 _entropy_bwd_op.register_autograd(_no_double_backward, setup_context=_no_double_backward_setup)
 
 
+def _holds_its_gradient(logits: Tensor) -> bool:
+    """Whether the gradient can be written over ``logits``: every element has its own memory.
+    Rows that share memory (an ``expand``-ed or ``unfold``-ed view) cannot hold one gradient each.
+    (``_debug_has_internal_overlap`` alone answers "too hard" for ordinary padded rows.)"""
+    vocab = logits.shape[-1]
+    try:
+        flat = logits.view(-1, vocab)
+    except RuntimeError:  # leading dims that do not collapse: the op copies back, which needs no overlap
+        return torch._debug_has_internal_overlap(logits) == 0
+    return flat.shape[0] <= 1 or flat.stride(0) >= vocab
+
+
 def _grad_logits(ctx, grad_entropy, grad_logp):
     if grad_entropy is None and grad_logp is None:
         return None
     logits, labels, temperature, mask, lse, entropy = ctx.saved_tensors
     args = (labels, temperature, ctx.temperature_scalar, ctx.ignore_index, mask, lse, entropy,
             grad_entropy, grad_logp, ctx.backend)
-    if ctx.inplace_backward:
+    # In place only in a plain backward: under create_graph the returned buffer would carry the
+    # logits' own history as its graph (a wrong double backward instead of the error below).
+    if ctx.inplace_backward and not torch.is_grad_enabled() and _holds_its_gradient(logits):
         _entropy_bwd_inplace_op(logits, *args)
         return logits
     return _entropy_bwd_op(logits, *args)
@@ -180,6 +194,8 @@ def entropy(logits: Tensor, temperature=1.0, *, mask: Optional[Tensor] = None,
             gradient.
         inplace_backward: write the gradient into ``logits``' own buffer (saves one ``[N, V]``
             allocation; ``logits`` must not be needed afterwards). Not with ``process_group``.
+            Written out of place instead where rows share memory (an expanded or unfolded view)
+            and under ``create_graph=True``.
         process_group: vocab parallel (SPEC §3.3): ``logits`` is this rank's shard ``[..., V_r]`` of
             the vocabulary (Megatron layout) and every rank gets the unsharded result; all ranks
             call with the same leading shape, temperature and mask. See ``parallel/vocab.py``.
