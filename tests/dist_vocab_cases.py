@@ -182,9 +182,42 @@ def _errors(rank, world, group):
     return messages
 
 
+def _empty_batches(rank, world, group):
+    """Every vocab-parallel op, forward and backward, on N = 0 rows (leading shapes [0] and [2, 0],
+    [N] and [N, K] labels): the output shapes, and the gradient shapes (None: the op raised)."""
+    out = {}
+    for backend in BACKENDS:
+        with eo.use_backend(backend):
+            for lead in ((0,), (2, 0)):
+                x = torch.randn(*lead, 5, requires_grad=True)
+                y = torch.zeros(lead, dtype=torch.long)
+                h = torch.randn(*lead, 4, requires_grad=True)
+                w = torch.randn(5, 4, requires_grad=True)
+                calls = {
+                    "entropy": lambda: (eo.entropy(x, process_group=group),),
+                    "logprobs_and_entropy": lambda: eo.logprobs_and_entropy(x, y, process_group=group),
+                    "top_p_entropy": lambda: (eo.top_p_entropy(x, 0.5, process_group=group),),
+                    "min_p_logprobs": lambda: (eo.min_p_logprobs(x, y, 0.1, process_group=group),),
+                    "linear": lambda: eo.linear_logprobs_and_entropy(h, w, y, process_group=group),
+                    "linear_k": lambda: eo.linear_logprobs_and_entropy(h, w, y[..., None].expand(*lead, 2),
+                                                                       process_group=group),
+                }
+                for name, call in calls.items():
+                    try:
+                        outputs = call()
+                        leaves = (h, w) if name.startswith("linear") else (x,)
+                        grads = torch.autograd.grad(sum(o.sum() for o in outputs), leaves, allow_unused=True)
+                        out[backend, lead, name] = ([tuple(o.shape) for o in outputs],
+                                                    [None if g is None else tuple(g.shape) for g in grads])
+                    except RuntimeError as e:
+                        out[backend, lead, name] = str(e)
+    return out
+
+
 def _worker(rank, world):
     torch.manual_seed(0)
-    results = {"entropy": _entropy_family(rank, world, dist.group.WORLD),
+    results = {"empty": _empty_batches(rank, world, dist.group.WORLD),
+               "entropy": _entropy_family(rank, world, dist.group.WORLD),
                "selective": _selective(rank, world, dist.group.WORLD),
                "errors": _errors(rank, world, dist.group.WORLD),
                "linear": _linear(rank, world, dist.group.WORLD)}

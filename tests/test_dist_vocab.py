@@ -183,6 +183,21 @@ def test_linear_matches_single_process(world):
             _as_good(torch.cat([r[k] for r in per_rank]), single[k], ref[k], f"{name} {what}")
 
 
+def test_empty_batches_run_forward_and_backward(world):
+    _, results = world
+    for rank, r in enumerate(results):
+        assert len(r["empty"]) == 2 * 2 * 6
+        for (backend, lead, name), got in r["empty"].items():
+            assert not isinstance(got, str), f"rank {rank} {backend} {lead} {name}: {got}"
+            shapes, grads = got
+            k = (2,) if name == "linear_k" else ()
+            expected = {"logprobs_and_entropy": [lead, lead], "linear": [lead, lead],
+                        "linear_k": [lead + k, lead]}.get(name, [lead])
+            assert shapes == expected, (rank, backend, lead, name, shapes)
+            leaves = [lead + (4,), (5, 4)] if name.startswith("linear") else [lead + (5,)]
+            assert grads == leaves, (rank, backend, lead, name, grads)
+
+
 def test_bad_layouts_and_arguments_raise_on_every_rank(world):
     world_size, results = world
     expected = {

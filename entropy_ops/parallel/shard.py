@@ -95,7 +95,7 @@ def localize(labels: Tensor, shard: Shard, layout: ShardLayout, ignore_index: in
     ``k_labels``); checks the range against the full V (SPEC §2: raising on CPU tensors, a
     device-side assert under ``ENTROPY_OPS_CHECK=1`` on CUDA)."""
     n = shard.x.shape[0]
-    y = (labels.reshape(n, -1) if k_labels else per_row(labels, n)).long()
+    y = (labels.reshape(n, labels.shape[-1]) if k_labels else per_row(labels, n)).long()
     live = shard.live[:, None] if k_labels else shard.live
     ignored = y == ignore_index
     in_range = (y >= 0) & (y < layout.total)

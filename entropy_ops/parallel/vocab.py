@@ -108,8 +108,9 @@ def grad_from_state(x, t, t_scalar, mask, row_max, log_norm, h, label_state, gra
     g_h = torch.zeros(n, dtype=F64, device=x.device) if grad_h is None else grad_h.reshape(-1).to(F64)
     g_l = torch.zeros_like(g_h)
     if label_state is not None and grad_logp is not None:
-        logp, local, owned, valid = (v.reshape(n, -1) for v in label_state)
-        g_k = torch.where(valid, grad_logp.reshape(n, -1).to(F64), 0)
+        k = label_state[0].shape[-1] if label_state[0].dim() == 2 else 1  # not -1: N may be 0
+        logp, local, owned, valid = (v.reshape(n, k) for v in label_state)
+        g_k = torch.where(valid, grad_logp.reshape(n, k).to(F64), 0)
         g_l = g_k.sum(-1)  # every label's logp pulls -g_k p_j from every entry
     tiny = g_l.abs() * _tiny(x.dtype)
     g = torch.where(g_h.abs() < tiny, tiny, g_h)

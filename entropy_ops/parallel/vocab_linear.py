@@ -55,7 +55,8 @@ class _VocabParallelLinear(torch.autograd.Function):
         layout = shard_layout(group, vocab, vocab_start, hidden.device)
         w = product_weight(weight)
         parts = []
-        for start, end in _chunks(n, chunk_rows(vocab, hidden.device, a.chunk_size)):
+        # N = 0: one empty chunk, so that the row states (and the merge's collectives) exist.
+        for start, end in list(_chunks(n, chunk_rows(vocab, hidden.device, a.chunk_size))) or [(0, 0)]:
             _, shard = _chunk_shard(a, w, start, end, a.ignore_index)
             y = localize(a.labels[start:end], shard, layout, a.ignore_index, k_labels=True)
             parts.append((local_state(shard, y, backends[0]), y))
