@@ -70,3 +70,30 @@ def test_single_thread_matches_two_threads(cpu_backend, restore_threads):
     two = _row_results(x, y, *g)
     for a, b in zip(one, two):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("flush_before_pool", [False, True])
+def test_flush_denormal_applies_to_every_worker(cpu_backend, restore_threads, flush_before_pool):
+    """``torch.set_flush_denormal`` sets the calling thread's FTZ/DAZ; the pool's workers take the
+    caller's mode with each job, so identical rows keep identical bits (their gradients here are
+    denormal, flushed or not alike) whichever thread computes them."""
+    torch.set_num_threads(2)
+    row = torch.full((4096,), -86.0)
+    row[0] = 0.0
+    x = row.repeat(64, 1)
+
+    def grad_bits():
+        xi = x.clone().requires_grad_(True)
+        (eo.entropy(xi) * 1e-6).sum().backward()
+        return xi.grad.view(torch.int32)
+
+    if not torch.set_flush_denormal(flush_before_pool):
+        pytest.skip("this CPU cannot flush denormals")
+    try:
+        grad_bits()  # the pool's threads exist from here on, started in this mode
+        torch.set_flush_denormal(not flush_before_pool)
+        bits = grad_bits()
+    finally:
+        torch.set_flush_denormal(False)
+    assert (bits == bits[0]).all(), "a row's gradient bits depend on the worker that computed it"
+    assert (bits[:, 1] != 0).all() == flush_before_pool  # denormal kept unless flushed

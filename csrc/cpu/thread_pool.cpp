@@ -8,11 +8,31 @@
 #include <mutex>
 #include <thread>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
+
 namespace entropy_ops {
 namespace cpu {
 namespace {
 
 constexpr int kMaxWorkers = 256;
+
+// The caller's rounding / flush-to-zero / denormals-are-zero modes (MXCSR, which
+// torch.set_flush_denormal sets on the calling thread only) travel with each job: otherwise a
+// row's bits would depend on which thread computed it (batch invariance). The sticky exception
+// flags (low 6 bits) stay each thread's own.
+#if defined(__x86_64__) || defined(__i386__)
+constexpr unsigned kFlagBits = 0x3F;
+unsigned fp_mode() { return _mm_getcsr() & ~kFlagBits; }
+void set_fp_mode(unsigned mode) {
+  const unsigned csr = _mm_getcsr();
+  if ((csr & ~kFlagBits) != mode) _mm_setcsr((csr & kFlagBits) | mode);
+}
+#else
+unsigned fp_mode() { return 0; }
+void set_fp_mode(unsigned) {}
+#endif
 
 class ThreadPool {
  public:
@@ -35,6 +55,7 @@ class ThreadPool {
         std::thread(&ThreadPool::worker_loop, this, ++n_threads_).detach();
       }
       task_ = &task;
+      fp_mode_ = fp_mode();
       active_ = n_workers;
       pending_ = n_workers - 1;
       ++generation_;
@@ -57,7 +78,9 @@ class ThreadPool {
       seen = generation_;
       if (id >= active_) continue;
       const std::function<void(int)>* task = task_;
+      const unsigned mode = fp_mode_;
       lk.unlock();
+      set_fp_mode(mode);
       (*task)(id);
       lk.lock();
       if (--pending_ == 0) done_cv_.notify_one();
@@ -69,6 +92,7 @@ class ThreadPool {
   std::mutex mu_;
   std::condition_variable work_cv_, done_cv_;
   const std::function<void(int)>* task_ = nullptr;
+  unsigned fp_mode_ = 0;
   int n_threads_ = 0;
   int active_ = 0;
   int pending_ = 0;
