@@ -9,7 +9,6 @@ import torch
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 LABEL_DTYPES = (torch.int64, torch.int32)
 
-_F32_TINY, _F32_MAX = torch.finfo(torch.float32).tiny, torch.finfo(torch.float32).max
 
 
 def logits(x) -> Tuple[int, ...]:
@@ -45,20 +44,29 @@ def _leading(name: str, t: torch.Tensor, leading: Tuple[int, ...], what: str) ->
         )
 
 
+def normal_temperature(t, dtype: torch.dtype):
+    """``t`` (a number, or a tensor to compare on the device) checked against the normal range of
+    the type the kernels compute with for ``dtype`` (float32; float64 for float64): outside it T or
+    1/T becomes 0 or inf there, and rows NaN. Returns ``t``, or the tensor's all-in-range flag."""
+    finfo = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32)
+    if isinstance(t, torch.Tensor):
+        return ((t >= finfo.tiny) & (t <= finfo.max)).all()
+    if not finfo.tiny <= t <= finfo.max:
+        raise ValueError(f"temperature: must lie in {finfo.dtype}'s normal range [{finfo.tiny:.3g}, {finfo.max:.3g}] "
+                         f"(the kernels compute with it in {finfo.dtype}), got {t}")
+    return t
+
+
 def temperature(t, x: torch.Tensor, leading, source: str = "logits") -> Tuple[Optional[torch.Tensor], float]:
     """Return ``(tensor or None, python float)``; a tensor is detached (no gradient flows to T).
     ``source`` names the tensor whose leading shape a per-row temperature must have."""
     if isinstance(t, bool) or not isinstance(t, (int, float, torch.Tensor)):
         raise TypeError(f"temperature: expected a float > 0 or a tensor, got {type(t).__name__}")
     if not isinstance(t, torch.Tensor):
-        # Comparisons, not math.isfinite: they trace under dynamic=True (NaN fails them too). The
-        # kernels take T as a float32: outside its normal range T or 1/T would become 0 or inf.
+        # Comparisons, not math.isfinite: they trace under dynamic=True (NaN fails them too).
         if not 0 < t < math.inf:
             raise ValueError(f"temperature: must be a finite float > 0, got {t}")
-        if not _F32_TINY <= t <= _F32_MAX:
-            raise ValueError(f"temperature: must lie in float32's normal range [{_F32_TINY:.3g}, {_F32_MAX:.3g}] "
-                             f"(the kernels compute with it in float32), got {t}")
-        return None, float(t)
+        return None, float(normal_temperature(t, x.dtype))
     if not t.is_floating_point():
         raise TypeError(f"temperature: tensor dtype {t.dtype} is not floating point; use a float tensor")
     if t.dim() != 0:

@@ -6,7 +6,7 @@ import torch
 
 import entropy_ops as eo
 from conftest import assert_within_eager_bound, eager_logprobs_and_entropy
-from entropy_ops.reference import logprobs_and_entropy_ref
+from entropy_ops.reference import entropy_ref, logprobs_and_entropy_ref
 
 B, T, V = 2, 3, 11
 
@@ -70,19 +70,31 @@ def test_bad_float_temperature(backend, temperature):
         raises_naming(ValueError, "temperature", call)
 
 
+def test_float64_logits_take_temperatures_of_float64s_normal_range(backend):
+    """float64 logits are computed in float64: a temperature of 1e-300 is in range, as a float
+    and per row (from a float64 tensor), and matches the reference; 1e-320 is not."""
+    x = x_().double()
+    for t in (1e-300, torch.full((B, T), 1e-300, dtype=torch.float64)):
+        torch.testing.assert_close(eo.entropy(x, t), entropy_ref(x, t), rtol=0, atol=1e-12)
+    for t in (1e-320, torch.full((B, T), 1e-320, dtype=torch.float64)):
+        for call in both_ops(logits=x, temperature=t):
+            raises_naming(ValueError, "temperature", call)
+
+
 @pytest.mark.parametrize("temperature", ["1.0", None, True, [1.0]], ids=["str", "None", "bool", "list"])
 def test_temperature_of_wrong_type(backend, temperature):
     for call in both_ops(temperature=temperature):
         raises_naming(TypeError, "temperature", call)
 
 
-@pytest.mark.parametrize("bad", [0.0, -0.5, float("nan"), float("inf")])
+@pytest.mark.parametrize("bad", [0.0, -0.5, float("nan"), float("inf"), 1e-39, 1e39])
 def test_bad_per_row_temperature_raises_inside_op(backend, bad):
-    t = torch.rand(B, T) + 0.5
+    # 1e-39 (float32 subnormal) and 1e39 (inf in float32) are outside the range the kernels compute in.
+    t = torch.rand(B, T, dtype=torch.float64) + 0.5
     t[0, 1] = bad
     for call in both_ops(temperature=t):
         raises_naming(ValueError, "temperature", call)
-    for call in both_ops(temperature=torch.tensor(bad)):
+    for call in both_ops(temperature=torch.tensor(bad, dtype=torch.float64)):
         raises_naming(ValueError, "temperature", call)
 
 

@@ -5,6 +5,7 @@ from typing import Optional
 
 import torch
 
+from .._validate import normal_temperature
 from ..backends.kernel import acc_dtype
 
 
@@ -42,9 +43,10 @@ def check_values(x, labels, temperature, ignore_index: int, mask) -> None:
         return
     vocab = x.shape[-1]
     checks = []
-    if temperature is not None:
-        checks.append((((temperature > 0) & torch.isfinite(temperature)).all(),
-                       "temperature: every per-row temperature must be finite and > 0"))
+    if temperature is not None:  # in the accumulation dtype: its normal range, as for a float T
+        checks.append((normal_temperature(temperature, temperature.dtype),
+                       f"temperature: every per-row temperature must be finite and in {temperature.dtype}'s "
+                       f"normal range [{torch.finfo(temperature.dtype).tiny:.3g}, {torch.finfo(temperature.dtype).max:.3g}]"))
     if labels is not None:
         bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab))
         if mask is not None:
