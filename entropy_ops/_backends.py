@@ -6,6 +6,7 @@ entry, and passes its name into the custom op as a string.
 """
 import contextlib
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Tuple
 
@@ -72,9 +73,17 @@ _env_backend = os.environ.get("ENTROPY_OPS_BACKEND", "auto")
 # A bad ENTROPY_OPS_BACKEND must not make `import entropy_ops` crash: it is reported by the first
 # op call (and by `info`) instead.
 _default = _env_backend if _env_backend in BACKEND_NAMES else None
-# Plain module state (not a ContextVar, which torch.compile cannot trace): dynamo guards on it, so
+# use_backend's stack, one per thread (a `with` in one thread must not change another's ops).
+# A threading.local, not a ContextVar, which torch.compile cannot trace: dynamo guards on it, so
 # changing the backend recompiles instead of silently reusing a graph built for another backend.
-_overrides = []
+_local = threading.local()
+
+
+def _overrides() -> list:
+    stack = getattr(_local, "overrides", None)
+    if stack is None:
+        stack = _local.overrides = []
+    return stack
 
 
 def set_backend(name: str) -> None:
@@ -85,8 +94,9 @@ def set_backend(name: str) -> None:
 
 def get_backend() -> str:
     """The backend name in force (``use_backend`` > ``set_backend`` > ``ENTROPY_OPS_BACKEND`` > auto)."""
-    if _overrides:
-        return _overrides[-1]
+    overrides = getattr(_local, "overrides", None)
+    if overrides:
+        return overrides[-1]
     if _default is None:
         raise ValueError(
             f"ENTROPY_OPS_BACKEND={_env_backend!r} is not a backend; choose one of {', '.join(BACKEND_NAMES)}"
@@ -96,12 +106,14 @@ def get_backend() -> str:
 
 @contextlib.contextmanager
 def use_backend(name: str):
-    """``with eo.use_backend("torch"): ...`` runs the ops inside on that backend."""
-    _overrides.append(_check_name(name))
+    """``with eo.use_backend("torch"): ...`` runs the ops inside on that backend, in this thread
+    (other threads keep theirs; :func:`set_backend` is process-wide)."""
+    overrides = _overrides()
+    overrides.append(_check_name(name))
     try:
         yield
     finally:
-        _overrides.pop()
+        overrides.pop()
 
 
 def available_backends() -> Dict[str, Tuple[bool, str]]:

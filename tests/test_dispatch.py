@@ -46,6 +46,39 @@ def test_set_and_use_backend_nest_and_restore():
     assert eo.get_backend() == "torch"
 
 
+def test_use_backend_is_per_thread():
+    """A ``with use_backend`` in one thread neither leaks into another thread nor, on exit, pops
+    the other thread's own choice."""
+    import threading
+
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def thread_a():
+        with eo.use_backend("torch"):
+            a_in.set()
+            b_in.wait(30)
+        a_out.set()
+
+    def thread_b():
+        a_in.wait(30)
+        seen["before"] = eo.get_backend()
+        with eo.use_backend("cpu"):
+            b_in.set()
+            a_out.wait(30)
+            seen["inside"] = eo.get_backend()
+        seen["after"] = eo.get_backend()
+
+    default = eo.get_backend()
+    threads = [threading.Thread(target=thread_b), threading.Thread(target=thread_a)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert seen == {"before": default, "inside": "cpu", "after": default}
+    assert eo.get_backend() == default
+
+
 @pytest.mark.parametrize("setter", ["set_backend", "use_backend"])
 def test_unknown_backend_names_the_choices(setter):
     eo.set_backend("torch")
