@@ -51,6 +51,15 @@ def test_labels_out_of_range_raise_on_cpu(backend, bad):
     raises_naming(ValueError, "labels", lambda: eo.logprobs_and_entropy(x_(), y.int()))
 
 
+def test_ignore_index_beyond_int32_does_not_wrap_for_int32_labels(backend):
+    # 2**32 - 100 wraps to -100 in int32: the -100 labels are out of range, not ignored.
+    y = y_()
+    y[1, 2] = -100
+    raises_naming(ValueError, "labels", lambda: eo.logprobs_and_entropy(x_(), y.int(), ignore_index=2**32 - 100))
+    logp, _ = eo.logprobs_and_entropy(x_(), y.int(), ignore_index=-100)
+    assert logp[1, 2] == 0
+
+
 def test_out_of_range_label_in_masked_row_is_fine(backend):
     x, y = x_(), y_()
     y[1, 2] = 10**6

@@ -48,7 +48,12 @@ def check_values(x, labels, temperature, ignore_index: int, mask) -> None:
                        f"temperature: every per-row temperature must be finite and in {temperature.dtype}'s "
                        f"normal range [{torch.finfo(temperature.dtype).tiny:.3g}, {torch.finfo(temperature.dtype).max:.3g}]"))
     if labels is not None:
-        bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab))
+        # An ignore_index that int32 labels cannot hold matches none of them (the kernels compare
+        # in int64); comparing int32 labels with it would wrap it modulo 2^32.
+        fits = labels.dtype != torch.int32 or -2**31 <= ignore_index < 2**31
+        bad = (labels < 0) | (labels >= vocab)
+        if fits:
+            bad = bad & (labels != ignore_index)
         if mask is not None:
             bad = bad & mask
         checks.append((~bad.any(), f"labels: every label must be in [0, {vocab}) or equal ignore_index={ignore_index}"))
