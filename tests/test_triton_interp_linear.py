@@ -37,6 +37,7 @@ CASES = [  # (dtype, k labels, bias, logit_scale, softcap, temperature kind)
     (torch.bfloat16, None, True, 1.0, 3.0, "tensor0d"),
     (torch.bfloat16, 2, True, 2.0, None, "per_row"),
     (torch.float16, None, False, 1.0, 4.0, "per_row"),
+    (torch.float32, None, True, 1.0, 1e4, "scalar"),  # tanh of tiny arguments: no cancellation
 ]
 
 
