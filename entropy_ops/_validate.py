@@ -44,17 +44,18 @@ def _leading(name: str, t: torch.Tensor, leading: Tuple[int, ...], what: str) ->
         )
 
 
-def normal_temperature(t, dtype: torch.dtype):
-    """``t`` (a number, or a tensor to compare on the device) checked against the normal range of
-    the type the kernels compute with for ``dtype`` (float32; float64 for float64): outside it T or
-    1/T becomes 0 or inf there, and rows NaN. Returns ``t``, or the tensor's all-in-range flag."""
+def normal_range(name: str, v, dtype: torch.dtype):
+    """A positive scale ``v`` (a number, or a tensor to compare on the device) checked against the
+    normal range of the type the kernels compute with for ``dtype`` (float32; float64 for float64):
+    outside it ``v`` or ``1/v`` becomes 0 or inf there, and rows NaN. Returns ``v``, or the
+    tensor's all-in-range flag."""
     finfo = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32)
-    if isinstance(t, torch.Tensor):
-        return ((t >= finfo.tiny) & (t <= finfo.max)).all()
-    if not finfo.tiny <= t <= finfo.max:
-        raise ValueError(f"temperature: must lie in {finfo.dtype}'s normal range [{finfo.tiny:.3g}, {finfo.max:.3g}] "
-                         f"(the kernels compute with it in {finfo.dtype}), got {t}")
-    return t
+    if isinstance(v, torch.Tensor):
+        return ((v >= finfo.tiny) & (v <= finfo.max)).all()
+    if not finfo.tiny <= v <= finfo.max:
+        raise ValueError(f"{name}: must lie in {finfo.dtype}'s normal range [{finfo.tiny:.3g}, {finfo.max:.3g}] "
+                         f"(the kernels compute with it in {finfo.dtype}), got {v}")
+    return v
 
 
 def temperature(t, x: torch.Tensor, leading, source: str = "logits") -> Tuple[Optional[torch.Tensor], float]:
@@ -66,7 +67,7 @@ def temperature(t, x: torch.Tensor, leading, source: str = "logits") -> Tuple[Op
         # Comparisons, not math.isfinite: they trace under dynamic=True (NaN fails them too).
         if not 0 < t < math.inf:
             raise ValueError(f"temperature: must be a finite float > 0, got {t}")
-        return None, float(normal_temperature(t, x.dtype))
+        return None, float(normal_range("temperature", t, x.dtype))
     if not t.is_floating_point():
         raise TypeError(f"temperature: tensor dtype {t.dtype} is not floating point; use a float tensor")
     if t.dim() != 0:

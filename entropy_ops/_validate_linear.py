@@ -83,15 +83,16 @@ def row_mask(m, hidden: torch.Tensor, leading) -> Optional[torch.Tensor]:
     return m
 
 
-def positive_float(name: str, v, *, allow_none: bool) -> float:
-    """A finite Python float > 0; ``None`` (when allowed) is returned as 0.0, the op's "absent"."""
+def positive_float(name: str, v, dtype: torch.dtype, *, allow_none: bool) -> float:
+    """A Python float > 0 in the normal range of the type the kernels compute with for ``dtype``;
+    ``None`` (when allowed) is returned as 0.0, the op's "absent"."""
     if v is None and allow_none:
         return 0.0
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"{name}: expected a Python float > 0{' or None' if allow_none else ''}, got {type(v).__name__}")
     if not 0 < v < math.inf:  # NaN fails it too; comparisons, not math.isfinite, trace under dynamic=True
         raise ValueError(f"{name}: must be a finite float > 0, got {v}")
-    return float(v)
+    return float(_validate.normal_range(name, v, dtype))
 
 
 def chunk_size(v) -> int:

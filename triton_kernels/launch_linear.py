@@ -19,7 +19,7 @@ import torch
 import triton
 
 from ..backends.kernel import acc_dtype
-from ..backends.torch_linear import _mm_acc, add_mm, chunk_rows
+from ..backends.torch_linear import _mm_acc, add_mm, chunk_rows, gradient_rows
 from . import FP_FUSION
 from .linear_entropy import linear_entropy_bwd_kernel, linear_entropy_fwd_kernel
 
@@ -146,7 +146,8 @@ def linear_bwd_triton(a, state, entropy, grad_logp, grad_entropy, need_hidden, n
     g_k = total = None
     if grad_logp is not None:
         g_k, total = _label_grads(a, grad_logp)
-    h_w = h if a.mask is None else torch.where(a.mask[:, None], h, 0)  # NaN in a masked row x 0 is NaN
+    # Rows without a gradient (masked, ignored, zero upstream) read 0: a NaN hidden state x 0 is NaN.
+    h_w = torch.where(gradient_rows(a, grad_logp, grad_entropy)[:, None], h, 0) if need_weight else None
     cols = vocab_chunk(vocab, n_rows, h.device, a.chunk_size)
     flags, launch = _common(a)
     flags.update(HAS_GRAD_ENTROPY=grad_entropy is not None, HAS_GRAD_LOGP=grad_logp is not None)

@@ -3,8 +3,10 @@ the LM head (``torch.mm``: MKL/oneDNN on CPU, cuBLAS on CUDA), then a backend's 
 (:class:`RowKernel`) on that chunk of logits. The ``torch``, ``cpu`` and ``cuda`` backends are this
 driver with their own row kernels; ``triton`` has a fused kernel of its own (triton_linear.py).
 
-Memory beyond inputs, outputs and gradients: one ``[rows, V]`` chunk of float32 logits (two in a
-backward with ``softcap`` or ``K > 1`` labels), O(N) row states, and, for a bf16/fp16 LM head, a
+Memory beyond inputs, outputs and gradients: one ``[rows, V]`` chunk of float32 logits in the
+forward; in the backward up to four with ``softcap`` and ``K > 1`` labels (the logits, softcap's
+chain factor, the separate gradient of K > 1 labels and their probabilities; each op in place
+where it can), O(N) row states, and, for a bf16/fp16 LM head, a
 float32 accumulator of ``grad_weight`` (and on CPU a float32 copy of the weight: CPU BLAS has no
 half-precision product with a float32 output). Never an ``[N, V]`` tensor.
 
@@ -63,8 +65,13 @@ def _chunks(n_rows: int, rows: int):
         yield start, min(n_rows, start + rows)
 
 
+# torch.mm / torch.addmm take out_dtype= (a half product with a float32 result) from torch 2.8 on;
+# before, a half head on CUDA takes the float32 path of CPU heads (a float32 copy of the weight).
+_MM_OUT_DTYPE = torch.torch_version.TorchVersion(torch.__version__) >= (2, 8)
+
+
 def _half_on_cuda(t: torch.Tensor) -> bool:
-    return t.is_cuda and t.dtype in (torch.bfloat16, torch.float16)
+    return _MM_OUT_DTYPE and t.is_cuda and t.dtype in (torch.bfloat16, torch.float16)
 
 
 def product_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -159,6 +166,7 @@ def linear_fwd_chunked(row_kernel: RowKernel, a: LinearArgs):
         z = chunk_logits(a, w, a.hidden[start:end])[:end - start]
         lse, entropy[start:end], logp[start:end] = chunk_row_states(row_kernel, a, z, start, end)
         state[start:end, 0] = lse
+        del z  # before the next chunk's product allocates its own
     return logp, entropy, state
 
 
@@ -172,8 +180,9 @@ def _label_grads(g, z, a, start, end, lse, grad_logp):
     g_k = torch.where(live, grad_logp, 0)
     total = g_k.sum(1, keepdim=True)
     t = a.temperature_scalar if a.temperature is None else a.temperature[start:end, None]
-    p = torch.exp(z / t - lse[:, None])
-    g.sub_(torch.where(total != 0, total * p, 0) / t)
+    # One chunk-sized buffer, in place: total * p / t, and exactly 0 where total is 0 (p may be NaN).
+    p = z.div(t).sub_(lse[:, None]).exp_().mul_(total).div_(t).masked_fill_(total == 0, 0)
+    g.sub_(p)
     g.scatter_add_(1, y.clamp(0, vocab - 1), g_k / t)
 
 
@@ -198,11 +207,24 @@ def _chunk_grad_logits(row_kernel, a, w, start, end, lse, entropy, grad_logp, gr
         _label_grads(g, z, a, start, end, lse[start:end], grad_logp[start:end])
     g_full[rows:] = 0
     if factor is not None:
-        # where, not a product: a masked row's factor may be NaN (NaN hidden), its gradient is 0.
-        g.copy_(torch.where(g != 0, g * factor, 0))
+        # Zeroed where g is 0 first: a masked row's factor may be NaN (NaN hidden), its gradient is 0.
+        g.mul_(factor.masked_fill_(g == 0, 0))
     elif a.logit_scale != 1.0:
         g.mul_(a.logit_scale)
     return g_full
+
+
+def gradient_rows(a: LinearArgs, grad_logp: Optional[torch.Tensor],
+                  grad_entropy: Optional[torch.Tensor]) -> torch.Tensor:
+    """Bool ``[N]``: the rows whose logits get a gradient (not masked, with a nonzero upstream
+    gradient of H or of a non-ignored label's logp). Only their hidden states enter grad_weight's
+    product: a NaN hidden state times its row's zero gradient would still be NaN (SPEC §2: masked,
+    ignored and zero-gradient rows contribute exactly 0)."""
+    live = (torch.zeros(a.hidden.shape[0], dtype=torch.bool, device=a.hidden.device)
+            if grad_entropy is None else grad_entropy != 0)
+    if grad_logp is not None:
+        live = live | ((a.labels != a.ignore_index) & (grad_logp != 0)).any(1)
+    return live if a.mask is None else live & a.mask
 
 
 def linear_bwd_chunked(row_kernel: RowKernel, a: LinearArgs, state, entropy, grad_logp, grad_entropy,
@@ -212,7 +234,8 @@ def linear_bwd_chunked(row_kernel: RowKernel, a: LinearArgs, state, entropy, gra
     w = product_weight(a.weight)
     # Half GEMMs on CUDA (cuBLAS, float32 accumulation inside); float32 ones elsewhere.
     mm_dtype = a.weight.dtype if _half_on_cuda(a.weight) else acc
-    grad_hidden = torch.empty_like(a.hidden) if need_hidden else None
+    live = gradient_rows(a, grad_logp, grad_entropy) if need_weight else None
+    grad_hidden = torch.empty(a.hidden.shape, dtype=a.hidden.dtype, device=a.hidden.device) if need_hidden else None
     grad_w = torch.zeros(a.weight.shape, dtype=acc, device=a.weight.device) if need_weight else None
     grad_b = torch.zeros(vocab, dtype=acc, device=a.weight.device) if need_weight and a.bias is not None else None
     lse = state[:, 0].contiguous()
@@ -223,12 +246,11 @@ def linear_bwd_chunked(row_kernel: RowKernel, a: LinearArgs, state, entropy, gra
         if need_hidden:
             grad_hidden[start:end] = _mm_acc(g_mm, w.to(mm_dtype), acc)[:rows]
         if need_weight:
-            h = a.hidden[start:end]
-            if a.mask is not None:  # a NaN in a masked row times its 0 gradient is still NaN
-                h = torch.where(a.mask[start:end, None], h, 0)
+            h = torch.where(live[start:end, None], a.hidden[start:end], 0)
             add_mm(grad_w, g_mm.t(), _padded(h).to(mm_dtype))
             if grad_b is not None:
                 grad_b += g.sum(0)
+        del g, g_mm  # before the next chunk's product allocates its own
     cast = (lambda t: None if t is None else t.to(a.weight.dtype))
     return grad_hidden, cast(grad_w), cast(grad_b)
 

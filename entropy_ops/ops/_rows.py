@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from .._validate import normal_temperature
+from .._validate import normal_range
 from ..backends.kernel import acc_dtype
 
 
@@ -44,7 +44,7 @@ def check_values(x, labels, temperature, ignore_index: int, mask) -> None:
     vocab = x.shape[-1]
     checks = []
     if temperature is not None:  # in the accumulation dtype: its normal range, as for a float T
-        checks.append((normal_temperature(temperature, temperature.dtype),
+        checks.append((normal_range("temperature", temperature, temperature.dtype),
                        f"temperature: every per-row temperature must be finite and in {temperature.dtype}'s "
                        f"normal range [{torch.finfo(temperature.dtype).tiny:.3g}, {torch.finfo(temperature.dtype).max:.3g}]"))
     if labels is not None:

@@ -62,22 +62,27 @@ def _linear_bwd_op(hidden: Tensor, weight: Tensor, labels: Tensor, bias: Optiona
                    temperature: Optional[Tensor], temperature_scalar: float, ignore_index: int,
                    mask: Optional[Tensor], logit_scale: float, softcap: float, chunk_size: int,
                    state: Tensor, entropy: Tensor, grad_logp: Optional[Tensor],
-                   grad_entropy: Optional[Tensor], backend: str) -> Tuple[Tensor, Tensor, Tensor]:
-    """``(grad_hidden [N, D], grad_weight [V, D], grad_bias [V], or [0] without bias)``."""
+                   grad_entropy: Optional[Tensor], need_hidden: bool, need_weight: bool,
+                   backend: str) -> Tuple[Tensor, Tensor, Tensor]:
+    """``(grad_hidden [N, D], grad_weight [V, D], grad_bias [V])``, contiguous; ``[0]`` for a
+    gradient not asked for (``need_hidden``; ``need_weight`` covers the weight and the bias: a
+    frozen LM head skips its ``[V, D]`` accumulator and product) and for the bias of a head without."""
     a = _args(hidden, weight, bias, labels, temperature, temperature_scalar, ignore_index, mask,
               logit_scale, softcap, chunk_size)
     acc = acc_dtype(hidden.dtype)
     kernel = _backends.get_kernel(backend, "linear_logprobs_and_entropy")
-    gh, gw, gb = kernel.bwd(a, state, entropy, None if grad_logp is None else grad_logp.to(acc).contiguous(),
-                            None if grad_entropy is None else grad_entropy.to(acc).contiguous(), True, True)
-    return gh, gw, gb if gb is not None else weight.new_empty(0)
+    grads = kernel.bwd(a, state, entropy, None if grad_logp is None else grad_logp.to(acc).contiguous(),
+                       None if grad_entropy is None else grad_entropy.to(acc).contiguous(), need_hidden, need_weight)
+    return tuple(g.contiguous() if g is not None else like.new_empty(0) for g, like in zip(grads, (hidden, weight, weight)))
 
 
 @_linear_bwd_op.register_fake
 def _(hidden, weight, labels, bias, temperature, temperature_scalar, ignore_index, mask, logit_scale,
-      softcap, chunk_size, state, entropy, grad_logp, grad_entropy, backend):
-    return (torch.empty_like(hidden), torch.empty_like(weight),
-            torch.empty_like(bias) if bias is not None else weight.new_empty(0))
+      softcap, chunk_size, state, entropy, grad_logp, grad_entropy, need_hidden, need_weight, backend):
+    with_bias = need_weight and bias is not None
+    return (hidden.new_empty(hidden.shape if need_hidden else (0,)),
+            weight.new_empty(weight.shape if need_weight else (0,)),
+            weight.new_empty(bias.shape if with_bias else (0,)))
 
 
 def _no_double_backward(ctx, *grads):
@@ -102,10 +107,13 @@ def _backward(ctx, grad_logp, grad_entropy, grad_state):
     if grad_logp is None and grad_entropy is None:
         return (None,) * 12
     logit_scale, softcap, chunk_size, backend = ctx.shape
+    need = ctx.needs_input_grad
+    need_hidden, need_weight = need[0], need[1] or need[3]
     gh, gw, gb = _linear_bwd_op(hidden, weight, labels, bias, temperature, *ctx.scalars, mask,
                                 logit_scale, softcap, chunk_size, state, entropy, grad_logp, grad_entropy,
-                                backend)
-    return gh, gw, None, gb if bias is not None else None, None, None, None, None, None, None, None, None
+                                need_hidden, need_weight, backend)
+    return (gh if need[0] else None, gw if need[1] else None, None, gb if need[3] else None,
+            None, None, None, None, None, None, None, None)
 
 
 _linear_op.register_autograd(_backward, setup_context=_setup)
@@ -163,8 +171,8 @@ def linear_logprobs_and_entropy(hidden: Tensor, weight: Tensor, labels: Tensor, 
     t, t_scalar = V.temperature(temperature, hidden, leading)
     ignore_index = integer("ignore_index", ignore_index)
     mask = V.row_mask(mask, hidden, leading)
-    logit_scale = V.positive_float("logit_scale", logit_scale, allow_none=False)
-    softcap = V.positive_float("softcap", softcap, allow_none=True)
+    logit_scale = V.positive_float("logit_scale", logit_scale, hidden.dtype, allow_none=False)
+    softcap = V.positive_float("softcap", softcap, hidden.dtype, allow_none=True)
     chunk = V.chunk_size(chunk_size)
     k_labels = labels.dim() > len(leading)
     hidden2d = hidden.reshape(-1, hidden.shape[-1])

@@ -18,7 +18,9 @@ import torch.distributed as dist
 
 from .. import _backends
 from ..backends.kernel import acc_dtype
-from ..backends.torch_linear import _chunks, _mm_acc, add_mm, chunk_logits, chunk_rows, product_weight
+from ..backends.torch_linear import (
+    _chunks, _half_on_cuda, _mm_acc, add_mm, chunk_logits, chunk_rows, gradient_rows, product_weight,
+)
 from .layout import shard_layout
 from .shard import localize, make_shard
 from .vocab import LocalState, grad_from_state, local_state, merge, saved_log_norm
@@ -42,10 +44,10 @@ def _chunk_shard(a, w, start, end, ignore_index):
 def _chain(g, z, a):
     """``dL/dpre`` from ``dL/dz``: softcap's ``logit_scale (1 - tanh^2)`` or ``logit_scale``; ``where``
     keeps a masked row (NaN hidden, zero gradient) at 0, as ``torch_linear`` does."""
-    if a.softcap:
-        factor = (z / a.softcap).square().neg().add(1.0).mul(a.logit_scale)
-        return torch.where(g != 0, g * factor, 0)
-    return g * a.logit_scale if a.logit_scale != 1.0 else g
+    if a.softcap:  # in place on the chunk-sized buffers; the factor zeroed where g is 0 first
+        factor = (z / a.softcap).square_().neg_().add_(1.0).mul_(a.logit_scale)
+        return g.mul_(factor.masked_fill_(g == 0, 0))
+    return g.mul_(a.logit_scale) if a.logit_scale != 1.0 else g
 
 
 class _VocabParallelLinear(torch.autograd.Function):
@@ -76,11 +78,11 @@ class _VocabParallelLinear(torch.autograd.Function):
         n, vocab = hidden.shape[0], weight.shape[0]
         acc = acc_dtype(hidden.dtype)
         w = product_weight(weight)
-        half_cuda = weight.is_cuda and weight.dtype in (torch.bfloat16, torch.float16)
-        mm_dtype = weight.dtype if half_cuda else acc
+        mm_dtype = weight.dtype if _half_on_cuda(weight) else acc
         grad_hidden = torch.empty(hidden.shape, dtype=acc, device=hidden.device)
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
         grad_b = torch.zeros(vocab, dtype=acc, device=weight.device) if bias is not None else None
+        live = gradient_rows(a, grad_logp, grad_h)
         for start, end in _chunks(n, chunk_rows(vocab, hidden.device, a.chunk_size)):
             z = chunk_logits(a, w, hidden[start:end])[:end - start]
             rows = slice(start, end)
@@ -90,9 +92,7 @@ class _VocabParallelLinear(torch.autograd.Function):
                                 _rows_of(grad_h, start, end), _rows_of(grad_logp, start, end), ctx.backend)
             g = _chain(g, z, a).to(mm_dtype)
             grad_hidden[rows] = _mm_acc(g, w.to(mm_dtype), acc)
-            h_rows = hidden[rows]
-            if a.mask is not None:  # a NaN in a masked row times its 0 gradient is still NaN
-                h_rows = torch.where(a.mask[rows, None], h_rows, 0)
+            h_rows = torch.where(live[rows, None], hidden[rows], 0)  # NaN x a zero gradient is NaN
             add_mm(grad_w, g.t(), h_rows.to(mm_dtype))
             if grad_b is not None:
                 grad_b += g.to(acc).sum(0)
