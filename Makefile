@@ -37,6 +37,18 @@ WHEEL_TOOLS_STAMP := $(VENV)/.stamp-wheel-tools
 # cudart's and the thread pool's pthread/dl symbols. A newer symbol fails the repair, naming it.
 WHEEL_PLAT := manylinux_2_34_x86_64
 
+# A venv whose python or pip is gone (its base Python removed or upgraded: the venv only links to
+# it) would fail the next recipe with "No such file or directory": say how to recover instead.
+# A shell test, no Python started, so a healthy venv costs nothing; clean and distclean still run.
+ifneq ($(wildcard $(VENV_STAMP)),)
+ifeq ($(filter clean distclean,$(MAKECMDGOALS)),)
+ifneq ($(shell [ -x $(VPY) ] && [ -x $(PIP) ] || echo broken),)
+$(error $(VENV) is broken: $(VPY) or $(PIP) does not run (was its base Python removed or upgraded?). \
+  Run `make distclean`, then make again)
+endif
+endif
+endif
+
 .PHONY: venv install test bench wheel clean distclean
 
 venv: $(VENV_STAMP)

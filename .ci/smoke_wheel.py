@@ -12,9 +12,11 @@ of the packaging (small shapes, tolerances for float32 against float64); the tes
 kernels to their exact bounds.
 """
 import argparse
+import ast
 import importlib
 import importlib.metadata
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -25,7 +27,6 @@ import entropy_ops as eo
 from entropy_ops import reference as R
 
 SOURCE_TREE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_ARCHS = "80;90;100;120"
 # Public names that are not ops: errors, result types, backend selection, the reference module.
 NOT_OPS = {"BackendUnavailableError", "NoKernelError", "PolicyLossOutput", "TokenStats",
            "available_backends", "get_backend", "set_backend", "use_backend", "reference"}
@@ -206,6 +207,20 @@ CASES = {name[len("case_"):]: fn for name, fn in globals().items() if name.start
 
 # ---- the checks ----
 
+def expected_archs():
+    """ENTROPY_OPS_CUDA_ARCHS as the build normalized it ("sm_90,80" -> "80;90"), by setup.py's
+    own ``cuda_archs`` and default, compiled from its source: importing setup.py would need
+    setuptools, which this venv need not have (Python >= 3.12 venvs come without it)."""
+    path = os.path.join(SOURCE_TREE, "setup.py")
+    tree = ast.parse(open(path).read(), path)
+    nodes = [n for n in tree.body if (isinstance(n, ast.FunctionDef) and n.name == "cuda_archs")
+             or (isinstance(n, ast.Assign) and any(getattr(t, "id", None) == "DEFAULT_CUDA_ARCHS" for t in n.targets))]
+    assert len(nodes) == 2, f"{path} no longer defines DEFAULT_CUDA_ARCHS and cuda_archs()"
+    namespace = {"os": os, "re": re, "sys": sys}
+    exec(compile(ast.Module(body=nodes, type_ignores=[]), path, "exec"), namespace)
+    return namespace["cuda_archs"]()[0]
+
+
 def check_layout():
     where = os.path.realpath(eo.__file__)
     print(f"entropy_ops {eo.__version__} from {where}")
@@ -218,7 +233,7 @@ def check_layout():
         f"the wheel installs top-level {tops}: only entropy_ops (never a top-level triton_kernels)")
     importlib.import_module("entropy_ops.triton_kernels")
     from entropy_ops import _C, _C_cuda
-    archs = os.environ.get("ENTROPY_OPS_CUDA_ARCHS") or DEFAULT_ARCHS
+    archs = expected_archs()
     assert _C_cuda.compiled_archs() == archs, f"_C_cuda archs {_C_cuda.compiled_archs()}, want {archs}"
     ok, reason = _C_cuda.available()
     print(f"_C isa {_C.get_isa()}; _C_cuda archs {_C_cuda.compiled_archs()}, available={ok} ({reason})")

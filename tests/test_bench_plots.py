@@ -1,6 +1,7 @@
 """The benchmark's CSV metadata and plots: versions on every row, an older CSV upgraded in place,
-the speed-up series, the PNGs next to the CSV, the message without matplotlib, and the default
-vocabulary sweep of ``python -m entropy_ops bench``."""
+a CSV without its final newline or with a ragged line appended to sanely, the speed-up series, the
+PNGs next to the CSV, the message without matplotlib, and the default vocabulary sweep of
+``python -m entropy_ops bench``."""
 import csv
 import sys
 
@@ -44,6 +45,42 @@ def test_old_csv_is_upgraded_to_the_new_columns(tmp_path):
     table.append_csv(str(path), [_row("entropy", "cpu", 0.25)], meta)  # same header now: plain append
     with open(path, newline="") as f:
         assert len(list(csv.reader(f))) == 4
+
+
+def _csv_names():
+    return list(table.META) + list(Row.__dataclass_fields__)
+
+
+def _meta():
+    return {"device": "cpu1", "date": "2026-11-23", "threads": 2, "bandwidth_gb_s": "66", **machine.versions()}
+
+
+def test_csv_without_a_final_newline_gets_its_own_line(tmp_path):
+    path = tmp_path / "bench.csv"
+    path.write_text(",".join(_csv_names()) + "\n" + ",".join(["v"] * len(_csv_names())))  # no final newline
+    table.append_csv(str(path), [_row("entropy", "cpu", 0.5)], _meta())
+    with open(path, newline="") as f:
+        lines = list(csv.reader(f))
+    assert [len(line) for line in lines] == [len(_csv_names())] * 3
+    assert lines[1][0] == "v" and dict(zip(lines[0], lines[2]))["impl"] == "cpu"
+
+
+@pytest.mark.parametrize("header", ["current", "older"])
+def test_ragged_csv_row_does_not_stop_the_append(tmp_path, capsys, header):
+    path = tmp_path / "bench.csv"
+    names = _csv_names() if header == "current" else ["device", "op", "impl", "time_ms"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(names)
+        w.writerow(["cpu0"] * len(names))
+        w.writerow(["cpu0"] * (len(names) + 2))  # two fields too many
+    table.append_csv(str(path), [_row("entropy", "cpu", 0.5)], _meta())
+    with open(path, newline="") as f:
+        lines = list(csv.reader(f))
+    assert len(lines) == 4 and dict(zip(lines[0], lines[-1]))["impl"] == "cpu"
+    if header == "older":  # rewritten under the new columns: the ragged line is cut to the header, and said so
+        assert {len(line) for line in lines} == {len(lines[0])}
+        assert "line(s) 3 had more fields than the header" in capsys.readouterr().err
 
 
 def test_speedups_pair_backends_with_baselines_in_the_same_case():

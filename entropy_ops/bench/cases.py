@@ -94,10 +94,13 @@ def build_cases(device: str, dtype: torch.dtype, ops: Sequence[str], shapes, dir
     for n, v in shapes:
         for op in ops:
             wanted = directions or (headline if (n, v) == shapes[0] and op == ops[0] else ("fwd",))
-            if op in FORWARD_ONLY:
-                wanted = [d for d in wanted if d == "fwd"]
-            cases += [Case(op, d, n, v, dtype, device) for d in DIRECTIONS if d in wanted]
+            cases += [Case(op, d, n, v, dtype, device) for d in directions_of(op) if d in wanted]
     return cases
+
+
+def directions_of(op: str) -> Tuple[str, ...]:
+    """The directions ``op`` has rows for: ``fwd`` alone when it is not differentiable."""
+    return ("fwd",) if op in FORWARD_ONLY else DIRECTIONS
 
 
 def make_inputs(case: Case, seed: int = 0):

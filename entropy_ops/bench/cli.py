@@ -24,9 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="one small case per op and direction, 3 repeats (CI smoke)")
     parser.add_argument("--ops", default=",".join(ALL_OPS),
-                        help="comma list of vocabulary-row ops (NxV shapes): " + ", ".join(cases.OPS)
-                        + "; token-level ops (BxT shapes, fp32, each against the eager way of the papers' / "
-                        "verl's code): " + ", ".join(tokens.OPS) + " (default: all, vocabulary ops first)")
+                        help="comma list (default: all, in this order) of vocabulary-row ops (NxV shapes): "
+                        + ", ".join(cases.OPS) + "; token-level ops (BxT shapes, fp32, each against the eager way "
+                        "of the papers' / verl's code): " + ", ".join(tokens.OPS) + "; the fused linear op "
+                        "(NxDxV shapes): " + ", ".join(linear_bench.OPS))
     parser.add_argument("--shapes",
                         help="vocabulary ops: comma list of NxV (default: the SPEC §4 shapes of the device)")
     parser.add_argument("--linear-shapes", help="linear_logprobs_and_entropy: comma list of NxDxV "
@@ -37,16 +38,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         + "x".join(map(str, tokens.QUICK_SHAPE)) + ")")
     parser.add_argument("--directions", help="comma list of fwd, fwd+bwd, bwd (bwd: backward alone; "
                         "default: fwd everywhere, fwd+bwd (and on cuda bwd) of the first vocabulary op at the "
-                        "first shape, and fwd+bwd of the differentiable token ops; token ops have no bwd rows)")
+                        "first shape, and fwd+bwd of the differentiable token ops and the linear op; fwd rows "
+                        "only: " + ", ".join(op for op in ALL_OPS if _directions_of(op) == ("fwd",))
+                        + "; no bwd rows: the token-level and linear ops)")
     parser.add_argument("--dtype", default="bf16", choices=sorted(cases.DTYPES),
                         help="dtype of the logits (vocabulary ops; token rows are fp32)")
     parser.add_argument("--impls", help="comma list of: " + ", ".join(baselines.known())
                         + " (default: all that apply to the device, optional baselines when installed;"
                         " one that cannot run gets a row saying why; token rows: eager and the backends"
                         " listed)")
-    parser.add_argument("--repeats", type=int, help="timed runs per row, at most (default 10, --quick 3); "
-                        "slow rows stop after 3 once 2 s are spent")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--repeats", type=_positive_int, help="timed runs per row, at most (default 10, "
+                        "--quick 3); slow rows stop after 3 once 2 s are spent")
+    parser.add_argument("--threads", type=_positive_int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--csv", help="append rows here (default benchmarks/results/bench_<device>.csv)")
     parser.add_argument("--no-csv", action="store_true", help="print only")
     parser.add_argument("--full", action="store_true", help="every vocabulary op at every default shape "
@@ -57,8 +60,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plots", action="store_true", help="no PNG plots")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _split(text, allowed, option):
-    items = [s.strip() for s in text.split(",") if s.strip()]
+    """The comma list ``text``, each item in ``allowed``, duplicates dropped (first one kept)."""
+    items = list(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
     bad = [s for s in items if s not in allowed]
     if bad or not items:
         raise SystemExit(f"{option}: unknown {', '.join(bad) or 'empty list'}; choose from {', '.join(allowed)}")
@@ -75,6 +89,30 @@ def _device(choice: str) -> str:
 
 def _directions(args):
     return _split(args.directions, cases.DIRECTIONS, "--directions") if args.directions else None
+
+
+def _directions_of(op: str):
+    """The directions ``op`` has rows for."""
+    if op in cases.OPS:
+        return cases.directions_of(op)
+    if op in tokens.OPS:
+        return tokens.directions_of(op)
+    return linear_bench.DIRECTIONS
+
+
+def _check_directions(args, ops) -> None:
+    """Exit when no op selected has a direction asked for; name the ops left without rows."""
+    wanted = _directions(args)
+    if not wanted:
+        return
+    missing = [op for op in ops if not set(_directions_of(op)) & set(wanted)]
+    if not missing:
+        return
+    has = "; ".join(f"{op}: {', '.join(_directions_of(op))}" for op in missing)
+    if len(missing) == len(ops):
+        raise SystemExit(f"nothing to measure: --directions {','.join(wanted)} matches no direction of the "
+                         f"ops selected ({has})")
+    print(f"no rows for --directions {','.join(wanted)} of: {has}")
 
 
 def _cases(args, device, ops):
@@ -112,24 +150,23 @@ def _measure(todo, measure, printer, impls, repeats, bandwidth):
 
 def run(args) -> int:
     start = time.perf_counter()
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = _device(args.device)
     ops = _split(args.ops, ALL_OPS, "--ops")
+    _check_directions(args, ops)
     todo = _cases(args, device, [op for op in ops if op in cases.OPS])
     token_todo = _token_cases(args, device, [op for op in ops if op in tokens.OPS])
     if not (args.full or args.shapes or args.quick):
         todo = _headline_or_sweep(todo)
     linear_todo = _linear_cases(args, device, [op for op in ops if op in linear_bench.OPS])
-    if not todo and not token_todo and not linear_todo:
-        raise SystemExit("nothing to measure: token ops have only fwd and fwd+bwd rows (see --directions)")
     if args.impls:
         impls = _split(args.impls, baselines.known(), "--impls")
     else:
         impls, missing = baselines.default_impls(device)
         if missing and todo:
             print(f"optional baselines not installed (rows left out): {', '.join(missing)}")
-    repeats = args.repeats or (3 if args.quick else 10)
+    repeats = args.repeats if args.repeats is not None else (3 if args.quick else 10)
 
     name, date = machine.device_name(device), machine.now()
     bandwidth = timing.copy_bandwidth_gbs(device, repeats=3 if args.quick else 5)

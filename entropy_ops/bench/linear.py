@@ -23,7 +23,7 @@ from entropy_ops import reference
 
 from . import timing
 from .eager import eager_logprobs_and_entropy
-from .table import Row
+from .table import Row, failure_note
 
 OPS = ("linear_logprobs_and_entropy",)
 DIRECTIONS = ("fwd", "fwd+bwd")
@@ -159,13 +159,13 @@ def measure_case(case: LinearCase, impls: Sequence[str], repeats: int) -> List[R
                 row.err_h, row.err_logp, row.err_grad = _errors(fn, case, h, w, y, refs)
                 step = _step(fn, case, h, w, y)
             step()
+            row.time_ms = timing.median_ms(step, case.device, repeats=repeats, warmup=1)
         except (eo.NoKernelError, eo.BackendUnavailableError) as e:
             row.note = f"skipped: {e}"
-            continue
         except torch.cuda.OutOfMemoryError:
             row.note = "skipped: out of memory"
-            continue
-        row.time_ms = timing.median_ms(step, case.device, repeats=repeats, warmup=1)
+        except Exception as e:  # one failing implementation costs its row, not the run
+            row.note = failure_note(e)
     eager_ms = next((r.time_ms for r in rows if r.impl == "eager"), None)
     cublas_ms = next((r.time_ms for r in rows if r.impl == "cublas"), None)
     gemms = 1 if case.direction == "fwd" else 4

@@ -13,7 +13,7 @@ from entropy_ops import reference
 from . import baselines, timing
 from .cases import Case, make_inputs
 from .eager import MIN_P, TOP_P
-from .table import Row
+from .table import Row, failure_note
 
 # Rows of the float64 reference per chunk: its temporaries stay near 64M doubles.
 _REF_ELEMS = 1 << 23
@@ -108,7 +108,8 @@ def _failed(case, name, note) -> Row:
 
 
 def run_impl(name: str, case: Case, logits, labels, refs: Dict, repeats: int) -> Optional[Row]:
-    """The row of one implementation, with a note when it was skipped; None when not applicable."""
+    """The row of one implementation, with a note when it was skipped or raised (``failed: ...``);
+    None when not applicable. KeyboardInterrupt still stops the run."""
     try:
         step = make_step(baselines.build(name, case), case, logits, labels)
         logp, h, grad = step()
@@ -118,6 +119,8 @@ def run_impl(name: str, case: Case, logits, labels, refs: Dict, repeats: int) ->
         return _failed(case, name, f"skipped: {e}")
     except torch.cuda.OutOfMemoryError:
         return _failed(case, name, "skipped: out of memory")
+    except Exception as e:  # a kernel, a compiler (Inductor with no C++ compiler): that row only
+        return _failed(case, name, failure_note(e))
     grad_terms = None
     if case.direction != "fwd":
         grad_terms = tuple(t for t, v in (("logp", logp), ("H", h)) if v is not None)
@@ -133,6 +136,8 @@ def run_impl(name: str, case: Case, logits, labels, refs: Dict, repeats: int) ->
         row.time_ms = timing.median_ms(step.run, case.device, repeats=repeats, warmup=0, setup=step.setup)
     except torch.cuda.OutOfMemoryError:
         row.note = "skipped: out of memory"
+    except Exception as e:
+        row.note = failure_note(e)
     return row
 
 

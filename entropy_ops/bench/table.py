@@ -3,6 +3,7 @@ a CSV (with the device, date, torch / triton / entropy_ops versions, thread coun
 bandwidth of the run on every line)."""
 import csv
 import os
+import sys
 from dataclasses import asdict, dataclass, fields
 from typing import Dict, List, Optional
 
@@ -41,6 +42,19 @@ TOKEN_COLUMNS = (
     ("err_h", "err out", 8, "{:.1e}"), ("err_grad", "err grad", 8, "{:.1e}"),
 )
 META = ("device", "date", "torch", "triton", "entropy_ops", "threads", "bandwidth_gb_s")
+# The note of a row whose implementation raised: first line of the message, at most this long
+# (Inductor's and Triton's errors run to pages; the traceback is not what a table row is for).
+_FAILURE_CHARS = 200
+
+
+def failure_note(error: Exception) -> str:
+    """``"failed: <type>: <message>"``: the row of an implementation that raised something
+    unexpected, so that one broken kernel costs its own row, not the run and its CSV."""
+    lines = str(error).strip().splitlines()
+    message = lines[0] if lines else ""
+    if len(message) > _FAILURE_CHARS or len(lines) > 1:
+        message = message[:_FAILURE_CHARS] + " ..."
+    return f"failed: {type(error).__name__}" + (f": {message}" if message else "")
 
 
 def _cell(value, fmt, width, numeric) -> str:
@@ -78,13 +92,17 @@ class Printer:
 def append_csv(path: str, rows: List[Row], meta: Dict[str, object]) -> None:
     """Append ``rows`` to ``path`` (created with a header line when new). A file written with
     other columns (an older version's) is first rewritten under the union of both headers, its
-    rows left blank in the new columns, so every line stays aligned with the header."""
+    rows left blank in the new columns, so every line stays aligned with the header. A last line
+    without its newline (a hand edit, a write cut short) is ended first, not glued to a new row."""
     names = list(META) + [f.name for f in fields(Row)]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     new = not os.path.exists(path) or os.path.getsize(path) == 0
     if not new:
         names = _upgrade_header(path, names)
+    unended = not new and not _ends_with_newline(path)
     with open(path, "a", newline="") as f:
+        if unended:
+            f.write("\r\n")  # csv's own line terminator
         writer = csv.DictWriter(f, fieldnames=names)
         if new:
             writer.writeheader()
@@ -92,14 +110,32 @@ def append_csv(path: str, rows: List[Row], meta: Dict[str, object]) -> None:
             writer.writerow({**meta, **{k: _csv_value(v) for k, v in asdict(row).items()}})
 
 
+def _ends_with_newline(path: str) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) in (b"\n", b"\r")
+
+
+# DictReader's key for the fields of a line beyond its header's (a ragged line).
+_OVERFLOW = "\0overflow"
+
+
 def _upgrade_header(path: str, names: List[str]) -> List[str]:
     with open(path, newline="") as f:
-        reader = csv.DictReader(f)
+        reader = csv.DictReader(f, restkey=_OVERFLOW)
         old_names = list(reader.fieldnames or [])
         if old_names == names:
             return names
-        old_rows = list(reader)
+        old_rows, ragged = [], []
+        for row in reader:
+            if row.pop(_OVERFLOW, None) is not None:
+                ragged.append(reader.line_num)
+            old_rows.append(row)
     merged = names + [n for n in old_names if n not in names]
+    if ragged:
+        lines = ", ".join(map(str, ragged[:10])) + (" ..." if len(ragged) > 10 else "")
+        print(f"warning: {path}: line(s) {lines} had more fields than the header; rewritten under the new "
+              "columns, they keep their first fields and lose the extra ones", file=sys.stderr)
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=merged)

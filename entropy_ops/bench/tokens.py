@@ -22,7 +22,7 @@ from entropy_ops import reference
 
 from . import cases, timing
 from . import token_eager as E
-from .table import Row
+from .table import Row, failure_note
 
 OPS = ("window_entropy", "masked_quantile", "masked_quantile_all", "peak_entropy_mask",
        "clip_cov_policy_loss", "kl_cov_policy_loss")
@@ -255,9 +255,14 @@ def build_cases(device: str, ops: Sequence[str], shapes, directions=None) -> Lis
     cases = []
     for b, t in shapes:
         for op in ops:
-            has = DIRECTIONS if SPECS[op].grad_of else ("fwd",)
-            cases += [TokenCase(op, d, b, t, device) for d in has if directions is None or d in directions]
+            cases += [TokenCase(op, d, b, t, device) for d in directions_of(op)
+                      if directions is None or d in directions]
     return cases
+
+
+def directions_of(op: str) -> Tuple[str, ...]:
+    """``fwd`` and ``fwd+bwd`` for the differentiable ops, ``fwd`` alone for the others."""
+    return DIRECTIONS if SPECS[op].grad_of else ("fwd",)
 
 
 def _impls(case: TokenCase, impls: Sequence[str]) -> List[str]:
@@ -312,18 +317,17 @@ def measure_case(case: TokenCase, impls: Sequence[str], repeats: int, bandwidth_
         try:
             step = _step(_build(name, case), case, x)
             out, grad = step()
+            row.err_h, row.err_grad, row.note = spec.check(x, out, grad, refs)
+            del out, grad
+            row.time_ms = timing.median_ms(step, case.device, repeats=repeats, warmup=0)
         except eo.NoKernelError:
             row.note = "skipped: no kernel yet"
-            continue
         except eo.BackendUnavailableError as e:
             row.note = f"skipped: {e}"
-            continue
         except torch.cuda.OutOfMemoryError:
             row.note = "skipped: out of memory"
-            continue
-        row.err_h, row.err_grad, row.note = spec.check(x, out, grad, refs)
-        del out, grad
-        row.time_ms = timing.median_ms(step, case.device, repeats=repeats, warmup=0)
+        except Exception as e:  # one failing implementation costs its row, not the run
+            row.note = failure_note(e)
     eager_ms = next((r.time_ms for r in rows if r.impl == "eager"), None)
     for r in rows:
         if r.time_ms is not None:

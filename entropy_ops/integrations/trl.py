@@ -13,6 +13,8 @@ Differences from TRL's torch path: one pass over the logits for log-prob and ent
 outputs are float32 whatever the logits' dtype (TRL's fallback returns the logits' dtype);
 ``chunk_size`` has no effect (there is nothing to chunk).
 """
+from __future__ import annotations  # `torch.Tensor | None` below; Python 3.9 has no `|` on types
+
 import torch
 
 import entropy_ops as eo

@@ -16,6 +16,8 @@ temporary. The metrics are Python floats as in verl (read with ``.item()`` once 
 Clip-Cov picks its tokens at random like verl, from a different random stream: the same
 distribution, not the same draw.
 """
+from __future__ import annotations  # `torch.Tensor | None` below; Python 3.9 has no `|` on types
+
 from typing import Any, Optional
 
 import torch

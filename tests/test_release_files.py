@@ -1,0 +1,135 @@
+"""What ships and what CI runs around the package, checked without building anything: the LICENSE
+text and its place in the wheel and sdist metadata, the whole test suite in the sdist, the wheel
+smoke test's arch list normalized as setup.py normalizes it, `.ci/run wheel` with no Triton in the
+dev venv, no annotation that Python 3.9 cannot evaluate, and the Makefile's message for a broken venv."""
+import ast
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+from test_packaging import load_setup_py
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+
+def _text(*parts):
+    with open(os.path.join(REPO_ROOT, *parts)) as f:
+        return f.read()
+
+
+def test_license_is_the_apache_2_text_and_ships_with_the_metadata():
+    text = _text("LICENSE")
+    assert text.split()[:5] == ["Apache", "License", "Version", "2.0,", "January"]
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
+    assert "END OF TERMS AND CONDITIONS" in text
+    with open(os.path.join(REPO_ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+
+
+def test_sdist_carries_the_whole_test_suite():
+    """setuptools alone ships tests/test*.py without conftest.py and the *_common.py helpers."""
+    lines = _text("MANIFEST.in").splitlines()
+    assert {"graft tests", "graft .ci", "include Makefile"} <= set(lines)
+
+
+def _smoke_wheel():
+    spec = importlib.util.spec_from_file_location("smoke_wheel", os.path.join(REPO_ROOT, ".ci", "smoke_wheel.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("archs", ["", "80;90;100;120", "90,80", "sm_90", " sm_120; 100a,80 80 "])
+def test_smoke_test_expects_the_archs_setup_py_builds(archs, monkeypatch):
+    monkeypatch.setenv("ENTROPY_OPS_CUDA_ARCHS", archs)
+    assert _smoke_wheel().expected_archs() == load_setup_py().cuda_archs()[0]
+
+
+def _constraints_step():
+    """The lines of .ci/run that write the smoke venv's pip constraints."""
+    lines = _text(".ci", "run").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("triton_version="))
+    end = next(i for i, line in enumerate(lines) if line.startswith(".venv/bin/python -m venv"))
+    return "\n".join(lines[start:end])
+
+
+@pytest.mark.parametrize("dev_venv", ["without triton", "with triton"])
+def test_ci_run_pins_triton_only_when_the_dev_venv_has_it(dev_venv, tmp_path):
+    """`.ci/run wheel` on a fresh checkout: `make wheel` alone makes a venv without Triton."""
+    if dev_venv == "with triton":
+        triton = pytest.importorskip("triton")
+    os.makedirs(tmp_path / ".venv" / "bin")
+    python = tmp_path / ".venv" / "bin" / "python"
+    no_site = " -S" if dev_venv == "without triton" else ""  # -S: no site-packages, so no Triton
+    python.write_text(f"#!/bin/sh\nexec {sys.executable}{no_site} \"$@\"\n")
+    python.chmod(0o755)
+    script = "set -euo pipefail\nsmoke=.\n" + _constraints_step()
+    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    pins = (tmp_path / "constraints.txt").read_text().split()
+    assert pins == (["torch==2.13.0"] if dev_venv == "without triton" else
+                    ["torch==2.13.0", f"triton=={triton.__version__}"])
+
+
+def _has_pep604_annotation(tree) -> bool:
+    """An annotation with ``X | Y`` that runs when the module is imported (def signatures, module
+    and class variables): a TypeError on Python 3.9 without ``from __future__ import annotations``."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args
+            hints = [a.annotation for a in args.posonlyargs + args.args + args.kwonlyargs] + [node.returns]
+            hints += [a.annotation for a in (args.vararg, args.kwarg) if a is not None]
+        elif isinstance(node, (ast.Module, ast.ClassDef)):
+            hints = [n.annotation for n in node.body if isinstance(n, ast.AnnAssign)]
+        else:
+            continue
+        for hint in hints:
+            if hint is not None and any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr)
+                                        for n in ast.walk(hint)):
+                return True
+    return False
+
+
+def _has_future_annotations(tree) -> bool:
+    return any(isinstance(n, ast.ImportFrom) and n.module == "__future__"
+               and any(a.name == "annotations" for a in n.names) for n in tree.body)
+
+
+def test_annotations_evaluate_on_the_oldest_python_supported():
+    with open(os.path.join(REPO_ROOT, "pyproject.toml"), "rb") as f:
+        oldest = tomllib.load(f)["project"]["requires-python"]
+    if tuple(map(int, oldest.lstrip(">=").split("."))) >= (3, 10):
+        pytest.skip(f"requires-python {oldest}: `X | Y` evaluates")
+    bad = []
+    for path, _, files in os.walk(os.path.join(REPO_ROOT, "entropy_ops")):
+        for name in (n for n in files if n.endswith(".py")):
+            with open(os.path.join(path, name)) as f:
+                tree = ast.parse(f.read())
+            if _has_pep604_annotation(tree) and not _has_future_annotations(tree):
+                bad.append(os.path.relpath(os.path.join(path, name), REPO_ROOT))
+    assert not bad, f"`X | None` annotations without `from __future__ import annotations` (Python {oldest}): {bad}"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_names_distclean_for_a_broken_venv(tmp_path):
+    shutil.copy(os.path.join(REPO_ROOT, "Makefile"), tmp_path)
+    os.makedirs(tmp_path / ".venv" / "bin")
+    (tmp_path / ".venv" / ".stamp-venv").touch()  # the venv was made, its python has gone since
+
+    def make(goal):
+        return subprocess.run(["make", "-n", goal], cwd=tmp_path, capture_output=True, text=True)
+    for goal in ("install", "test", "bench", "wheel"):
+        proc = make(goal)
+        assert proc.returncode != 0 and "make distclean" in proc.stderr, (goal, proc.stderr)
+    assert make("distclean").returncode == 0
+    for tool in ("python", "pip"):
+        path = tmp_path / ".venv" / "bin" / tool
+        path.write_text("#!/bin/sh\n")
+        path.chmod(0o755)
+    assert "broken" not in make("wheel").stderr
