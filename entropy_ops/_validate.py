@@ -24,7 +24,7 @@ def logits(x) -> Tuple[int, ...]:
         raise ValueError("logits: expected shape [..., V] with at least one dimension, got a 0-d tensor")
     if x.shape[-1] == 0:
         raise ValueError(f"logits: the vocabulary dimension V is 0 (shape {tuple(x.shape)}); V must be >= 1")
-    if x.shape[-1] > 1 and x.stride(-1) != 1:
+    if x.shape[-1] > 1 and x.stride(-1) != 1 and x.numel() > 0:  # an empty tensor reads nothing
         raise ValueError(
             f"logits: the last dimension must be contiguous (stride 1), got stride {x.stride(-1)}; "
             f"call logits.contiguous()"

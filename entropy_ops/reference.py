@@ -23,11 +23,16 @@ def _masked(value, mask):
 
 
 def _lse_and_entropy(z):
-    lse = torch.logsumexp(z, dim=-1)
-    p = (z - lse.unsqueeze(-1)).exp()
+    # In the frame of the row max (detached: H and the gradient of lse do not depend on the
+    # shift), as SPEC §2 asks of the kernels: lse - sum p z unshifted loses 5e-5 at a 1e6 shift.
+    m = z.detach().amax(-1, keepdim=True)
+    d = z - torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    lse_d = torch.logsumexp(d, dim=-1)
+    p = (d - lse_d.unsqueeze(-1)).exp()
     # H = lse - sum p z, with -inf logits (p = 0) taken as z = 0 so that autograd through the
     # reference gives 0, not 0 * -inf = NaN, for masked vocabulary entries.
-    h = lse - (p * torch.where(torch.isneginf(z), torch.zeros_like(z), z)).sum(-1)
+    h = lse_d - (p * torch.where(torch.isneginf(d), torch.zeros_like(d), d)).sum(-1)
+    lse = lse_d + m.squeeze(-1).where(torch.isfinite(m.squeeze(-1)), torch.zeros_like(lse_d))
     # SPEC §2: an all -inf row (lse = -inf) or one holding NaN/+inf gives NaN.
     bad = ~torch.isfinite(lse) | torch.isnan(z).any(-1) | torch.isposinf(z).any(-1)
     nan = torch.full_like(lse, float("nan"))
@@ -83,7 +88,11 @@ def token_stats_ref(logits, labels=None, temperature=1.0, ignore_index=-100, mas
 def _nucleus_ref(z, top_p, inclusive):
     """Bool ``[..., V]``: sort by (p descending, index ascending), keep the prefix whose cumulative
     mass is ``< top_p`` (exclusive, at least one token) or whose mass *before* the token is
-    ``< top_p`` (inclusive: the crossing token too); ``top_p >= 1`` keeps everything."""
+    ``< top_p`` (inclusive: the crossing token too); ``top_p >= 1`` keeps everything.
+    The cumulative sums round in float64: where a cut falls exactly on a mass that is not dyadic
+    (a uniform 6-token row at ``top_p = 5/6``) they may move it by one token, where the backends'
+    tie rule (``backends/kernel.py``) is exact. Tests keep random rows clear of the cut and build
+    tied rows with dyadic masses."""
     p = torch.softmax(z, dim=-1)
     order = torch.sort(p, dim=-1, descending=True, stable=True).indices
     sorted_p = p.gather(-1, order)
@@ -167,7 +176,7 @@ def agg_loss_ref(loss_mat, mask, mode, dp_size=1, batch_num_tokens=None, global_
         total = sum((seq_sums[b] for b in live), L.new_zeros(()))
     loss = total / max(n_seqs, 1) * dp_size
     if mode == "seq-mean-token-sum-norm":
-        loss = loss / (T if loss_scale_factor is None else loss_scale_factor)
+        loss = loss / (max(T, 1) if loss_scale_factor is None else loss_scale_factor)  # T = 0: 0 / 1
     return loss
 
 
@@ -264,18 +273,24 @@ def _sequences_ref(values, cu_seqlens):
 
 def window_entropy_ref(entropy, mask=None, window=4, offset=1, cu_seqlens=None):
     """``out_t`` = mean of the valid ``entropy_j``, ``j in [t + offset, min(t + offset + window,
-    end_t))``, 0 where none, as ``A @ entropy`` with a float64 matrix ``A[t, j] = 1 / #valid``
-    built by loops (so autograd gives the reference gradient ``A^T g``)."""
+    end_t))``, 0 where none: each ``t``'s valid ``j`` listed by loops, gathered and averaged in
+    float64 (autograd gives the reference gradient). A NaN entry reaches only the windows that
+    hold it (a dense ``A @ entropy`` would spread it to every output through ``0 * NaN``)."""
     x = entropy.double().reshape(-1)
     valid = [True] * x.numel() if mask is None else mask.reshape(-1).tolist()
-    weights = torch.zeros(x.numel(), x.numel(), dtype=torch.float64)
+    windows = [[] for _ in range(x.numel())]
     for start, end in _sequences_ref(entropy, cu_seqlens):
         for t in range(start, end):
-            js = [j for j in range(t + offset, min(t + offset + window, end)) if valid[j]]
-            for j in js:
-                weights[t, j] = 1.0 / len(js)
+            windows[t] = [j for j in range(t + offset, min(t + offset + window, end)) if valid[j]]
+    width = max(1, max((len(js) for js in windows), default=0))
+    index = torch.zeros(x.numel(), width, dtype=torch.long)
+    weights = torch.zeros(x.numel(), width, dtype=torch.float64)
+    for t, js in enumerate(windows):
+        index[t, :len(js)] = torch.tensor(js, dtype=torch.long)
+        weights[t, :len(js)] = 1.0 / max(len(js), 1)
     x = torch.where(torch.tensor(valid, dtype=torch.bool), x, 0)  # a masked NaN is not read
-    return (weights @ x).reshape(entropy.shape)
+    terms = torch.where(weights > 0, x[index], torch.zeros_like(weights))  # padding slots read nothing
+    return (terms * weights).sum(-1).reshape(entropy.shape)
 
 
 def _quantile_ref(v, q):
@@ -312,11 +327,31 @@ def peak_entropy_mask_ref(entropy, mask, q=0.8, per_sequence=True, cu_seqlens=No
     return peak if mask is None else peak & mask
 
 
-def selective_entropy_loss_ref(logits, mask, anchor, top_p=0.8, peak_q=0.8, coef=0.005, temperature=1.0):
+def entropy_threshold_ref(batches, q=0.95, momentum=0.99, cu_seqlens=None):
+    """:class:`EntropyThreshold`'s value after each training step of ``batches`` (``(entropy,
+    mask)`` pairs), in float64 from its definition: per-sequence q-quantile, median over the
+    sequences that have one (linear interpolation: the mean of the two middle values), then
+    ``value = new`` on the first update and ``momentum * value + (1 - momentum) * new`` after;
+    unchanged by a step without valid tokens; NaN before any update."""
+    value, initialized, values = float("nan"), False, []
+    for entropy, mask in batches:
+        per_sequence = masked_quantile_ref(entropy, mask, q, True, cu_seqlens).reshape(-1)
+        live = per_sequence[~torch.isnan(per_sequence)]
+        if live.numel():
+            new = float(torch.quantile(live, 0.5))
+            value = new if not initialized else momentum * value + (1 - momentum) * new
+            initialized = True
+        values.append(value)
+    return values
+
+
+def selective_entropy_loss_ref(logits, mask, anchor, top_p=0.8, peak_q=0.8, coef=0.005, temperature=1.0,
+                               cu_seqlens=None):
     """SIREN's regularizer in float64 from its formula: ``coef * (mean of the nucleus entropy over
-    each sequence's peak tokens - anchor)^2``, 0 when there is no peak token."""
+    each sequence's peak tokens - anchor)^2``, 0 when there is no peak token; packed ``[N, V]``
+    logits with ``cu_seqlens`` take each sequence's own quantile."""
     h = top_p_entropy_ref(logits, top_p, temperature, mask)
-    peak = peak_entropy_mask_ref(h.detach(), mask, peak_q)
+    peak = peak_entropy_mask_ref(h.detach(), mask, peak_q, True, cu_seqlens)
     if not bool(peak.any()):
         return (h * 0).sum()
     return coef * (h[peak].mean() - float(anchor)) ** 2

@@ -61,6 +61,11 @@ def test_packed_layout_equals_rows(backend):
     cu = torch.tensor([0, 16, 32, 48])
     packed = eo.selective_entropy_loss(x.reshape(48, -1), mask.reshape(48), 0.3, cu_seqlens=cu)
     torch.testing.assert_close(packed, rows, rtol=0, atol=0)
+    # Uneven packed sequences (5, 0, 27, 16 tokens) against the reference's own packed path.
+    cu = torch.tensor([0, 5, 5, 32, 48])
+    packed = eo.selective_entropy_loss(x.reshape(48, -1), mask.reshape(48), 0.3, cu_seqlens=cu)
+    ref = R.selective_entropy_loss_ref(x.reshape(48, -1).double(), mask.reshape(48), 0.3, cu_seqlens=cu)
+    torch.testing.assert_close(packed.double(), ref, rtol=1e-5, atol=1e-7)
 
 
 def test_compile_fullgraph(backend):

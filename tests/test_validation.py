@@ -79,6 +79,13 @@ def test_bad_float_temperature(backend, temperature):
         raises_naming(ValueError, "temperature", call)
 
 
+def test_empty_logits_with_zero_strides_are_accepted(backend):
+    # torch.from_numpy of an empty array has strides (0, 0): nothing is read, so nothing to refuse.
+    x = torch.empty_strided((0, 5), (0, 0))
+    assert eo.entropy(x).shape == (0,)
+    assert eo.logprobs_and_entropy(x, torch.zeros(0, dtype=torch.long))[0].shape == (0,)
+
+
 def test_float64_logits_take_temperatures_of_float64s_normal_range(backend):
     """float64 logits are computed in float64: a temperature of 1e-300 is in range, as a float
     and per row (from a float64 tensor), and matches the reference; 1e-320 is not."""
