@@ -11,6 +11,7 @@ check many cases inside one world rather than spawn one world per case.
 import os
 import socket
 import tempfile
+import time
 
 import torch
 import torch.distributed as dist
@@ -34,9 +35,18 @@ def _child(rank, world_size, port, out_dir, fn, args):
         dist.destroy_process_group()
 
 
-def run_world(fn, world_size: int, *args):
+def run_world(fn, world_size: int, *args, timeout: float = 900):
+    """Raises (after killing the workers) when the world has not finished in ``timeout`` seconds: a
+    collective that some ranks skip hangs the others, and a hung test must fail, not stall CI."""
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_child, args=(world_size, _free_port(), out_dir, fn, args), nprocs=world_size,
-                 join=True)
+        context = mp.spawn(_child, args=(world_size, _free_port(), out_dir, fn, args), nprocs=world_size,
+                           join=False)
+        deadline = time.monotonic() + timeout
+        while not context.join(timeout=max(1.0, deadline - time.monotonic())):
+            if time.monotonic() >= deadline:
+                for process in context.processes:
+                    process.kill()
+                raise TimeoutError(f"a gloo world of {world_size} did not finish in {timeout:.0f} s "
+                                   f"(a rank waiting in a collective the others skipped?)")
         return [torch.load(os.path.join(out_dir, f"{r}.pt"), weights_only=False)
                 for r in range(world_size)]

@@ -182,6 +182,25 @@ def _errors(rank, world, group):
     return messages
 
 
+def _layout_changes(rank, world, group):
+    """Rank 0 keeps its shard (V_r = 5 at 0) while the others change theirs between calls: every
+    rank must still take part in the layout check (no deadlock). Returns the entropy of the second,
+    uneven layout (against the full row in the parent) and the error of a third, invalid one."""
+    torch.manual_seed(3)
+    full_a, full_b = torch.randn(4, 5 * world), torch.randn(4, 5 + 7 * (world - 1))
+    sizes_b = [5] + [7] * (world - 1)
+    start_b = sum(sizes_b[:rank])
+    eo.entropy(full_a[:, 5 * rank:5 * rank + 5], process_group=group, vocab_start=5 * rank)
+    h_b = eo.entropy(full_b[:, start_b:start_b + sizes_b[rank]], process_group=group, vocab_start=start_b)
+    eo.entropy(full_a[:, 5 * rank:5 * rank + 5], process_group=group)  # even, no vocab_start: cached on every rank
+    try:
+        eo.entropy(full_b[:, start_b:start_b + sizes_b[rank]], process_group=group)  # uneven, no vocab_start
+        error = None
+    except ValueError as e:
+        error = str(e)
+    return {"full_b": full_b, "h_b": h_b, "error": error}
+
+
 def _empty_batches(rank, world, group):
     """Every vocab-parallel op, forward and backward, on N = 0 rows (leading shapes [0] and [2, 0],
     [N] and [N, K] labels): the output shapes, and the gradient shapes (None: the op raised)."""
@@ -216,7 +235,8 @@ def _empty_batches(rank, world, group):
 
 def _worker(rank, world):
     torch.manual_seed(0)
-    results = {"empty": _empty_batches(rank, world, dist.group.WORLD),
+    results = {"layout": _layout_changes(rank, world, dist.group.WORLD),
+               "empty": _empty_batches(rank, world, dist.group.WORLD),
                "entropy": _entropy_family(rank, world, dist.group.WORLD),
                "selective": _selective(rank, world, dist.group.WORLD),
                "errors": _errors(rank, world, dist.group.WORLD),
@@ -255,3 +275,9 @@ def _nccl_worker(rank, world):
                     res[name] = [o.cpu() for o in outs] + [grad.cpu()] + [s.cpu() for s in stats]
             out[(backend, seed)] = res
     return out
+
+
+def _sleeper(rank, world):
+    """Rank 0 never finishes in time: the stand-in for a rank stuck in a collective."""
+    import time
+    time.sleep(120 if rank == 0 else 0)

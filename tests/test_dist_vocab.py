@@ -183,6 +183,17 @@ def test_linear_matches_single_process(world):
             _as_good(torch.cat([r[k] for r in per_rank]), single[k], ref[k], f"{name} {what}")
 
 
+def test_layout_changes_on_some_ranks_only(world):
+    """A rank whose own shard did not change still joins the layout check of the others (it used
+    to skip it from a cache, and the group hung): the new uneven layout gives the full row's
+    entropy; an invalid one raises on every rank."""
+    _, results = world
+    full = results[0]["layout"]["full_b"]
+    for rank, r in enumerate(results):
+        torch.testing.assert_close(r["layout"]["h_b"], eo.entropy(full), rtol=1e-6, atol=1e-6)
+        assert r["layout"]["error"] is not None and "uneven" in r["layout"]["error"], (rank, r["layout"]["error"])
+
+
 def test_empty_batches_run_forward_and_backward(world):
     _, results = world
     for rank, r in enumerate(results):
@@ -210,6 +221,12 @@ def test_bad_layouts_and_arguments_raise_on_every_rank(world):
         for name, phrase in expected.items():
             assert r["errors"][name] is not None, f"rank {rank}: {name} did not raise"
             assert phrase in r["errors"][name], f"rank {rank}: {name}: {r['errors'][name]}"
+
+
+def test_a_hung_world_fails_instead_of_stalling():
+    from dist_vocab_cases import _sleeper
+    with pytest.raises(TimeoutError, match="did not finish"):
+        run_world(_sleeper, 2, timeout=5)
 
 
 def test_bad_arguments_without_a_group():

@@ -5,10 +5,14 @@ Rank ``r`` of the group holds the logits of the global indices ``[start_r, start
 ``VocabParallelEmbedding`` / ``ColumnParallelLinear`` split); with it the shards may be uneven but
 must tile ``[0, V)`` without gaps or overlaps.
 
-The layout is checked collectively (one all-gather of two ints per rank, and a host read of them)
-the first time a ``(group, V_r, vocab_start)`` is seen, then cached: later calls with the same
-arguments cost nothing. Ranks must therefore change ``V_r`` or ``vocab_start`` together (they do:
-the shard shapes are fixed by the model), else the first rank to miss the cache waits for the others.
+Every call gathers every rank's ``(V_r, vocab_start)``: one all-gather of two ints per rank, on
+every rank. (It used to run only when a rank's cache missed; ranks whose own arguments repeated
+while another's changed skipped it, and the group deadlocked.) The host reads the gathered pairs
+on CPU tensors, and on CUDA tensors only the first time this rank sees its ``(group, V_r,
+vocab_start)``: later calls compare them with the cached ones on the device (``_assert_async``, no
+host sync). So a group whose layout changes while a rank's own shard stays the same fails that
+assert on CUDA (call :func:`clear_cache` on every rank after changing a group's layout); on CPU
+it is simply checked again.
 """
 from typing import Dict, NamedTuple, Optional, Tuple
 
@@ -26,15 +30,16 @@ class ShardLayout(NamedTuple):
     sizes: Tuple[int, ...]  # V_r of every rank, in rank order
 
 
-_CACHE: Dict[tuple, Tuple[object, ShardLayout]] = {}
+_CACHE: Dict[tuple, Tuple[object, ShardLayout, torch.Tensor]] = {}
 
 
-def _gather_pairs(group, local: int, vocab_start: Optional[int], device) -> list:
+def _gather_pairs(group, local: int, vocab_start: Optional[int], device) -> torch.Tensor:
+    """``[world, 2]`` int64 on ``device``: every rank's ``(V_r, vocab_start or -1)``."""
     # NCCL groups need a CUDA tensor; gloo takes either.
     mine = torch.tensor([local, -1 if vocab_start is None else vocab_start], dtype=torch.int64, device=device)
     out = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
     dist.all_gather(out, mine, group=group)
-    return [tuple(int(v) for v in t.tolist()) for t in out]
+    return torch.stack(out)
 
 
 def _check(pairs, rank: int) -> ShardLayout:
@@ -63,11 +68,21 @@ def _check(pairs, rank: int) -> ShardLayout:
 
 
 def shard_layout(group, local: int, vocab_start: Optional[int], device: torch.device) -> ShardLayout:
-    """The checked layout of this rank's shard of ``local`` entries (cached per arguments)."""
+    """The checked layout of this rank's shard of ``local`` entries (see the module docstring)."""
+    pairs = _gather_pairs(group, local, vocab_start, device)
     key = (id(group), local, vocab_start)
     hit = _CACHE.get(key)
-    if hit is not None and hit[0] is group:
+    if hit is not None and hit[0] is group and pairs.device.type != "cpu":
+        torch._assert_async((pairs == hit[2]).all(),
+                            "vocab_start: the shard layout of process_group changed while this rank's own "
+                            "(V_r, vocab_start) stayed the same; call entropy_ops.parallel.layout.clear_cache() "
+                            "on every rank after changing it")
         return hit[1]
-    layout = _check(_gather_pairs(group, local, vocab_start, device), dist.get_rank(group))
-    _CACHE[key] = (group, layout)
+    layout = _check([tuple(row) for row in pairs.tolist()], dist.get_rank(group))
+    _CACHE[key] = (group, layout, pairs)
     return layout
+
+
+def clear_cache() -> None:
+    """Forget the layouts this rank has checked (every rank, after changing a group's layout)."""
+    _CACHE.clear()
