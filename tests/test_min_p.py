@@ -157,6 +157,11 @@ def test_opcheck(backend, dtype, variant):
         "per_row": (x, y, t, 1.0, -100, 0.3, mask),
     }[variant]
     torch.library.opcheck(torch.ops.entropy_ops.min_p_logprobs.default, (*args, backend))
+    x0, y0, t0, ts, ignore, min_p, m = args
+    _, row_max, log_norm = torch.ops.entropy_ops.min_p_logprobs.default(x0.detach(), *args[1:], backend)
+    grad = torch.randn(row_max.shape, generator=gen).to(row_max.dtype)
+    torch.library.opcheck(torch.ops.entropy_ops.min_p_logprobs_bwd.default,
+                          (x0.detach(), y0, t0, ts, ignore, min_p, m, row_max, log_norm, grad, backend))
 
 
 @pytest.mark.parametrize("temperature", ["tensor_0d", "float"])

@@ -215,6 +215,10 @@ def test_opcheck(backend, dtype, variant):
     torch.library.opcheck(torch.ops.entropy_ops.top_p_entropy.default, (*args, backend))
     x0, t0, ts, top_p, m = args
     torch.library.opcheck(torch.ops.entropy_ops.top_p_mask.default, (x0.detach(), t0, ts, top_p, True, m, backend))
+    saved = torch.ops.entropy_ops.top_p_entropy.default(x0.detach(), t0, ts, top_p, m, backend)
+    grad = torch.randn(saved[0].shape, generator=gen).to(saved[0].dtype)
+    torch.library.opcheck(torch.ops.entropy_ops.top_p_entropy_bwd.default,
+                          (x0.detach(), t0, ts, m, *saved, grad, backend))
 
 
 @pytest.mark.parametrize("temperature", ["tensor_0d", "float"])
