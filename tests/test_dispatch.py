@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import entropy_ops as eo
-from conftest import PYTHON, REPO_ROOT, assert_within_eager_bound, eager_entropy, subprocess_env
+from conftest import PYTHON, REPO_ROOT, assert_within_eager_bound, eager_entropy, skip_unless_available, subprocess_env
 from entropy_ops import _backends
 from entropy_ops.reference import entropy_ref
 
@@ -186,3 +186,48 @@ def test_compiled_function_follows_backend_changes(monkeypatch):
     eo.set_backend("torch")
     f(x)
     assert calls == ["torch", "cpu", "torch"]
+
+
+def test_a_backend_without_the_kernel_says_so_by_name():
+    with pytest.raises(eo.NoKernelError, match="cpu: no kernel for `no_such_op`"):
+        _backends._resolve("no_such_op", torch.device("cpu"), torch.float32, "cpu")
+
+
+@pytest.mark.parametrize("hip", [None, "6.2"])
+def test_auto_on_gpu_tensors_never_picks_cuda_under_rocm(monkeypatch, hip):
+    """SPEC §1: `auto` never picks `cuda` under ROCm; here with `cuda` made available and Triton not."""
+    monkeypatch.setattr(torch.version, "hip", hip)
+    monkeypatch.setattr(_backends._REGISTRY["cuda"], "available", lambda: (True, "pretend"))
+    monkeypatch.setattr(_backends._REGISTRY["triton"], "available", lambda: (False, "pretend"))
+    picked = _backends._resolve("entropy", torch.device("cuda"), torch.bfloat16, "auto")
+    assert picked == ("torch" if hip else "cuda")
+
+
+def test_cpu_kernels_run_in_a_forked_child():
+    """The thread pool is per process: a forked child (a DataLoader worker) makes its own instead of
+    waiting on the parent's threads, which it did not inherit."""
+    import os
+    import time
+
+    skip_unless_available("cpu")
+    x = torch.randn(64, 5000)
+    with eo.use_backend("cpu"):
+        expected = eo.entropy(x)  # the parent's pool exists from here on
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: two workers, so the pool is used; report, then leave at once
+        try:
+            torch.set_num_threads(2)
+            with eo.use_backend("cpu"):
+                ok = torch.equal(eo.entropy(x), expected)
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + 60
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            pytest.fail("the forked child hung in the CPU kernel (the parent's pool was reused)")
+        time.sleep(0.05)
+    assert os.read(read, 1) == b"1", "the forked child computed different bits"
