@@ -348,3 +348,35 @@ def check_layouts_give_the_same_bits(device="cpu", shapes=((3, 1000, 16), (2, 40
         for name, outs in results.items():
             for i, (a, b) in enumerate(zip(outs, base)):
                 assert_same_bits(a, b, f"{name} layout, output {i}, V={vocab}")
+
+
+def check_bad_rows_get_nan_gradients(device="cpu", vocab=300):
+    """SPEC §2: a row that is all -inf or holds NaN / +inf gives NaN in that row only, in its
+    gradient too wherever its upstream gradient is nonzero (not a silent 0); a zero upstream
+    gradient still gives exactly 0; the other rows keep the bits they have alone. The same for the
+    fused linear head with a NaN hidden state."""
+    gen = torch.Generator().manual_seed(vocab)
+    x = torch.randn(5, vocab, generator=gen).to(device)
+    x[1] = float("-inf")
+    x[2, 7] = float("nan")
+    x[3, 11] = float("inf")
+    y = torch.randint(0, vocab, (5,), generator=gen).to(device)
+    for g_logp, g_h in ((0.0, 1.0), (1.0, 0.0), (0.5, -1.0)):
+        leaf = x.clone().requires_grad_(True)
+        logp, h = eo.logprobs_and_entropy(leaf, y)
+        up_h = torch.full((5,), g_h, device=device)
+        up_h[2] = 0.0  # a bad row whose upstream gradient is 0 in both outputs (g_logp aside)
+        (grad,) = torch.autograd.grad((g_logp * logp + up_h * h).sum(), leaf)
+        assert grad[[1, 3]].isnan().all(), (g_logp, g_h)
+        assert (grad[2].isnan().all() if g_logp else (grad[2] == 0).all()), (g_logp, g_h)
+        alone = x[[0, 4]].clone().requires_grad_(True)
+        lp0, h0 = eo.logprobs_and_entropy(alone, y[[0, 4]])
+        (g0,) = torch.autograd.grad((g_logp * lp0 + g_h * h0).sum(), alone)
+        assert_same_bits(grad[[0, 4]], g0, f"good rows next to bad ones ({g_logp}, {g_h})")
+    hidden = torch.randn(6, 16, generator=gen).to(device)
+    hidden[2] = float("nan")
+    hidden.requires_grad_(True)
+    weight = (torch.randn(vocab, 16, generator=gen) * 0.3).to(device)
+    _, h = eo.linear_logprobs_and_entropy(hidden, weight, y[[0, 1, 2, 3, 4, 0]])
+    (grad,) = torch.autograd.grad(h.sum(), hidden)
+    assert grad[2].isnan().all() and torch.isfinite(grad[[0, 1, 3, 4, 5]]).all()

@@ -8,6 +8,7 @@ from conftest import (
     assert_neginf_grad_is_zero,
     FINITE_KINDS,
     assert_within_eager_bound,
+    check_bad_rows_get_nan_gradients,
     eager_entropy,
     eager_grad,
     eager_logprobs_and_entropy,
@@ -130,6 +131,10 @@ def test_masked_nan_row_gets_zero_grad(backend, dtype):
     ref = reference_grad(logprobs_and_entropy_ref, x[mask], y[mask], weights=[w[mask] for w in weights])
     eager = eager_grad(eager_logprobs_and_entropy, x[mask], y[mask], weights=[w[mask] for w in weights])
     assert_within_eager_bound(grad[mask], ref, eager)
+
+
+def test_bad_rows_get_nan_gradients(backend):
+    check_bad_rows_get_nan_gradients()
 
 
 def test_zero_upstream_grad_on_nan_row_is_zero(backend):

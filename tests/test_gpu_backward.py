@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import (
+    check_bad_rows_get_nan_gradients,
     assert_neginf_grad_is_zero,
     eager_entropy,
     eager_grad,
@@ -129,6 +130,12 @@ def _inplace_run(base, y, weights, inplace):
     logp, h = eo.logprobs_and_entropy(w, y, 0.9, inplace_backward=inplace)
     torch.autograd.backward((logp, h), weights)
     return x.grad, seen[0], w
+
+
+def test_bad_rows_get_nan_gradients(gpu_backend):
+    """All -inf, NaN and +inf rows: NaN gradient rows where the upstream is nonzero (not 0), exactly
+    0 where it is 0, other rows untouched; the fused head with a NaN hidden state alike."""
+    check_bad_rows_get_nan_gradients("cuda")
 
 
 @pytest.mark.parametrize("shape", [(4, 300), (2, 3, 40000)], ids=str)

@@ -10,7 +10,8 @@ import entropy_ops as eo
 from entropy_ops import reference as R
 
 from conftest import (
-    FINITE_KINDS, NAN_KINDS, assert_within_eager_bound, check_finfo_masked_rows, check_layouts_give_the_same_bits,
+    FINITE_KINDS, NAN_KINDS, assert_within_eager_bound, check_bad_rows_get_nan_gradients, check_finfo_masked_rows,
+    check_layouts_give_the_same_bits,
     eager_entropy, eager_grad,
     eager_logprobs_and_entropy, make_labels, make_rows, ours_grad, reference_grad,
 )
@@ -140,6 +141,10 @@ def test_float64_is_routed_to_torch():
     h = eo.entropy(x)
     assert h.dtype == torch.float64
     torch.testing.assert_close(h, R.entropy_ref(x), rtol=0, atol=1e-12)
+
+
+def test_bad_rows_get_nan_gradients():
+    check_bad_rows_get_nan_gradients()
 
 
 def test_layouts_give_the_same_bits():

@@ -182,7 +182,8 @@ def entropy_bwd_kernel(
         x = tl.load(row_ptr + cols, mask=cols < read_end, other=float("-inf")).to(tl.float32)
         log_p = (x - shift) * inv_t - c
         p = tl.exp(log_p)
-        d_h = tl.where(p > 0, -p * (log_p + entropy), 0.0)
+        # p == 0 (a masked token) gives exactly 0; a bad row's NaN p stays NaN, as on cpu / cuda.
+        d_h = tl.where(p == 0, 0.0, -p * (log_p + entropy))
         g = tl.where(g_h != 0, g_h * d_h, 0.0)
         g += tl.where(g_l != 0, g_l * (tl.where(cols == y, 1.0, 0.0) - p), 0.0)
         g = tl.where(active, g * inv_t, 0.0)

@@ -158,7 +158,7 @@ def linear_entropy_bwd_kernel(
     if HAS_GRAD_ENTROPY:
         g_h = tl.load(grad_entropy_ptr + rows, mask=row_ok, other=0.0)
         h = tl.load(entropy_ptr + rows, mask=row_ok, other=0.0)
-        d_h = tl.where(p > 0, -p * (log_p + h[:, None]), 0.0)
+        d_h = tl.where(p == 0, 0.0, -p * (log_p + h[:, None]))  # a bad row's NaN p stays NaN
         g += tl.where(g_h[:, None] != 0, g_h[:, None] * d_h, 0.0)
     if HAS_GRAD_LOGP:
         total = tl.load(grad_total_ptr + rows, mask=row_ok, other=0.0)

@@ -83,7 +83,8 @@ def entropy_bwd_torch(x, labels, temperature, temperature_scalar, ignore_index, 
         g = torch.zeros_like(shifted)
         if grad_entropy is not None:
             g_h = grad_entropy[start:end, None]
-            d_h = torch.where(p > 0, -p * (log_p + entropy[start:end, None]), 0)
+            # p == 0 (a masked token) gives exactly 0; a bad row's NaN p stays NaN, as on cpu.
+            d_h = torch.where(p == 0, 0, -p * (log_p + entropy[start:end, None]))
             g = g + torch.where(g_h != 0, g_h * d_h, 0)
         if labels is not None and grad_logp is not None:
             y, ignored, _ = _label_terms(labels, ignore_index, vocab, start, end)
