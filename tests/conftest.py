@@ -274,9 +274,9 @@ def finfo_masked_rows(vocab, dtype, seed=0):
 
 def check_finfo_masked_rows(device="cpu", vocabs=(16, 1000, 4099, 32000), dtypes=None, temperatures=(1.0, 0.7)):
     """``entropy`` and ``logprobs_and_entropy`` on the current backend, forward and the gradient of
-    ``w_H H + w_logp logp``, against the float64 reference within SPEC §2's eager bound, on rows
-    masked with ``finfo.min``: finite values, no NaN."""
-    from entropy_ops.reference import logprobs_and_entropy_ref
+    ``w_H H + w_logp logp``, against the float64 reference within SPEC §2's eager bound, and every
+    ``token_stats`` field, on rows masked with ``finfo.min``: finite values, no NaN."""
+    from entropy_ops.reference import logprobs_and_entropy_ref, token_stats_ref
 
     for dtype in dtypes or (torch.float32, torch.bfloat16, torch.float16):
         for vocab in vocabs:
@@ -297,6 +297,21 @@ def check_finfo_masked_rows(device="cpu", vocabs=(16, 1000, 4099, 32000), dtypes
                 w_dev = tuple(w.to(device) for w in weights[::-1])
                 grad = ours_grad(eo.logprobs_and_entropy, x.to(device), y.to(device), t, weights=w_dev).cpu()
                 assert_within_eager_bound(grad, ref_g, eager_g, kinds, what=f"grad {what}")
+                check_token_stats_close(eo.token_stats(x.to(device), y.to(device), t),
+                                        token_stats_ref(x, y, t), what=f"token_stats {what}")
+
+
+def check_token_stats_close(stats, ref, what, tol=1e-4):
+    """Every field of ``token_stats`` against the float64 reference rounded to float32 (a true
+    self_certainty past float32's range is inf there): the same NaN / inf pattern, values within
+    ``tol`` (relative, or absolute below 1)."""
+    for name, got in stats._asdict().items():
+        want = getattr(ref, name)
+        if got is None:
+            assert want is None, f"{what}: {name}"
+            continue
+        got, want = got.cpu().double(), want.float().double()
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol, equal_nan=True, msg=lambda m: f"{what}: {name}: {m}")
 
 
 # ---- one row in several memory layouts ------------------------------------------------------------

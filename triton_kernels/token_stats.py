@@ -51,6 +51,7 @@ def token_stats_kernel(
     bad = (lse != lse) | (lse == float("-inf"))  # NaN/+inf entries, or an all -inf row
 
     base = safe_max(m_row)
+    inv_v = 1.0 / V.to(tl.float32)
     collision = tl.zeros([BLOCK], tl.float32)
     varentropy = tl.zeros([BLOCK], tl.float32)
     drift = tl.zeros([BLOCK], tl.float32)
@@ -66,9 +67,10 @@ def token_stats_kernel(
         collision += p * p
         varentropy += tl.where(live, p * centred * centred, 0.0)
         drift += tl.where(live, p * p * centred, 0.0)
-        shifted_sum += tl.where(cols < V, d, 0.0)
+        # Each term over V: a lane's sum of finfo.min entries (masked_fill's idiom) stays finite.
+        shifted_sum += tl.where(cols < V, d * inv_v, 0.0)
 
-    mean_shifted = tl.math.div_rn(tl.sum(shifted_sum, axis=0), temperature) / V
+    mean_shifted = tl.math.div_rn(tl.sum(shifted_sum, axis=0), temperature)
     _store_stat(lse_ptr, row, lse, active, bad)
     _store_stat(entropy_ptr, row, entropy, active, bad)
     _store_stat(max_logp_ptr, row, -ln_s, active, bad)

@@ -140,7 +140,9 @@ void min_p_bwd_row(const void* row, void* grad, int64_t n, const MinPBwdArgs<typ
 // token_stats' second pass: with lp = d - log S and c = lp + H, the sums of p^2, p c^2, p^2 c
 // (p = 0 terms left out, never 0 * -inf) and the mean of d over all V entries. The mean is a
 // compensated (Kahan) sum, its lanes added in double: d runs to -100s on rows with far-off
-// logits, where a plain fp32 sum of V terms loses more than SPEC §2 allows.
+// logits, where a plain fp32 sum of V terms loses more than SPEC §2 allows. Its terms are
+// (x - max) / V, the 1/T applied in double at the end: a few finfo.min entries (masked_fill's
+// idiom) would overflow a sum of x - max, or (x - max) / T at T < 1, to -inf.
 template <class S, int Code>
 StatsSums stats_sums_row(const void* row, int64_t n, typename S::Acc max, typename S::Acc inv_t,
                          typename S::Acc log_sum, typename S::Acc entropy) {
@@ -150,6 +152,7 @@ StatsSums stats_sums_row(const void* row, int64_t n, typename S::Acc max, typena
   const V m = S::set1(max), s = S::set1(inv_t), floor = S::set1(S::kFloor);
   const V neg_log_sum = S::set1(-log_sum), h = S::set1(entropy);
   const V ninf = S::set1(-static_cast<Acc>(INFINITY));
+  const V inv_n = S::set1(static_cast<Acc>(1) / static_cast<Acc>(n));
   double total[3] = {0, 0, 0};
   V ks = S::zero(), kc = ks;
   M neg = S::none();
@@ -157,10 +160,11 @@ StatsSums stats_sums_row(const void* row, int64_t n, typename S::Acc max, typena
     const int64_t b_end = b + sum_block<S>() < n ? b + sum_block<S>() : n;
     V coll = S::zero(), var = coll, drift = coll;
     for (int64_t j = b; j < b_end; j += S::W) {
-      const V d = S::mul(S::sub(load_row<S, Code>(row, j, n), m), s);
+      const V dx = S::sub(load_row<S, Code>(row, j, n), m);
+      const V d = S::mul(dx, s);
       const M valid = lanes_upto<S>(j, n - 1);
-      neg = S::mor(neg, S::mand(valid, S::eq(d, ninf)));
-      const V y = S::sub(S::maskz(S::mand(valid, S::gt(d, ninf)), d), kc);
+      neg = S::mor(neg, S::mand(valid, S::eq(dx, ninf)));
+      const V y = S::sub(S::maskz(S::mand(valid, S::gt(dx, ninf)), S::mul(dx, inv_n)), kc);
       const V t = S::add(ks, y);
       kc = S::sub(S::sub(t, ks), y);
       ks = t;
@@ -182,7 +186,7 @@ StatsSums stats_sums_row(const void* row, int64_t n, typename S::Acc max, typena
   double sum_s = 0;
   for (int i = 0; i < S::W; ++i) sum_s += static_cast<double>(lanes_s[i]) - lanes_c[i];
   return {total[0], total[1], total[2],
-          S::any(neg) ? -static_cast<double>(INFINITY) : sum_s / static_cast<double>(n)};
+          S::any(neg) ? -static_cast<double>(INFINITY) : sum_s * static_cast<double>(inv_t)};
 }
 
 template <class S, int Code>

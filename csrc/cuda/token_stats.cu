@@ -60,11 +60,12 @@ token_stats_kernel(RowArgs r, double temperature_scalar, StatsOut o) {
     const float log_s = eo_log(st.sum_exp);
     const float h = stats.entropy;
     float acc[3] = {0.0f, 0.0f, 0.0f};  // collision, varentropy, drift
-    // sum_j (x_j - max), per group in fp32 then in double (one double add per group): -inf with a
-    // -inf logit, so self_certainty = +inf, as the reference says.
+    // sum_j (x_j - max) in double: -inf with a -inf logit, so self_certainty = +inf, as the
+    // reference says; a float sum would overflow to -inf on a few finfo.min entries (the
+    // masked_fill idiom), where the mean is finite.
     double sum_d[1] = {0.0};
     for_each_group<Code, kAligned>(row, len, [&](const auto& x, int, int n) {
-      float group_d = 0.0f;
+      double group_d = 0.0;
 #pragma unroll
       for (int e = 0; e < kVecWidth<Code>; ++e) {
         if (e >= n) continue;  // padding would add -inf to the sum of x - max

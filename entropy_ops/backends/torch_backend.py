@@ -31,6 +31,13 @@ def _shifted(x, temperature, temperature_scalar, start, end):
     return (raw - m) / t, m / t
 
 
+def _mean_shifted(x, temperature, temperature_scalar, start, end):
+    """``mean_j (x_j - max x) / T`` of a chunk of rows, float64 ``[rows]``."""
+    raw = x[start:end].to(torch.float64)
+    t = temperature_scalar if temperature is None else temperature[start:end].double()
+    return (raw - raw.amax(dim=-1, keepdim=True)).mean(-1) / t
+
+
 def _label_terms(labels, ignore_index, vocab, start, end):
     y = labels[start:end].long()
     ignored = y == ignore_index
@@ -128,8 +135,11 @@ def token_stats_torch(x, labels, temperature, temperature_scalar, ignore_index, 
             "max_logp": -log_s.squeeze(-1),  # max_j z_j - lse = (m - m) - log s
             "collision": (p * p).sum(-1),
             "varentropy": torch.where(live, p * centred * centred, 0).sum(-1),
-            # mean_j z_j - m is the mean of the shifted row: -inf (so +inf here) with -inf entries.
-            "self_certainty": log_s.squeeze(-1) - shifted.mean(-1) - math.log(vocab),
+            # mean_j z_j - m is the mean of the shifted row: -inf (so +inf here) with -inf entries;
+            # x - max summed in float64 and divided by T there, so that finfo.min entries
+            # (masked_fill's idiom) overflow neither the sum nor (x - max) / T at T < 1.
+            "self_certainty": (log_s.squeeze(-1).double() - _mean_shifted(x, temperature, temperature_scalar,
+                                                                            start, end) - math.log(vocab)).to(acc),
             "entropy_drift": torch.where(live, p * p * centred, 0).sum(-1),
         }
         for name, value in rows.items():
