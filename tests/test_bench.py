@@ -30,6 +30,21 @@ def test_forward_only_ops_get_no_backward_rows():
         ("token_stats", "fwd"), ("entropy", "fwd"), ("entropy", "fwd+bwd")]
 
 
+def test_sirens_top_k_baseline_is_exact_while_the_nucleus_fits():
+    """The ``topk`` baseline (SIREN's top-k + sort) runs for top_p_entropy only; it equals the
+    reference while the nucleus holds fewer than TOP_K tokens, and is off when it holds more."""
+    from entropy_ops import reference as R
+    from entropy_ops.bench import eager
+
+    with pytest.raises(baselines.NotApplicable):
+        baselines.build("topk", cases.Case("entropy", "fwd", 4, 16, torch.float32, "cpu"))
+    fn = baselines.build("topk", cases.Case("top_p_entropy", "fwd", 4, 16, torch.float32, "cpu"))
+    peaked = torch.randn(3, 20000, generator=torch.Generator().manual_seed(0)) * 8
+    torch.testing.assert_close(fn(peaked)[1].double(), R.top_p_entropy_ref(peaked, eager.TOP_P), rtol=1e-4, atol=1e-4)
+    flat = torch.zeros(1, 20000)  # a nucleus of 16000 tokens: the shortcut keeps 10000
+    assert abs(fn(flat)[1].item() - R.top_p_entropy_ref(flat, eager.TOP_P).item()) > 0.1
+
+
 def test_log_prob_only_baselines_are_not_applicable_to_other_ops():
     case = cases.Case("top_p_entropy", "fwd", 4, 16, torch.float32, "cpu")
     for name in ("trl", "liger", "flash_attn"):
@@ -42,11 +57,13 @@ def _row(op, impl, ms, direction="fwd", shape="512x151936"):
 
 
 def test_top_p_summary_lines():
-    rows = [_row("entropy", "cpu", 10.0), _row("top_p_entropy", "cpu", 30.0), _row("top_p_entropy", "eager", 900.0)]
+    rows = [_row("entropy", "cpu", 10.0), _row("top_p_entropy", "cpu", 30.0), _row("top_p_entropy", "eager", 900.0),
+            _row("top_p_entropy", "topk", 240.0)]
     lines = summary.top_p_lines(rows, "512x151936", ("cpu",))
     assert lines == [
         "top_p_entropy fwd 512x151936 bf16: cpu costs 3.00x its entropy: MET (3.00x <= 4x)",
-        "top_p_entropy fwd 512x151936 bf16: cpu vs sort-based eager MET (30.00x >= 10x)",
+        "top_p_entropy fwd 512x151936 bf16: cpu vs SIREN's top-k + sort MISSED (8.00x < 10x)",
+        "top_p_entropy fwd 512x151936 bf16: cpu vs a full sort (eager): 30.0x",
     ]
     rows[1].time_ms = 50.0
     assert "MISSED (5.00x > 4x)" in summary.top_p_lines(rows, "512x151936", ("cpu",))[0]

@@ -12,13 +12,13 @@ import torch
 
 import entropy_ops as eo
 
-from .eager import EAGER, MIN_P, TOP_P
+from .eager import EAGER, MIN_P, TOP_P, eager_top_p_entropy_topk
 
 # verl's entropy_from_logits_with_chunking uses 2048 rows; a fixed element budget instead keeps
 # the chunk's fp32 temporaries at 64 MiB whatever V is (2048 rows of a 262144 vocab would be 2 GiB).
 CHUNK_ELEMS = 1 << 24
 
-BASELINES = ("eager", "compile", "chunked", "trl", "liger", "flash_attn")
+BASELINES = ("eager", "compile", "chunked", "topk", "trl", "liger", "flash_attn")
 BACKENDS = ("torch", "cpu", "triton", "cuda")
 _OPTIONAL = {"trl": "trl", "liger": "liger_kernel", "flash_attn": "flash_attn"}
 _LOGP_ONLY = ("liger", "flash_attn")
@@ -88,7 +88,7 @@ _OPTIONAL_BUILD = {"trl": _trl, "liger": _liger, "flash_attn": _flash_attn}
 def default_impls(device: str) -> Tuple[List[str], List[str]]:
     """``(names, optional baselines left out because not installed)``. Eager comes first (the
     speed-up column divides by it), then compile (the summary needs it)."""
-    names = ["eager", "compile", "chunked", "trl", "torch"]
+    names = ["eager", "compile", "chunked", "topk", "trl", "torch"]
     names += ["triton", "cuda", "liger", "flash_attn"] if device == "cuda" else ["cpu"]
     missing = [n for n in names if n in _OPTIONAL and importlib.util.find_spec(_OPTIONAL[n]) is None]
     return [n for n in names if n not in missing], missing
@@ -105,6 +105,10 @@ def build(name: str, case) -> Callable:
         return _chunked(EAGER[case.op])
     if name == "compile":
         return _compiled(EAGER[case.op])
+    if name == "topk":  # SIREN's top-k + sort way: top_p_entropy only
+        if case.op != "top_p_entropy":
+            raise NotApplicable(name)
+        return eager_top_p_entropy_topk
     if name in _OPTIONAL:
         if importlib.util.find_spec(_OPTIONAL[name]) is None:
             raise Skip(f"{_OPTIONAL[name]} is not installed")

@@ -2,7 +2,9 @@
 calling convention ``fn(logits [N, V], labels [N]) -> (logp | None, H | None, *other outputs)``.
 
 ``top_p_entropy`` is the sort-based way (softmax, a full sort of ``[N, V]``, cumsum, scatter the
-nucleus back, masked entropy); ``min_p_logprobs`` builds Lp-Reg's proxy with a ``[N, V]`` mask and a
+nucleus back, masked entropy), and SIREN's shortcut (``eager_top_p_entropy_topk``: the top
+``TOP_K`` probabilities, sorted by ``topk``, then the cumsum inside them; inexact when the nucleus
+holds more than ``TOP_K`` tokens); ``min_p_logprobs`` builds Lp-Reg's proxy with a ``[N, V]`` mask and a
 masked log-softmax; ``token_stats`` computes each statistic by its definition.
 """
 import math
@@ -12,6 +14,7 @@ import torch
 # The op parameters the benchmark uses (the ops' defaults).
 TOP_P = 0.8
 MIN_P = 0.02
+TOP_K = 10000  # SIREN's top-k before its nucleus cumsum
 
 
 def _entropy(z):
@@ -36,6 +39,17 @@ def eager_top_p_entropy(logits, labels=None):
     kept = z.masked_fill(~keep, float("-inf"))
     p = torch.softmax(kept, -1)
     return None, torch.logsumexp(kept, -1) - (p * torch.where(keep, z, 0)).sum(-1)
+
+
+def eager_top_p_entropy_topk(logits, labels=None):
+    z = logits.float()
+    top_p, index = torch.softmax(z, -1).topk(min(TOP_K, z.shape[-1]), dim=-1)  # sorted, descending
+    keep = top_p.cumsum(-1) < TOP_P
+    keep[:, 0] = True
+    z_top = z.gather(-1, index)
+    kept = z_top.masked_fill(~keep, float("-inf"))
+    p = torch.softmax(kept, -1)
+    return None, torch.logsumexp(kept, -1) - (p * torch.where(keep, z_top, 0)).sum(-1)
 
 
 def eager_min_p_logprobs(logits, labels):
