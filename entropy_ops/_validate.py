@@ -10,7 +10,6 @@ LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 LABEL_DTYPES = (torch.int64, torch.int32)
 
 
-
 def logits(x) -> Tuple[int, ...]:
     """Check ``logits [..., V]`` and return its leading shape."""
     if not isinstance(x, torch.Tensor):
