@@ -35,8 +35,10 @@ _CACHE: Dict[tuple, Tuple[object, ShardLayout, torch.Tensor]] = {}
 
 def _gather_pairs(group, local: int, vocab_start: Optional[int], device) -> torch.Tensor:
     """``[world, 2]`` int64 on ``device``: every rank's ``(V_r, vocab_start or -1)``."""
-    # NCCL groups need a CUDA tensor; gloo takes either.
-    mine = torch.tensor([local, -1 if vocab_start is None else vocab_start], dtype=torch.int64, device=device)
+    # NCCL groups need a CUDA tensor; gloo takes either. Filled on the device (no host-to-device
+    # copy: every call gathers, a CUDA-graph capture included).
+    mine = torch.full((2,), local, dtype=torch.int64, device=device)
+    mine[1] = -1 if vocab_start is None else vocab_start
     out = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
     dist.all_gather(out, mine, group=group)
     return torch.stack(out)
