@@ -74,14 +74,15 @@ def shard_layout(group, local: int, vocab_start: Optional[int], device: torch.de
     pairs = _gather_pairs(group, local, vocab_start, device)
     key = (id(group), local, vocab_start)
     hit = _CACHE.get(key)
-    if hit is not None and hit[0] is group and pairs.device.type != "cpu":
+    if hit is not None and hit[0] is group:
         torch._assert_async((pairs == hit[2]).all(),
                             "vocab_start: the shard layout of process_group changed while this rank's own "
                             "(V_r, vocab_start) stayed the same; call entropy_ops.parallel.layout.clear_cache() "
                             "on every rank after changing it")
         return hit[1]
     layout = _check([tuple(row) for row in pairs.tolist()], dist.get_rank(group))
-    _CACHE[key] = (group, layout, pairs)
+    if pairs.device.type != "cpu":  # on CPU the host check costs no sync: done every call
+        _CACHE[key] = (group, layout, pairs)
     return layout
 
 
