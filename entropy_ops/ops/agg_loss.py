@@ -40,16 +40,6 @@ def masked_mean(values: Tensor, mask: Tensor, count: Optional[Tensor] = None) ->
     return masked_sum(values, mask) / count.clamp(min=1)
 
 
-def policy_terms(logp: Tensor, old_logp: Tensor, advantages: Tensor, weights: Optional[Tensor], mask: Tensor):
-    """``(logp - old_logp, advantages, weights)`` of the policy losses, made 0 at the masked tokens
-    before any ``exp`` or product: the loss matrix's final ``where`` sends a 0 gradient there, and
-    ``0 * d(exp(nan))`` would still be NaN (padded ``old_logp`` of -inf or NaN, NaN advantages or
-    weights). SPEC §2: masked entries contribute exactly 0 to every value and gradient."""
-    log_ratio = torch.where(mask, logp - old_logp, 0)
-    advantages = torch.where(mask, advantages, 0)
-    return log_ratio, advantages, None if weights is None else torch.where(mask, weights, 0)
-
-
 def agg_loss(loss_mat: Tensor, mask: Tensor, mode: str = "token-mean", dp_size: int = 1,
              batch_num_tokens=None, global_batch_size=None, loss_scale_factor=None) -> Tensor:
     """Aggregate ``loss_mat`` over the valid tokens, as verl's ``agg_loss``.
@@ -106,4 +96,4 @@ def aggregate_masked(masked: Tensor, mask: Tensor, mode: str, dp_size: int = 1, 
     return loss
 
 
-__all__ = ["MODES", "agg_loss", "aggregate_masked", "mask_count", "masked_mean", "masked_sum", "policy_terms"]
+__all__ = ["MODES", "agg_loss", "aggregate_masked", "mask_count", "masked_mean", "masked_sum"]

@@ -25,12 +25,22 @@ from .. import _backends, _validate_losses as V
 from ._types import PolicyLossOutput
 from .random_keys import clip_cov_keys
 from .select import top_k_mask
-from .agg_loss import MODES, aggregate_masked, mask_count, masked_mean, policy_terms
+from .agg_loss import MODES, aggregate_masked, mask_count, masked_mean
 
 
 def _count_k(ratio: float, n_valid: Tensor) -> Tensor:
     # Python's int(ratio * n) on a float64 product, as verl computes it, then at least 1.
     return torch.floor(n_valid.double() * ratio).clamp(min=1).long()
+
+
+def policy_terms(logp: Tensor, old_logp: Tensor, advantages: Tensor, weights: Optional[Tensor], mask: Tensor):
+    """``(logp - old_logp, advantages, weights)`` of the policy losses, made 0 at the masked tokens
+    before any ``exp`` or product: the loss matrix's final ``where`` sends a 0 gradient there, and
+    ``0 * d(exp(nan))`` would still be NaN (padded ``old_logp`` of -inf or NaN, NaN advantages or
+    weights). SPEC §2: masked entries contribute exactly 0 to every value and gradient."""
+    log_ratio = torch.where(mask, logp - old_logp, 0)
+    advantages = torch.where(mask, advantages, 0)
+    return log_ratio, advantages, None if weights is None else torch.where(mask, weights, 0)
 
 
 def _raw_covariance(logp: Tensor, advantages: Tensor, mask: Tensor, n_valid: Tensor) -> Tensor:

@@ -35,7 +35,8 @@ from ..backends.token_kernel import quantile_lerp, quantile_rank
 from ..backends.torch_select import order_keys
 from ..ops._tokens import check_offsets, check_quantiles
 from ..ops._types import PolicyLossOutput
-from ..ops.agg_loss import agg_loss, policy_terms
+from ..ops.agg_loss import agg_loss
+from ..ops.policy_loss import policy_terms
 from ..ops.random_keys import clip_cov_keys
 
 _DIGIT_BITS = 11  # 2048 bins: 16 KB of int64 counts per round, 3 rounds for fp32 keys
