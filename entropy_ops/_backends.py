@@ -12,6 +12,8 @@ from typing import Callable, Dict, Tuple
 
 import torch
 
+from . import _native
+
 BACKEND_NAMES = ("auto", "cuda", "triton", "cpu", "torch")
 # `auto` on CUDA tensors: the fastest GPU backend verified on a GPU comes first. No GPU
 # measurement exists yet (issue 4), so until then Triton is preferred over hand-written CUDA.
@@ -34,8 +36,11 @@ class Backend:
     kernels: Dict[str, object] = field(default_factory=dict)
 
     def supports_device(self, device: torch.device) -> bool:
-        return device.type in self.devices or (
-            device.type == "cpu" and self.name == "triton" and _triton_interpret()
+        if device.type in self.devices:
+            return True
+        # CPU tensors under the Triton interpreter or the CUDA emulator (tests/cuda_emu).
+        return device.type == "cpu" and (
+            (self.name == "triton" and _triton_interpret()) or (self.name == "cuda" and bool(_native.cuda_emulator()))
         )
 
 

@@ -8,6 +8,7 @@ formula run on the same CUDA input; the comparison itself runs on CPU copies.
 Diagnosis: a sticky CUDA error (illegal address) fails every later test in the process; the first
 failure is the culprit. Subprocess tests print the child's stdout/stderr when they fail.
 """
+import contextlib
 import os
 
 import pytest
@@ -22,13 +23,42 @@ from conftest import (  # noqa: F401 (assert_same_bits: re-exported for the GPU 
 )
 from entropy_ops import _backends
 
+# Under ENTROPY_OPS_CUDA_EMULATOR and without a GPU (tests/cuda_emu: `make test` runs these tests
+# so), the cuda backend's kernels, compiled for the CPU, run on CPU tensors: DEVICE is "cpu", the
+# only backend is "cuda", and what needs the GPU itself (sync-debug mode, streams, CUDA graphs,
+# NCCL, > 4 GB) is skipped by `needs_real_gpu`.
+EMULATED = bool(os.environ.get("ENTROPY_OPS_CUDA_EMULATOR")) and not torch.cuda.is_available()
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)"),
+    pytest.mark.skipif(not (torch.cuda.is_available() or EMULATED),
+                       reason="needs a CUDA device (torch.cuda.is_available() is False) or the CUDA emulator"),
 ]
+needs_real_gpu = pytest.mark.skipif(EMULATED, reason="needs the GPU itself; the CUDA emulator runs kernels only")
 
-DEVICE = "cuda"
-GPU_BACKENDS = ("triton", "cuda")
+DEVICE = "cpu" if EMULATED else "cuda"
+# SPEC §2's "no grid-size limit on N": more rows than a grid's y or z dimension holds (65535). Every
+# row launcher puts rows on grid.x (checked by the emulator against the hardware's limits), and a
+# block-per-row kernel costs the emulator about 0.5 ms a row: there it runs 3000.
+MANY_ROWS = 3000 if EMULATED else 70000
+# Batch sizes of the batch-invariance tests: a small batch and a large one (a GPU full of rows).
+# Launch plans depend on V alone, so the emulator's smaller large batch runs the same code paths.
+BIG_BATCH = 512 if EMULATED else 4096
+
+
+@contextlib.contextmanager
+def sync_debug_error():
+    """Any host sync inside raises (``torch.cuda.set_sync_debug_mode("error")``); nothing under the
+    emulator, whose tensors live on the host."""
+    if EMULATED:
+        yield
+        return
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+GPU_BACKENDS = ("cuda",) if EMULATED else ("triton", "cuda")
 OPS = ("entropy", "logprobs_and_entropy")
 GPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 VOCABS = (1, 2, 111, 1023, 1024, 32000, 151936)

@@ -12,8 +12,11 @@ from gpu_common import (  # noqa: F401, F811 (pytestmark applies the gpu marks; 
     DEVICE,
     check,
     gpu_backend,
-    pytestmark,
+    needs_real_gpu,
+    pytestmark as _gpu_marks,
 )
+
+pytestmark = [*_gpu_marks, needs_real_gpu]
 
 # ---- 64-bit indexing: N * V > 2^31 (last: they need the most memory) -------------------------------
 

@@ -27,8 +27,11 @@ from gpu_common import (  # noqa: F401, F811 (pytestmark applies the gpu marks; 
     assert_same_bits,
     check,
     gpu_backend,
-    pytestmark,
+    needs_real_gpu,
+    pytestmark as _gpu_marks,
 )
+
+pytestmark = [*_gpu_marks, needs_real_gpu]
 
 
 # ---- ENTROPY_OPS_CHECK, dispatch, devices (subprocesses where a CUDA context may break) -----------

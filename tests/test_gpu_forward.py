@@ -24,6 +24,7 @@ from gpu_common import (  # noqa: F401, F811 (pytestmark applies the gpu marks; 
     DEVICE,
     GPU_DTYPES,
     LAYOUTS,
+    MANY_ROWS,
     TEMPERATURES,
     VOCABS,
     assert_outputs,
@@ -108,13 +109,13 @@ def test_layouts_give_the_same_bits(gpu_backend):
     """The vectorized path with a partial last group (a vocabulary sliced from a padded buffer,
     151646 of 151936), the scalar path (storage offset 1) and contiguous rows: the same bits,
     values and gradients, for every vocabulary op."""
-    check_layouts_give_the_same_bits("cuda", shapes=((3, 1000, 16), (2, 4099, 13), (2, 151646, 290)))
+    check_layouts_give_the_same_bits(DEVICE, shapes=((3, 1000, 16), (2, 4099, 13), (2, 151646, 290)))
 
 
 def test_finfo_masked_rows(gpu_backend):
     """Rows masked with finfo(dtype).min (masked first tokens: a lane's first groups alone, then
     rescaled to the real max): finite entropy, log-probs and gradients within the eager bound."""
-    check_finfo_masked_rows("cuda", vocabs=(16, 1000, 4099, 32000, 151936))
+    check_finfo_masked_rows(DEVICE, vocabs=(16, 1000, 4099, 32000, 151936))
 
 
 @pytest.mark.parametrize("vocab", [111, 32000, 151936])
@@ -171,8 +172,8 @@ def test_empty_batch(gpu_backend, dtype):
 
 @pytest.mark.parametrize("vocab", [1, 8, 111])
 def test_many_rows(gpu_backend, vocab):
-    """SPEC §2: no grid-size limit on N; 70000 rows, forward (fp32, bf16) and backward."""
-    n = 70000
+    """SPEC §2: no grid-size limit on N; 70000 rows (3000 emulated), forward (fp32, bf16) and backward."""
+    n = MANY_ROWS
     x, kinds = make_rows(n, vocab, torch.float32, seed=7)
     x = x.to(DEVICE)
     y = make_labels(n, vocab, torch.int32, n_ignored=100, seed=8).to(DEVICE)

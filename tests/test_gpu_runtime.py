@@ -13,7 +13,9 @@ from gpu_common import (  # noqa: F401, F811 (pytestmark applies the gpu marks; 
     assert_same_bits,
     check,
     gpu_backend,
+    needs_real_gpu,
     pytestmark,
+    sync_debug_error,
     temperature_of,
 )
 
@@ -50,12 +52,8 @@ def test_no_host_sync(gpu_backend, monkeypatch, vocab, temperature, checked):
         return logp.detach(), h.detach(), h1, xs.grad, xi.grad
 
     expected = run()  # compiles the kernels outside the debug mode
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with sync_debug_error():
         got = run()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     for name, g_, e_ in zip(("logp", "entropy", "entropy op", "grad", "inplace grad"), got, expected):
         assert_same_bits(g_, e_, f"{name}: run under sync debug mode vs before")
 
@@ -82,6 +80,7 @@ def _graph_data(vocab, seed):
     return {k: v.to(DEVICE) for k, v in data.items()}, 0.5 + float(torch.rand((), generator=gen))
 
 
+@needs_real_gpu
 @pytest.mark.parametrize("vocab", [1023, 151936])
 def test_cuda_graph_forward(gpu_backend, vocab):
     """Capture both ops on static inputs; replay after changing the inputs (and the 0-d
@@ -119,6 +118,7 @@ def _fwd_bwd(x, y, t, mask, a, b, inplace):
     return logp.detach(), h.detach(), h1.detach()
 
 
+@needs_real_gpu
 @pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace_backward"])
 @pytest.mark.parametrize("vocab", [1023, 151936])
 def test_cuda_graph_forward_backward(gpu_backend, vocab, inplace):
@@ -160,6 +160,7 @@ def test_cuda_graph_forward_backward(gpu_backend, vocab, inplace):
         check(static_grad, ref, eager, what=f"replay {seed}: grad vs reference")
 
 
+@needs_real_gpu
 @pytest.mark.parametrize("vocab", [1023, 151936])
 def test_make_graphed_callables(gpu_backend, vocab):
     data, t0 = _graph_data(vocab, 0)
@@ -256,6 +257,7 @@ def test_opcheck_on_cuda(gpu_backend):
     torch.library.opcheck(ops.entropy_bwd_.default, (xd.clone(),) + args[1:])
 
 
+@needs_real_gpu
 def test_cuda_graph_of_the_linear_head(gpu_backend):
     """The fused LM head captured whole (forward, backward into hidden, weight and bias grads) and
     replayed on new hidden states: the same bits as eager on them (SPEC §4: CUDA-graph capturable)."""

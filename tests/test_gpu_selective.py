@@ -1,6 +1,6 @@
-"""GPU tests of the selective row ops (top-p, min-p) and token_stats on every GPU backend ("cuda",
+"""GPU tests of the selective row ops (top-p, min-p) and token_stats on every GPU backend (DEVICE,
 "triton"): vs the float64 references (SPEC §3.1), exact ties, gradients, forward/backward/mask
-agreement, masked / bad / shifted rows, unaligned rows, batch invariance, N = 0 and N = 70000,
+agreement, masked / bad / shifted rows, unaligned rows, batch invariance, N = 0 and N = 70000 (3000 emulated),
 no host sync, CUDA graph capture.
 
 Random rows are compared with the sort-based references only where the cut is not decided by
@@ -19,7 +19,9 @@ from conftest import (
 )
 from entropy_ops import _backends
 from entropy_ops import reference as R
-from gpu_common import DEVICE, GPU_BACKENDS, GPU_DTYPES, VOCABS, assert_same_bits, pytestmark  # noqa: F401
+from gpu_common import (  # noqa: F401 (pytestmark: the gpu marks)
+    BIG_BATCH, DEVICE, GPU_BACKENDS, GPU_DTYPES, MANY_ROWS, VOCABS, assert_same_bits, needs_real_gpu, pytestmark, sync_debug_error,
+)
 from selective_common import (
     all_outputs, check_min_p_bad_rows_have_a_nan_gradient, clear_of_min_p_cut, clear_of_top_p_cut, eager_min_p_logprobs,
     eager_top_p_entropy, masked_bad_shifted_rows, with_clear_cuts, within,
@@ -273,7 +275,7 @@ def test_batch_invariance(sel_backend, dtype, vocab):
     label = row.float().argmax(-1)
     g = (torch.tensor([0.75], device=DEVICE), torch.tensor([-1.25], device=DEVICE))
     alone = all_outputs(row, label, *g)
-    for n in (64, 1024 if vocab > 32000 else 4096):
+    for n in (64, min(BIG_BATCH, 1024) if vocab > 32000 else BIG_BATCH):
         batch = (torch.randn(n, vocab, device=DEVICE, generator=gen) * 2).to(dtype)
         labels = torch.randint(vocab, (n,), device=DEVICE, generator=gen)
         g_h, g_lp = torch.randn(n, device=DEVICE, generator=gen), torch.randn(n, device=DEVICE, generator=gen)
@@ -298,10 +300,10 @@ def test_empty_batch(sel_backend):
 
 
 def test_many_rows(sel_backend):
-    """70000 rows in one launch (no grid-size limit on N), each checked."""
+    """70000 rows (3000 emulated) in one launch (no grid-size limit on N), each checked."""
     gen = torch.Generator().manual_seed(7)
-    x = torch.randn(70000, 17, generator=gen) * 3
-    y = torch.randint(17, (70000,), generator=gen)
+    x = torch.randn(MANY_ROWS, 17, generator=gen) * 3
+    y = torch.randint(17, (MANY_ROWS,), generator=gen)
     xd, yd = x.to(DEVICE), y.to(DEVICE)
     clear = clear_of_top_p_cut(x, 0.8)
     within(_cpu(eo.top_p_entropy(xd, 0.8))[clear], R.top_p_entropy_ref(x, 0.8)[clear],
@@ -345,16 +347,13 @@ def _inputs(vocab, seed, temperature="tensor_0d"):
 def test_no_host_sync(sel_backend, vocab, temperature):
     args = _inputs(vocab, 0, temperature)
     expected = _step(*args)  # compiles the kernels outside the debug mode
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with sync_debug_error():
         got = _step(*args)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     for k, (a, b) in enumerate(zip(got, expected)):
         assert_same_bits(a, b, f"output {k}: under sync debug mode vs before")
 
 
+@needs_real_gpu
 @pytest.mark.parametrize("vocab", [1023, 151936])
 def test_cuda_graph_capture(sel_backend, vocab):
     """Capture forward + backward of every op on static inputs, replay on new inputs written in

@@ -5,12 +5,19 @@ import pytest
 import torch
 
 import entropy_ops as eo
+from gpu_common import DEVICE, GPU_BACKENDS, needs_real_gpu, pytestmark, sync_debug_error  # noqa: F401 (pytestmark: the gpu marks)
 from token_common import check_strided_layouts
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)"),
-]
+
+@pytest.fixture(autouse=True)
+def _emulated_cuda():
+    """The tests below that call the public ops leave the backend to `auto`, which picks a GPU
+    backend for CUDA tensors; on the emulator's CPU tensors the `cuda` backend must be asked for."""
+    if DEVICE == "cpu":
+        with eo.use_backend("cuda"):
+            yield
+    else:
+        yield
 
 
 def _batch(B=8, T=512, V=1000, seed=0):
@@ -51,19 +58,21 @@ def _flat(out):
             yield o
 
 
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_strided_masks_and_offsets_are_read_as_values(backend):
     """The GPU launchers hand the kernels raw pointers: views must arrive contiguous."""
     if not eo.available_backends()[backend][0]:
         pytest.skip(f"{backend}: {eo.available_backends()[backend][1]}")
     with eo.use_backend(backend):
-        check_strided_layouts("cuda")
+        check_strided_layouts(DEVICE)
 
 
 def test_cuda_matches_cpu():
     cpu = _batch()
-    gpu = tuple(t.cuda() for t in cpu)
-    for a, b in zip(_flat(_all_ops(*gpu)), _flat(_all_ops(*cpu))):
+    gpu = tuple(t.to(DEVICE) for t in cpu)
+    with eo.use_backend("cpu"):
+        expected = list(_flat(_all_ops(*cpu)))
+    for a, b in zip(_flat(_all_ops(*gpu)), expected):
         if a.dtype == torch.bool:
             assert torch.equal(a.cpu(), b)
         else:
@@ -71,27 +80,23 @@ def test_cuda_matches_cpu():
 
 
 def test_no_host_sync_forward_and_backward():
-    logits, mask, logp, old, adv, keys = (t.cuda() for t in _batch(seed=1))
+    logits, mask, logp, old, adv, keys = (t.to(DEVICE) for t in _batch(seed=1))
     logits.requires_grad_(True)
     logp.requires_grad_(True)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with sync_debug_error():
         out = list(_flat(_all_ops(logits, mask, logp, old, adv, keys)))
-        gen = torch.Generator(device="cuda").manual_seed(0)
+        gen = torch.Generator(device=DEVICE).manual_seed(0)
         out.append(eo.clip_cov_policy_loss(logp, old, adv, mask, generator=gen).loss)
-        threshold = eo.EntropyThreshold().cuda()
+        threshold = eo.EntropyThreshold().to(DEVICE)
         out.append(threshold(eo.entropy(logits.detach(), mask=mask), mask))
         loss = sum(o.float().sum() for o in out if o.is_floating_point() and o.requires_grad)
         loss.backward()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(logits.grad).all() and torch.isfinite(logp.grad).all()
 
 
 def test_compile_fullgraph_on_cuda():
     torch._dynamo.reset()
-    args = tuple(t.cuda() for t in _batch(B=4, T=64, V=128, seed=2))
+    args = tuple(t.to(DEVICE) for t in _batch(B=4, T=64, V=128, seed=2))
     compiled = torch.compile(_all_ops, fullgraph=True)
     for a, b in zip(_flat(compiled(*args)), _flat(_all_ops(*args))):
         if a.dtype == torch.bool:
@@ -102,7 +107,7 @@ def test_compile_fullgraph_on_cuda():
 
 # ---- the triton and cuda token kernels (window entropy, masked quantile, top-k) vs the references ----
 
-GPU_TOKEN_BACKENDS = ("triton", "cuda")
+GPU_TOKEN_BACKENDS = GPU_BACKENDS
 
 
 def _token_case(dtype, seed=0):
@@ -116,7 +121,7 @@ def _token_case(dtype, seed=0):
     mask = torch.rand(n, generator=gen) < 0.8
     x = torch.where(mask, x, float("nan"))
     cu = torch.tensor([0] + lengths).cumsum(0)
-    return x.to(dtype).cuda(), mask.cuda(), cu.cuda()
+    return x.to(dtype).to(DEVICE), mask.to(DEVICE), cu.to(DEVICE)
 
 
 @pytest.mark.parametrize("backend", GPU_TOKEN_BACKENDS)
@@ -134,26 +139,26 @@ def test_token_kernels_match_references(backend, dtype):
     top_k = _backends.get_kernel(backend, "top_k")
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     tol = 1e-12 if dtype == torch.float64 else 2e-6
-    g = torch.randn(x.shape[0], dtype=acc, device="cuda")
+    g = torch.randn(x.shape[0], dtype=acc, device=DEVICE)
     for w, o in ((4, 1), (1, 0), (50, 3), (3, 5000)):
-        ref_in = x.cpu().double().requires_grad_(True)
+        ref_in = x.cpu().to(torch.float64, copy=True).requires_grad_(True)  # a copy: float64 x is not cloned by .double()
         ref = R.window_entropy_ref(ref_in, mask.cpu(), w, o, cu.cpu())
         ref.backward(g.cpu().double())
         out = window.fwd(x, mask, cu, w, o)
         assert out.dtype == acc
         torch.testing.assert_close(out.cpu().double(), ref.detach(), rtol=tol, atol=tol)
         torch.testing.assert_close(window.bwd(g, mask, cu, w, o).cpu().double(), ref_in.grad, rtol=tol, atol=tol)
-    q = torch.tensor([0.0, 0.1, 0.5, 0.95, 1.0], dtype=torch.float64, device="cuda")
+    q = torch.tensor([0.0, 0.1, 0.5, 0.95, 1.0], dtype=torch.float64, device=DEVICE)
     ref = R.masked_quantile_ref(x.cpu(), mask.cpu(), q.cpu(), cu_seqlens=cu.cpu())
     assert torch.equal(quantile(x, mask, cu, q).cpu().nan_to_num(7.5), ref.nan_to_num(7.5))
     ref_all = R.masked_quantile_ref(x.cpu(), mask.cpu(), q.cpu(), per_sequence=False)
     assert torch.equal(quantile(x, mask, None, q)[:, 0].cpu(), ref_all)
     scores = torch.nan_to_num(x, nan=0.0)
     for k in (0, 1, 5, 1000, x.shape[0] + 1):
-        k_t = torch.tensor([k], device="cuda")
+        k_t = torch.tensor([k], device=DEVICE)
         assert torch.equal(top_k(scores, mask, k_t).cpu(), top_k_torch(scores.cpu(), mask.cpu(), k_t.cpu())), k
-    keys = torch.randint(-2**62, 2**62, (x.shape[0],), device="cuda") // 2**50  # int64 with ties
-    k_t = torch.tensor([333], device="cuda")
+    keys = torch.randint(-2**62, 2**62, (x.shape[0],), device=DEVICE) // 2**50  # int64 with ties
+    k_t = torch.tensor([333], device=DEVICE)
     assert torch.equal(top_k(keys, mask, k_t).cpu(), top_k_torch(keys.cpu(), mask.cpu(), k_t.cpu()))
 
 
@@ -164,12 +169,10 @@ def test_token_kernels_batch_invariant_and_sync_free(backend):
     x, mask, cu = _token_case(torch.float32, seed=3)
     quantile = _backends.get_kernel(backend, "masked_quantile")
     top_k = _backends.get_kernel(backend, "top_k")
-    q = torch.tensor([0.25, 0.8], dtype=torch.float64, device="cuda")
-    perm = torch.randperm(x.shape[0], device="cuda")
-    cu_one, k_t = torch.tensor([0, 3000], device="cuda"), torch.tensor([100], device="cuda")
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    q = torch.tensor([0.25, 0.8], dtype=torch.float64, device=DEVICE)
+    perm = torch.randperm(x.shape[0], device=DEVICE)
+    cu_one, k_t = torch.tensor([0, 3000], device=DEVICE), torch.tensor([100], device=DEVICE)
+    with sync_debug_error():
         full = quantile(x, mask, cu, q)
         alone = quantile(x[718:3718].contiguous(), mask[718:3718].contiguous(), cu_one, q)
         over_all = quantile(x, mask, None, q)
@@ -178,8 +181,6 @@ def test_token_kernels_batch_invariant_and_sync_free(backend):
         w_alone = _backends.get_kernel(backend, "window_entropy").fwd(
             x[718:3718].contiguous(), mask[718:3718].contiguous(), cu_one, 4, 1)
         picked = top_k(torch.nan_to_num(x), mask, k_t)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     assert torch.equal(full[:, 5], alone[:, 0]), "a sequence's quantile does not depend on the batch"
     assert torch.equal(over_all, shuffled), "integer histograms: the order of the tokens does not matter"
     assert torch.equal(w[718:3718], w_alone)
@@ -232,30 +233,27 @@ def _keys_kernel(backend):
 def test_random_keys_match_reference_sync_free(backend):
     kernel = _keys_kernel(backend)
     sizes = (0, 1, 1000, 70_001)  # 70_001: many blocks / programs and a partial last one
-    args = [(torch.tensor([s], device="cuda"), torch.tensor([f], device="cuda")) for s, f in KEY_CASES]
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    args = [(torch.tensor([s], device=DEVICE), torch.tensor([f], device=DEVICE)) for s, f in KEY_CASES]
+    with sync_debug_error():
         outs = [kernel(seed, first, n) for seed, first in args for n in sizes]
         tails = [kernel(seed, first + 777, 70_001 - 777) for seed, first in args]
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     outs = iter(outs)
     for (s, f), tail in zip(KEY_CASES, tails):
         for n in sizes:
             out = next(outs)
-            assert out.dtype == torch.int64 and out.shape == (n,) and out.device.type == "cuda"
+            assert out.dtype == torch.int64 and out.shape == (n,) and out.device.type == DEVICE
             assert torch.equal(out.cpu(), _keys_ref(s, f, n)), (backend, s, f, n)
         # Counter-based: keys [first + 777, first + 70_001) are the tail of those of [first, ...).
         assert torch.equal(tail.cpu(), _keys_ref(s, f, 70_001)[777:]), (backend, s, f)
 
 
+@needs_real_gpu
 @pytest.mark.parametrize("backend", GPU_TOKEN_BACKENDS)
 def test_random_keys_read_seed_and_first_on_the_device(backend):
     # Captured in a CUDA graph, then the seed and offset changed in place: the replay computes the
     # keys of the new values, so neither was read on the host at capture.
     kernel = _keys_kernel(backend)
-    seed, first = torch.tensor([11], device="cuda"), torch.tensor([0], device="cuda")
+    seed, first = torch.tensor([11], device=DEVICE), torch.tensor([0], device=DEVICE)
     kernel(seed, first, 4096)  # warm-up: compiles / loads the kernel outside the capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
@@ -268,6 +266,7 @@ def test_random_keys_read_seed_and_first_on_the_device(backend):
     assert torch.equal(out.cpu(), _keys_ref(-2**63 + 99, 2**40 + 3, 4096))
 
 
+@needs_real_gpu
 @pytest.mark.bigmem
 @pytest.mark.parametrize("backend", GPU_TOKEN_BACKENDS)
 def test_random_keys_past_2_31(backend):
@@ -275,7 +274,7 @@ def test_random_keys_past_2_31(backend):
     # grid-stride loop), checked around element 2^31 and at the end.
     kernel = _keys_kernel(backend)
     n, seed, first = 2**31 + 4099, -2**63 + 7, 2**33
-    out = kernel(torch.tensor([seed], device="cuda"), torch.tensor([first], device="cuda"), n)
+    out = kernel(torch.tensor([seed], device=DEVICE), torch.tensor([first], device=DEVICE), n)
     try:
         for a in (0, 2**31 - 40, n - 50):
             assert torch.equal(out[a:a + 80].cpu(), _keys_ref(seed, first + a, min(80, n - a))), a
@@ -289,11 +288,11 @@ def test_random_keys_past_2_31(backend):
 def _captured_step(B=8, T=512):
     """Static inputs and a step that runs every token op and both losses (forward, and backward into
     ``logp.grad``) with no host sync: what a trainer captures in a CUDA graph."""
-    logits, mask, logp, old, adv, keys = (t.cuda() for t in _batch(B, T, V=16))
-    h = torch.rand(B, T, device="cuda")
-    cu = torch.arange(0, B * T + 1, T, device="cuda")
+    logits, mask, logp, old, adv, keys = (t.to(DEVICE) for t in _batch(B, T, V=16))
+    h = torch.rand(B, T, device=DEVICE)
+    cu = torch.arange(0, B * T + 1, T, device=DEVICE)
     logp.requires_grad_(True)
-    threshold = eo.EntropyThreshold(q=0.9, momentum=0.5).cuda()
+    threshold = eo.EntropyThreshold(q=0.9, momentum=0.5).to(DEVICE)
 
     def step():
         logp.grad = None
@@ -308,6 +307,7 @@ def _captured_step(B=8, T=512):
     return {"h": h, "mask": mask, "logp": logp, "old": old, "adv": adv, "keys": keys}, step, threshold
 
 
+@needs_real_gpu
 @pytest.mark.parametrize("backend", GPU_TOKEN_BACKENDS)
 def test_token_ops_and_losses_replay_in_a_cuda_graph(backend):
     """Captured once, replayed on new values written into the static inputs: the same bits as the
@@ -327,8 +327,8 @@ def test_token_ops_and_losses_replay_in_a_cuda_graph(backend):
             outs = step()
         fresh, eager_step, eager_threshold = _captured_step()
         for seed in (1, 2):
-            _, mask, logp, old, adv, keys = (t.cuda() for t in _batch(seed=seed, V=16))
-            new = {"h": torch.rand(8, 512, device="cuda"), "mask": mask, "old": old, "adv": adv, "keys": keys}
+            _, mask, logp, old, adv, keys = (t.to(DEVICE) for t in _batch(seed=seed, V=16))
+            new = {"h": torch.rand(8, 512, device=DEVICE), "mask": mask, "old": old, "adv": adv, "keys": keys}
             with torch.no_grad():
                 static["logp"].copy_(logp)
                 fresh["logp"].copy_(logp)

@@ -10,6 +10,7 @@ import entropy_ops as eo
 from entropy_ops import reference as R
 
 from conftest import assert_within_eager_bound, skip_unless_available
+from gpu_common import DEVICE, EMULATED, GPU_BACKENDS, sync_debug_error
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # (bias, logit_scale, softcap, temperature kind)
@@ -258,17 +259,17 @@ def test_out_of_range_label_raises_on_cpu(backend):
         eo.linear_logprobs_and_entropy(h, w, y, b)
 
 
-# ---- GPU (`pytest -m gpu`; skipped without CUDA): written, not yet run on a GPU ------------------
+# ---- GPU (`pytest -m gpu`; on the CUDA emulator without a GPU): not yet run on a GPU ---------------
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("name", ("triton", "cuda"))
+@pytest.mark.skipif(not (torch.cuda.is_available() or EMULATED), reason="needs a CUDA device or the CUDA emulator")
+@pytest.mark.parametrize("name", GPU_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gpu_backends_match_reference_batch_invariant_and_sync_free(name, dtype):
     skip_unless_available(name)
     h, w, b, y = make_inputs(n=70, d=64, vocab=20000, dtype=dtype)  # 20000 > one Triton split
     kw = dict(labels=y, temperature=temperature_of("per_row", 70), mask=None, logit_scale=1.0, softcap=30.0)
-    cuda = [t.cuda() for t in (h, w, b, y, kw["temperature"])]
+    cuda = [t.to(DEVICE) for t in (h, w, b, y, kw["temperature"])]
     gkw = dict(kw, labels=cuda[3], temperature=cuda[4])
     g = torch.Generator().manual_seed(7)
     weights = (torch.randn(70, generator=g), torch.randn(70, generator=g))
@@ -276,11 +277,8 @@ def test_gpu_backends_match_reference_batch_invariant_and_sync_free(name, dtype)
         logp, ent = eo.linear_logprobs_and_entropy(*cuda[:2], bias=cuda[2], **gkw)
         part = eo.linear_logprobs_and_entropy(cuda[0][5:9], cuda[1], cuda[3][5:9], cuda[2], softcap=30.0,
                                               temperature=cuda[4][5:9])
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            ours = grads(_ours, *cuda[:3], [x.cuda() for x in weights], **gkw)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+        with sync_debug_error():
+            ours = grads(_ours, *cuda[:3], [x.to(DEVICE) for x in weights], **gkw)
     assert torch.equal(part[0], logp[5:9]) and torch.equal(part[1], ent[5:9])
     ref_logp, ref_h = _ref(h, w, b, **kw)
     eager_logp, eager_h = _eager(h, w, b, **kw)

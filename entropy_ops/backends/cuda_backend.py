@@ -14,7 +14,7 @@ from .. import _native
 from .._backends import Backend, register_backend, register_kernel
 from ..ops._types import TokenStats
 from .kernel import MinPKernel, RowKernel, TopPKernel
-from .native_args import DTYPE_CODES, ptr, row_args
+from .native_args import DTYPE_CODES, cuda_launch, ptr, row_args
 from .torch_linear import linear_kernel
 
 
@@ -33,9 +33,6 @@ def _workspace(C, x):
     return torch.empty(size, dtype=torch.float32, device=x.device), size
 
 
-def _launch(x):
-    return x.device.index, torch.cuda.current_stream(x.device).cuda_stream
-
 
 def entropy_fwd_cuda(x, labels, temperature, temperature_scalar, ignore_index, mask):
     C, _ = _native.cuda_module()
@@ -47,7 +44,7 @@ def entropy_fwd_cuda(x, labels, temperature, temperature_scalar, ignore_index, m
     C.entropy_fwd_cuda(
         *row_args(x, labels, temperature, temperature_scalar, ignore_index, mask),
         lse.data_ptr(), entropy.data_ptr(), ptr(logp),
-        ptr(workspace), size, *_launch(x),
+        ptr(workspace), size, *cuda_launch(x),
     )
     return lse, entropy, logp
 
@@ -61,7 +58,7 @@ def entropy_bwd_cuda(x, labels, temperature, temperature_scalar, ignore_index, m
         lse.data_ptr(), entropy.data_ptr(),
         ptr(grad_entropy), ptr(grad_logp),
         out.data_ptr(), out.stride(0),
-        ptr(workspace), size, *_launch(x),
+        ptr(workspace), size, *cuda_launch(x),
     )
 
 
@@ -82,7 +79,7 @@ def top_p_entropy_fwd_cuda(x, temperature, temperature_scalar, top_p, mask):
     C.top_p_entropy_fwd_cuda(
         *_rows_no_labels(x, temperature, temperature_scalar, mask), float(top_p),
         entropy.data_ptr(), row_max.data_ptr(), cut_e.data_ptr(), cut_index.data_ptr(),
-        log_norm.data_ptr(), *_launch(x),
+        log_norm.data_ptr(), *cuda_launch(x),
     )
     return entropy, row_max, cut_e, cut_index, log_norm
 
@@ -93,7 +90,7 @@ def top_p_entropy_bwd_cuda(x, temperature, temperature_scalar, mask, entropy, ro
     C.top_p_entropy_bwd_cuda(
         *_rows_no_labels(x, temperature, temperature_scalar, mask),
         entropy.data_ptr(), row_max.data_ptr(), cut_e.data_ptr(), cut_index.data_ptr(),
-        log_norm.data_ptr(), ptr(grad_entropy), out.data_ptr(), out.stride(0), *_launch(x),
+        log_norm.data_ptr(), ptr(grad_entropy), out.data_ptr(), out.stride(0), *cuda_launch(x),
     )
 
 
@@ -101,7 +98,7 @@ def top_p_mask_cuda(x, temperature, temperature_scalar, top_p, inclusive, mask, 
     C, _ = _native.cuda_module()
     C.top_p_mask_cuda(
         *_rows_no_labels(x, temperature, temperature_scalar, mask), float(top_p), bool(inclusive),
-        out.data_ptr(), out.stride(0), *_launch(x),
+        out.data_ptr(), out.stride(0), *cuda_launch(x),
     )
 
 
@@ -110,7 +107,7 @@ def min_p_logprobs_fwd_cuda(x, labels, temperature, temperature_scalar, ignore_i
     logp, row_max, log_norm = _per_row(x, 3)
     C.min_p_logprobs_fwd_cuda(
         *row_args(x, labels, temperature, temperature_scalar, ignore_index, mask), float(min_p),
-        logp.data_ptr(), row_max.data_ptr(), log_norm.data_ptr(), *_launch(x),
+        logp.data_ptr(), row_max.data_ptr(), log_norm.data_ptr(), *cuda_launch(x),
     )
     return logp, row_max, log_norm
 
@@ -121,7 +118,7 @@ def min_p_logprobs_bwd_cuda(x, labels, temperature, temperature_scalar, ignore_i
     C.min_p_logprobs_bwd_cuda(
         *row_args(x, labels, temperature, temperature_scalar, ignore_index, mask), float(min_p),
         row_max.data_ptr(), log_norm.data_ptr(), ptr(grad_logp), out.data_ptr(), out.stride(0),
-        *_launch(x),
+        *cuda_launch(x),
     )
 
 
@@ -132,7 +129,7 @@ def token_stats_cuda(x, labels, temperature, temperature_scalar, ignore_index, m
     out["logp"] = _per_row(x)[0] if labels is not None else None
     C.token_stats_cuda(
         *row_args(x, labels, temperature, temperature_scalar, ignore_index, mask),
-        *(ptr(out[n]) for n in TokenStats._fields), *_launch(x),
+        *(ptr(out[n]) for n in TokenStats._fields), *cuda_launch(x),
     )
     return TokenStats(**out)
 

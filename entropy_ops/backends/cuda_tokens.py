@@ -10,7 +10,7 @@ import torch
 
 from .. import _native
 from .._backends import register_kernel
-from .native_args import DTYPE_CODES, ptr
+from .native_args import DTYPE_CODES, cuda_launch, ptr
 from .token_kernel import WindowKernel, quantile_lerp, quantile_rank
 
 _INT64_CODE = 4  # top_k scores may be int64 (csrc/cuda/token_select.cuh: kInt64Code)
@@ -30,9 +30,6 @@ def _code(t):
     return _INT64_CODE if t.dtype == torch.int64 else DTYPE_CODES[t.dtype]
 
 
-def _launch(t):
-    return t.device.index, torch.cuda.current_stream(t.device).cuda_stream
-
 
 def _acc(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -43,7 +40,7 @@ def window_entropy_fwd_cuda(x, mask, cu, window, offset):
     out = torch.zeros(x.shape[0], dtype=_acc(x.dtype), device=x.device)
     if x.shape[0] > 0:
         C.window_entropy_fwd_cuda(x.data_ptr(), _code(x), ptr(mask), cu.data_ptr(), x.shape[0],
-                                  cu.shape[0] - 1, int(window), int(offset), out.data_ptr(), *_launch(x))
+                                  cu.shape[0] - 1, int(window), int(offset), out.data_ptr(), *cuda_launch(x))
     return out
 
 
@@ -54,7 +51,7 @@ def window_entropy_bwd_cuda(grad, mask, cu, window, offset):
         share = torch.empty_like(grad)
         C.window_entropy_bwd_cuda(grad.data_ptr(), _code(grad), ptr(mask), cu.data_ptr(), grad.shape[0],
                                   cu.shape[0] - 1, int(window), int(offset), share.data_ptr(),
-                                  out.data_ptr(), *_launch(grad))
+                                  out.data_ptr(), *cuda_launch(grad))
     return out
 
 
@@ -68,7 +65,7 @@ def radix_select_cuda(x, valid, ranks, descending=False):
     value = torch.full((targets,), float("nan"), dtype=torch.float64, device=x.device)
     hist = torch.zeros(targets, 256, dtype=torch.int64, device=x.device)
     C.radix_select_cuda(x.data_ptr(), _code(x), ptr(valid), x.shape[0], rank.data_ptr(), prefix.data_ptr(),
-                        targets, hist.data_ptr(), value.data_ptr(), bool(descending), *_launch(x))
+                        targets, hist.data_ptr(), value.data_ptr(), bool(descending), *cuda_launch(x))
     return prefix, rank, value
 
 
@@ -95,7 +92,7 @@ def masked_quantile_cuda(x, mask, cu, q):
     v_hi = torch.empty_like(v_lo)
     count = torch.empty(n_seq, dtype=torch.int64, device=x.device)
     C.masked_quantile_seq_cuda(x.data_ptr(), _code(x), ptr(mask), cu.data_ptr(), n_seq, q.data_ptr(), n_q,
-                               v_lo.data_ptr(), v_hi.data_ptr(), count.data_ptr(), *_launch(x))
+                               v_lo.data_ptr(), v_hi.data_ptr(), count.data_ptr(), *cuda_launch(x))
     return _lerp(v_lo, v_hi, q, count)
 
 
@@ -109,7 +106,7 @@ def top_k_cuda(scores, eligible, k):
     above = torch.empty(n, dtype=torch.bool, device=scores.device)
     tie = torch.empty_like(above)
     C.top_k_mark_cuda(scores.data_ptr(), _code(scores), eligible.data_ptr(), n, prefix.data_ptr(),
-                      above.data_ptr(), tie.data_ptr(), *_launch(scores))
+                      above.data_ptr(), tie.data_ptr(), *cuda_launch(scores))
     # The first residual + 1 ties in index order: a prefix count of the tie flags.
     first_ties = tie & (tie.cumsum(0, dtype=torch.int64) <= residual + 1)
     return (above | first_ties) & (kk > 0)
@@ -121,7 +118,7 @@ def random_keys_cuda(seed, first, n):
     C = _module()
     out = torch.empty(n, dtype=torch.int64, device=seed.device)
     if n > 0:
-        C.random_keys_cuda(seed.data_ptr(), first.data_ptr(), n, out.data_ptr(), *_launch(seed))
+        C.random_keys_cuda(seed.data_ptr(), first.data_ptr(), n, out.data_ptr(), *cuda_launch(seed))
     return out
 
 

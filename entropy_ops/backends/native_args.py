@@ -19,3 +19,11 @@ def row_args(x, labels, temperature, temperature_scalar, ignore_index, mask):
         ptr(labels), labels is not None and labels.dtype == torch.int32, int(ignore_index),
         ptr(mask),
     )
+
+
+def cuda_launch(t):
+    """``device, stream`` of a ``_C_cuda`` call: the tensor's device and that device's current
+    stream; device 0 and the null stream for the CPU tensors of the CUDA emulator (tests/cuda_emu)."""
+    if t.device.type == "cpu":
+        return 0, 0
+    return t.device.index, torch.cuda.current_stream(t.device).cuda_stream

@@ -1,0 +1,173 @@
+"""Builds the CUDA emulator's `_C_cuda`: the sources of csrc/cuda compiled by the host compiler for
+the CPU (emu.h says what is emulated and what is not), with the real bindings. Under
+``ENTROPY_OPS_CUDA_EMULATOR=<the module's path>`` the ``cuda`` backend loads it and runs on CPU
+tensors, so the GPU tests run the CUDA kernels' code on a machine without a GPU.
+
+    python tests/cuda_emu/build.py [OUT_DIR]   # prints the module's path; exit code 3: no CUDA headers
+
+Each ``kernel<<<grid, block, smem, stream>>>(args)`` becomes ``::eo_emu::launch(grid, block, smem,
+stream, kernel, args)`` in a copy of the source; nothing else is changed. The module is rebuilt
+only when a source, this script or a flag changes (a hash of them names the build).
+"""
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from concurrent.futures import ThreadPoolExecutor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+CUDA_INCLUDE = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "include")
+# -ffp-contract=off: no fused multiply-adds the GPU code did not ask for (emu.h's __fmul_rn relies
+# on it). -fsanitize=alignment: a vectorized load from a misaligned address aborts, as it faults
+# on a GPU; signed-integer-overflow and shift catch 32-bit offset arithmetic past 2^31.
+CXXFLAGS = ["-std=c++17", "-O2", "-g0", "-fPIC", "-fvisibility=hidden", "-ffp-contract=off",
+            "-fsanitize=alignment,signed-integer-overflow,shift", "-fno-sanitize-recover=all",
+            "-Wno-attributes"]
+
+
+def rewrite_launches(text, name="<source>"):
+    """``kernel<<<a, b, c, d>>>(args);`` -> ``::eo_emu::launch(a, b, c, d, kernel, args);``."""
+    out, pos = [], 0
+    while True:
+        start = text.find("<<<", pos)
+        if start < 0:
+            out.append(text[pos:])
+            return "".join(out)
+        k = start
+        while text[k - 1].isspace():
+            k -= 1
+        if text[k - 1] == ">":  # the kernel's template arguments (a '>' inside parentheses is not theirs)
+            angle = paren = 0
+            while True:
+                k -= 1
+                ch = text[k]
+                paren += {")": 1, "(": -1}.get(ch, 0)
+                if paren == 0:
+                    angle += {">": 1, "<": -1}.get(ch, 0)
+                if angle == 0 and paren == 0 and ch == "<":
+                    break
+        while k > 0 and (text[k - 1].isalnum() or text[k - 1] in "_:"):
+            k -= 1
+        kernel = text[k:start].strip()
+        end = text.index(">>>", start)
+        config = text[start + 3:end].strip()
+        if len(_split_top(config)) != 4:
+            raise ValueError(f"{name}: a launch needs all four of grid, block, smem, stream: <<<{config}>>>")
+        p = end + 3
+        while text[p].isspace():
+            p += 1
+        if text[p] != "(":
+            raise ValueError(f"{name}: no argument list after <<<{config}>>>")
+        q, depth = p, 0
+        while True:
+            depth += {"(": 1, ")": -1}.get(text[q], 0)
+            if depth == 0:
+                break
+            q += 1
+        args = text[p + 1:q].strip()
+        out.append(text[pos:k])
+        out.append(f"::eo_emu::launch({config}, {kernel}{', ' + args if args else ''})")
+        pos = q + 1
+
+
+def _split_top(s):
+    parts, depth, cur = [], 0, ""
+    for ch in s:
+        depth += {"(": 1, "<": 1, "[": 1, ")": -1, ">": -1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return parts + [cur]
+
+
+def _inputs():
+    csrc = sorted(glob.glob(os.path.join(ROOT, "csrc", "**", "*"), recursive=True))
+    return [p for p in csrc if os.path.isfile(p)] + sorted(glob.glob(os.path.join(HERE, "*")))
+
+
+def _digest():
+    h = hashlib.sha256(" ".join(CXXFLAGS).encode())
+    for path in _inputs():
+        if os.path.isfile(path):
+            h.update(os.path.relpath(path, ROOT).encode())
+            with open(path, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def _run(cmd):
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"cuda_emu build failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr}")
+
+
+def _includes():
+    return [f"-I{ROOT}/csrc/include", f"-I{ROOT}/csrc", f"-I{CUDA_INCLUDE}"]
+
+
+def compile_program(cu_path, exe_path):
+    """A stand-alone CUDA program (a .cu with a main) built with the emulator (the emulator's own
+    tests use this)."""
+    with open(cu_path) as f:
+        text = rewrite_launches(f.read(), cu_path)
+    src = exe_path + ".cpp"
+    with open(src, "w") as f:
+        f.write(f'#line 1 "{cu_path}"\n{text}')
+    obj = exe_path + ".runtime.o"
+    _run(["g++", *CXXFLAGS, *_includes(), "-c", os.path.join(HERE, "runtime.cpp"), "-o", obj])
+    _run(["g++", *CXXFLAGS, "-include", os.path.join(HERE, "emu.h"), *_includes(), src, obj, "-o", exe_path])
+
+
+def build(out_dir=None):
+    """Build (or reuse) the emulated module; return its path."""
+    import pybind11
+
+    out_dir = out_dir or os.path.join(ROOT, "build", "cuda_emu")
+    target = os.path.join(out_dir, _digest(), "_C_cuda" + sysconfig.get_config_var("EXT_SUFFIX"))
+    if os.path.exists(target):
+        return target
+    work = os.path.dirname(target)
+    os.makedirs(os.path.join(work, "src"), exist_ok=True)
+    includes = _includes()
+    jobs = []
+    for cu in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu"))):
+        with open(cu) as f:
+            text = rewrite_launches(f.read(), cu)
+        src = os.path.join(work, "src", os.path.basename(cu) + ".cpp")
+        with open(src, "w") as f:
+            f.write(f'#line 1 "{cu}"\n{text}')
+        jobs.append(["g++", *CXXFLAGS, "-include", os.path.join(HERE, "emu.h"), *includes, "-c", src])
+    jobs.append(["g++", *CXXFLAGS, *includes, "-c", os.path.join(HERE, "runtime.cpp")])
+    for binding in ("cuda_bindings.cpp", "cuda_token_bindings.cpp"):
+        jobs.append(["g++", *CXXFLAGS, *includes, f"-I{pybind11.get_include()}",
+                     f"-I{sysconfig.get_paths()['include']}", '-DENTROPY_OPS_CUDA_ARCHS="emulated"',
+                     "-c", os.path.join(ROOT, "csrc", binding)])
+    objects = []
+    for cmd in jobs:
+        obj = os.path.join(work, os.path.basename(cmd[-1]) + ".o")
+        cmd += ["-o", obj]
+        objects.append(obj)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(_run, jobs))
+    tmp = target + f".tmp{os.getpid()}"
+    _run(["g++", "-shared", *CXXFLAGS, "-o", tmp, *objects])
+    os.replace(tmp, target)
+    for old in glob.glob(os.path.join(out_dir, "*")):  # the builds of earlier sources
+        if old != work and os.path.isdir(old):
+            shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+NO_CUDA_HEADERS = 3  # the exit code the Makefile reads as "skip the emulator"
+
+if __name__ == "__main__":
+    if not os.path.isfile(os.path.join(CUDA_INCLUDE, "cuda_runtime.h")):
+        print(f"cuda_emu: no CUDA headers at {CUDA_INCLUDE} (set CUDA_HOME)", file=sys.stderr)
+        sys.exit(NO_CUDA_HEADERS)
+    print(build(sys.argv[1] if len(sys.argv) > 1 else None))
