@@ -3,8 +3,8 @@
 pass under it means something. A small CUDA program built with it checks barriers (a missing one
 reads stale shared memory; one that not every thread reaches is a deadlock, reported), warp
 shuffles (xor, broadcast, up; partial warps), the launch limits (grid.y <= 65535, <= 1024 threads),
-integer atomics, and that a misaligned 16-byte load aborts (-fsanitize=alignment), as it faults on
-a GPU."""
+integer atomics, that a misaligned 16-byte load aborts (-fsanitize=alignment), as it faults on a
+GPU, and that the `--asan` build reports a read past an allocation."""
 import importlib.util
 import os
 import subprocess
@@ -46,6 +46,15 @@ __global__ void missing_barrier(int* out) {
   }
 }
 
+// Each thread reads its lower neighbour's write without a barrier: fine in thread order (block 0),
+// stale when the threads run last to first (block 1).
+__global__ void previous_neighbour(int* out) {
+  __shared__ int buf[64];
+  const int t = threadIdx.x;
+  buf[t] = 1000 * int(blockIdx.x) + t;
+  out[64 * blockIdx.x + t] = buf[(t + 63) % 64];
+}
+
 __global__ void divergent_barrier(int* out) {
   if (threadIdx.x % 2 == 0) return;
   __syncthreads();
@@ -77,6 +86,8 @@ __global__ void vec_load(const void* p, float* out) {
   *out = __uint_as_float(v.x);
 }
 
+__global__ void read_all(const int* x, int* out) { atomicAdd(out, x[threadIdx.x]); }
+
 int main(int argc, char** argv) {
   const char* c = argv[1];
   if (!strcmp(c, "block_sum")) {
@@ -88,6 +99,12 @@ int main(int argc, char** argv) {
     int out = 0;
     missing_barrier<<<1, 64, 0, nullptr>>>(&out);
     printf("%d %d\n", int(cudaGetLastError()), out);
+  } else if (!strcmp(c, "previous_neighbour")) {
+    static int out[128];
+    previous_neighbour<<<2, 64, 0, nullptr>>>(out);
+    printf("%d", int(cudaGetLastError()));
+    for (int i = 0; i < 128; ++i) printf(" %d", out[i]);
+    printf("\n");
   } else if (!strcmp(c, "divergent_barrier")) {
     int out = 0;
     divergent_barrier<<<1, 64, 0, nullptr>>>(&out);
@@ -117,22 +134,42 @@ int main(int argc, char** argv) {
     fflush(stdout);
     vec_load<<<1, 1, 0, nullptr>>>(buf + 4, &out);
     printf("misaligned load not caught\n");
+  } else if (!strcmp(c, "out_of_bounds")) {
+    int* x = static_cast<int*>(malloc(64 * sizeof(int)));
+    for (int i = 0; i < 64; ++i) x[i] = 1;
+    int total = 0;
+    read_all<<<1, 64, 0, nullptr>>>(x, &total);
+    printf("in bounds %d %d\n", int(cudaGetLastError()), total);
+    fflush(stdout);
+    read_all<<<1, 65, 0, nullptr>>>(x, &total);  // thread 64 reads past the allocation
+    printf("out-of-bounds read not caught\n");
+    free(x);
   }
   return 0;
 }
 """
 
 
-@pytest.fixture(scope="module")
-def program(tmp_path_factory):
+def _program(tmp_path_factory, flags):
     d = tmp_path_factory.mktemp("cuda_emu")
     (d / "program.cu").write_text(PROGRAM)
     exe = str(d / "program")
-    emu_build.compile_program(str(d / "program.cu"), exe)
+    emu_build.compile_program(str(d / "program.cu"), exe, flags)
 
     def run(case):
         return subprocess.run([exe, case], capture_output=True, text=True, timeout=60)
     return run
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory):
+    return _program(tmp_path_factory, emu_build.CXXFLAGS)
+
+
+@pytest.fixture(scope="module")
+def asan_program(tmp_path_factory):
+    """The program built as `build.py --asan` builds the module."""
+    return _program(tmp_path_factory, emu_build.ASAN_CXXFLAGS)
 
 
 pytestmark = needs_nvcc  # the emulator compiles against the toolkit's headers
@@ -159,6 +196,17 @@ def test_a_missing_barrier_reads_stale_shared_memory(program):
     # entries are zero-initialized statics here). With the barrier the sum is 2080.
     err, total = program("missing_barrier").stdout.split()
     assert err == "0" and int(total) != sum(range(1, 65))
+
+
+def test_odd_blocks_run_their_threads_in_reverse(program):
+    # A read of a lower thread's unsynchronized write: seen in block 0 (thread order; only thread 0,
+    # reading thread 63, is stale), stale in block 1 for every thread but 0 (last to first).
+    err, *out = program("previous_neighbour").stdout.split()
+    out = [int(v) for v in out]
+    want = [1000 * b + (t + 63) % 64 for b in range(2) for t in range(64)]
+    assert err == "0"
+    assert [t for t in range(64) if out[t] != want[t]] == [0]
+    assert [t for t in range(64) if out[64 + t] != want[64 + t]] == list(range(1, 64))
 
 
 def test_a_barrier_some_threads_skip_is_a_deadlock(program):
@@ -190,3 +238,10 @@ def test_a_misaligned_vector_load_aborts(program):
     assert "aligned 0" in out.stdout
     assert out.returncode != 0 and "misaligned load not caught" not in out.stdout
     assert "misaligned address" in out.stderr
+
+
+def test_asan_build_reports_an_out_of_bounds_read(asan_program):
+    out = asan_program("out_of_bounds")
+    assert "in bounds 0 64" in out.stdout
+    assert out.returncode != 0 and "out-of-bounds read not caught" not in out.stdout
+    assert "heap-buffer-overflow" in out.stderr

@@ -3,7 +3,12 @@ the CPU (emu.h says what is emulated and what is not), with the real bindings. U
 ``ENTROPY_OPS_CUDA_EMULATOR=<the module's path>`` the ``cuda`` backend loads it and runs on CPU
 tensors, so the GPU tests run the CUDA kernels' code on a machine without a GPU.
 
-    python tests/cuda_emu/build.py [OUT_DIR]   # prints the module's path; exit code 3: no CUDA headers
+    python tests/cuda_emu/build.py [--asan] [OUT_DIR]   # prints the module's path
+                                                         # exit code 3: no CUDA headers
+
+``--asan`` builds with AddressSanitizer instead of UBSan: a kernel's read or write outside its
+tensors then aborts with a report (compute-sanitizer's memcheck, on the CPU). Python must load
+the runtime first: ``LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0``.
 
 Each ``kernel<<<grid, block, smem, stream>>>(args)`` becomes ``::eo_emu::launch(grid, block, smem,
 stream, kernel, args)`` in a copy of the source; nothing else is changed. The module is rebuilt
@@ -27,6 +32,8 @@ CUDA_INCLUDE = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "inc
 CXXFLAGS = ["-std=c++17", "-O2", "-g0", "-fPIC", "-fvisibility=hidden", "-ffp-contract=off",
             "-fsanitize=alignment,signed-integer-overflow,shift", "-fno-sanitize-recover=all",
             "-Wno-attributes"]
+ASAN_CXXFLAGS = [f for f in CXXFLAGS if not f.startswith("-fsanitize=")] + [
+    "-fsanitize=address", "-fno-omit-frame-pointer"]
 
 
 def rewrite_launches(text, name="<source>"):
@@ -91,8 +98,8 @@ def _inputs():
     return [p for p in csrc if os.path.isfile(p)] + sorted(glob.glob(os.path.join(HERE, "*")))
 
 
-def _digest():
-    h = hashlib.sha256(" ".join(CXXFLAGS).encode())
+def _digest(flags):
+    h = hashlib.sha256(" ".join(flags).encode())
     for path in _inputs():
         if os.path.isfile(path):
             h.update(os.path.relpath(path, ROOT).encode())
@@ -111,7 +118,7 @@ def _includes():
     return [f"-I{ROOT}/csrc/include", f"-I{ROOT}/csrc", f"-I{CUDA_INCLUDE}"]
 
 
-def compile_program(cu_path, exe_path):
+def compile_program(cu_path, exe_path, flags=CXXFLAGS):
     """A stand-alone CUDA program (a .cu with a main) built with the emulator (the emulator's own
     tests use this)."""
     with open(cu_path) as f:
@@ -120,16 +127,17 @@ def compile_program(cu_path, exe_path):
     with open(src, "w") as f:
         f.write(f'#line 1 "{cu_path}"\n{text}')
     obj = exe_path + ".runtime.o"
-    _run(["g++", *CXXFLAGS, *_includes(), "-c", os.path.join(HERE, "runtime.cpp"), "-o", obj])
-    _run(["g++", *CXXFLAGS, "-include", os.path.join(HERE, "emu.h"), *_includes(), src, obj, "-o", exe_path])
+    _run(["g++", *flags, *_includes(), "-c", os.path.join(HERE, "runtime.cpp"), "-o", obj])
+    _run(["g++", *flags, "-include", os.path.join(HERE, "emu.h"), *_includes(), src, obj, "-o", exe_path])
 
 
-def build(out_dir=None):
+def build(out_dir=None, asan=False):
     """Build (or reuse) the emulated module; return its path."""
     import pybind11
 
-    out_dir = out_dir or os.path.join(ROOT, "build", "cuda_emu")
-    target = os.path.join(out_dir, _digest(), "_C_cuda" + sysconfig.get_config_var("EXT_SUFFIX"))
+    flags = ASAN_CXXFLAGS if asan else CXXFLAGS
+    out_dir = out_dir or os.path.join(ROOT, "build", "cuda_emu_asan" if asan else "cuda_emu")
+    target = os.path.join(out_dir, _digest(flags), "_C_cuda" + sysconfig.get_config_var("EXT_SUFFIX"))
     if os.path.exists(target):
         return target
     work = os.path.dirname(target)
@@ -142,10 +150,10 @@ def build(out_dir=None):
         src = os.path.join(work, "src", os.path.basename(cu) + ".cpp")
         with open(src, "w") as f:
             f.write(f'#line 1 "{cu}"\n{text}')
-        jobs.append(["g++", *CXXFLAGS, "-include", os.path.join(HERE, "emu.h"), *includes, "-c", src])
-    jobs.append(["g++", *CXXFLAGS, *includes, "-c", os.path.join(HERE, "runtime.cpp")])
+        jobs.append(["g++", *flags, "-include", os.path.join(HERE, "emu.h"), *includes, "-c", src])
+    jobs.append(["g++", *flags, *includes, "-c", os.path.join(HERE, "runtime.cpp")])
     for binding in ("cuda_bindings.cpp", "cuda_token_bindings.cpp"):
-        jobs.append(["g++", *CXXFLAGS, *includes, f"-I{pybind11.get_include()}",
+        jobs.append(["g++", *flags, *includes, f"-I{pybind11.get_include()}",
                      f"-I{sysconfig.get_paths()['include']}", '-DENTROPY_OPS_CUDA_ARCHS="emulated"',
                      "-c", os.path.join(ROOT, "csrc", binding)])
     objects = []
@@ -156,7 +164,7 @@ def build(out_dir=None):
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         list(pool.map(_run, jobs))
     tmp = target + f".tmp{os.getpid()}"
-    _run(["g++", "-shared", *CXXFLAGS, "-o", tmp, *objects])
+    _run(["g++", "-shared", *flags, "-o", tmp, *objects])
     os.replace(tmp, target)
     for old in glob.glob(os.path.join(out_dir, "*")):  # the builds of earlier sources
         if old != work and os.path.isdir(old):
@@ -170,4 +178,7 @@ if __name__ == "__main__":
     if not os.path.isfile(os.path.join(CUDA_INCLUDE, "cuda_runtime.h")):
         print(f"cuda_emu: no CUDA headers at {CUDA_INCLUDE} (set CUDA_HOME)", file=sys.stderr)
         sys.exit(NO_CUDA_HEADERS)
-    print(build(sys.argv[1] if len(sys.argv) > 1 else None))
+    args = sys.argv[1:]
+    asan = "--asan" in args
+    args = [a for a in args if a != "--asan"]
+    print(build(args[0] if args else None, asan=asan))

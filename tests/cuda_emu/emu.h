@@ -1,11 +1,11 @@
 // CUDA on the CPU, for tests: what the kernels of csrc/cuda need, so that g++ compiles them for
 // the host and they run on CPU tensors (tests/cuda_emu/build.py force-includes this header).
 //
-// Each block runs its threads as cooperative fibers on the calling OS thread, in thread order:
-// a thread runs until it waits at a barrier (__syncthreads, or a warp shuffle's exchange), then
-// the next one runs. So a read of another thread's write that lacks its barrier sees the stale
-// value, and a barrier some threads of the block never reach is reported as a deadlock, not
-// hidden. Blocks run one after the other, so `__shared__` is a function-local static: one copy
+// Each block runs its threads as cooperative fibers on the calling OS thread, in thread order
+// (reversed in odd blocks): a thread runs until it waits at a barrier (__syncthreads, or a warp
+// shuffle's exchange), then the next one runs. So a read of another thread's write that lacks its
+// barrier sees the stale value (in one of the two orders), and a barrier some threads of the block
+// never reach is reported as a deadlock, not hidden. Blocks run one after the other, so `__shared__` is a function-local static: one copy
 // per kernel, reused (not cleared) by the next block, as garbage on a GPU would be. Atomics are
 // plain read-modify-writes (one OS thread). Launch limits are the hardware's: at most 1024
 // threads per block, grid.y and grid.z at most 65535.

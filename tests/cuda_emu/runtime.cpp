@@ -176,11 +176,15 @@ bool run_block(Grid& g) {
   }
   for (Warp& w : g.warps) w.barrier = Barrier{};
   g.block_barrier = Barrier{};
+  // Odd blocks run their threads last to first: a read of another thread's write that lacks its
+  // barrier then reads stale data in one of the two orders, whichever of the two threads is lower.
+  const bool reverse = ((g.block_idx.x + g.block_idx.y + g.block_idx.z) & 1) != 0;
   int live = n;
   while (live > 0) {
     const uint64_t before = g.progress;
     live = 0;
-    for (Thread& t : g.threads) {
+    for (int k = 0; k < n; ++k) {
+      Thread& t = g.threads[reverse ? n - 1 - k : k];
       if (t.state == State::kDone) continue;
       if (t.waiting_on == nullptr || t.waiting_on->generation != t.waited_generation) {
         g.current = &t;
