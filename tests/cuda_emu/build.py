@@ -6,9 +6,11 @@ tensors, so the GPU tests run the CUDA kernels' code on a machine without a GPU.
     python tests/cuda_emu/build.py [--asan] [OUT_DIR]   # prints the module's path
                                                          # exit code 3: no CUDA headers
 
-``--asan`` builds with AddressSanitizer instead of UBSan: a kernel's read or write outside its
-tensors then aborts with a report (compute-sanitizer's memcheck, on the CPU). Python must load
-the runtime first: ``LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0``.
+``--asan`` adds AddressSanitizer to the UBSan checks: a kernel's read or write outside its tensors
+then aborts with a report (compute-sanitizer's memcheck, on the CPU); `make test` runs so. Python
+must load the runtime first, with libstdc++ (else ASan's exception interceptor finds no
+``__cxa_throw`` when torch throws): ``LD_PRELOAD="$(g++ -print-file-name=libasan.so)
+$(g++ -print-file-name=libstdc++.so)" ASAN_OPTIONS=detect_leaks=0``.
 
 Each ``kernel<<<grid, block, smem, stream>>>(args)`` becomes ``::eo_emu::launch(grid, block, smem,
 stream, kernel, args)`` in a copy of the source; nothing else is changed. The module is rebuilt
@@ -32,8 +34,7 @@ CUDA_INCLUDE = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "inc
 CXXFLAGS = ["-std=c++17", "-O2", "-g0", "-fPIC", "-fvisibility=hidden", "-ffp-contract=off",
             "-fsanitize=alignment,signed-integer-overflow,shift", "-fno-sanitize-recover=all",
             "-Wno-attributes"]
-ASAN_CXXFLAGS = [f for f in CXXFLAGS if not f.startswith("-fsanitize=")] + [
-    "-fsanitize=address", "-fno-omit-frame-pointer"]
+ASAN_CXXFLAGS = [*CXXFLAGS, "-fsanitize=address", "-fno-omit-frame-pointer"]
 
 
 def rewrite_launches(text, name="<source>"):
