@@ -253,6 +253,15 @@ def _triton_worker(rank, world):
     return _entropy_family(rank, world, dist.group.WORLD, ("triton",))
 
 
+def _emulated_cuda_worker(rank, world):
+    """The cuda backend's kernels on the CUDA emulator (the children inherit its environment)."""
+    with eo.use_backend("cuda"):
+        selective = _selective(rank, world, dist.group.WORLD)
+        linear = _linear(rank, world, dist.group.WORLD)
+    return {"entropy": _entropy_family(rank, world, dist.group.WORLD, ("cuda",)), "selective": selective,
+            "linear": linear}
+
+
 def _nccl_worker(rank, world):
     """A group of one rank on NCCL (bootstrapped by the gloo world): each GPU backend with and without
     the group, on CUDA tensors; results returned on CPU."""

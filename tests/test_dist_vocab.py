@@ -17,10 +17,11 @@ import torch
 import entropy_ops as eo
 from dist_common import run_world
 from dist_vocab_cases import (
-    BACKENDS, N, V, _grad, _inputs, _linear_cases, _linear_grads, _linear_inputs, _nccl_worker, _row_cases,
-    _temperature, _triton_worker, _worker,
+    BACKENDS, N, V, _emulated_cuda_worker, _grad, _inputs, _linear_cases, _linear_grads, _linear_inputs,
+    _nccl_worker, _row_cases, _temperature, _triton_worker, _worker,
 )
 from entropy_ops import reference as R
+from gpu_common import EMULATED
 from selective_common import clear_of_min_p_cut, clear_of_top_p_cut, tied_rows, with_clear_cuts
 
 
@@ -164,6 +165,10 @@ def test_linear_matches_single_process(world):
     """linear_logprobs_and_entropy with the head sharded over the vocab: logp and H on every rank,
     the full grad_hidden on every rank, and the grad_weight / grad_bias shards side by side."""
     world_size, results = world
+    _check_linear(results, world_size)
+
+
+def _check_linear(results, world_size):
     for case in _linear_cases():
         dtype, uneven, labels, scale, softcap = case
         inp = _linear_inputs(dtype)
@@ -248,6 +253,18 @@ def test_triton_backend_under_the_interpreter():
     world of 2; the children inherit TRITON_INTERPRET=1."""
     pytest.importorskip("triton")
     _check_entropy_family(run_world(_triton_worker, 2), 2, ("triton",))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not EMULATED, reason="runs on the CUDA emulator (on a GPU: test_nccl_group_of_one_on_gpu)")
+def test_cuda_backend_on_the_emulator():
+    """The cuda row kernels with the merged state of a world of 2 (entropy family, top-p, min-p,
+    the fused linear head), compiled for the CPU by the CUDA emulator: `make test` runs this in its
+    `-m gpu` stage."""
+    results = run_world(_emulated_cuda_worker, 2)
+    _check_entropy_family([r["entropy"] for r in results], 2, ("cuda",))
+    _check_selective([r["selective"] for r in results], 2)
+    _check_linear(results, 2)
 
 
 @pytest.mark.gpu
