@@ -1,10 +1,11 @@
 """The CUDA emulator (tests/cuda_emu) that runs the cuda backend's kernels on CPU tensors under
-`pytest -m gpu` without a GPU: its launch rewrite, and that it reports what a GPU would, so that a
-pass under it means something. A small CUDA program built with it checks barriers (a missing one
-reads stale shared memory; one that not every thread reaches is a deadlock, reported), warp
-shuffles (xor, broadcast, up; partial warps), the launch limits (grid.y <= 65535, <= 1024 threads),
-integer atomics, that a misaligned 16-byte load aborts (-fsanitize=alignment), as it faults on a
-GPU, and that the `--asan` build reports a read past an allocation."""
+`pytest -m gpu` without a GPU: its source rewrites, and that it reports what a GPU would, so that
+a pass under it means something. A small CUDA program built with it checks barriers (a missing one
+reads stale shared memory; one that not every thread reaches is a deadlock, reported), shared
+memory that starts as garbage in every block, warp shuffles (xor, broadcast, up; partial warps),
+the launch limits (grid.y <= 65535, <= 1024 threads), integer atomics, that a misaligned 16-byte
+load aborts (-fsanitize=alignment), as it faults on a GPU, and that the `--asan` build reports a
+read past an allocation."""
 import importlib.util
 import os
 import subprocess
@@ -53,6 +54,13 @@ __global__ void previous_neighbour(int* out) {
   const int t = threadIdx.x;
   buf[t] = 1000 * int(blockIdx.x) + t;
   out[64 * blockIdx.x + t] = buf[(t + 63) % 64];
+}
+
+// Reads shared memory it never wrote (block 0), or that an earlier block wrote (block 1).
+__global__ void uninitialized_shared(unsigned* out) {
+  __shared__ unsigned buf[32];
+  out[32 * blockIdx.x + threadIdx.x] = buf[threadIdx.x];
+  buf[threadIdx.x] = 7;
 }
 
 __global__ void divergent_barrier(int* out) {
@@ -104,6 +112,12 @@ int main(int argc, char** argv) {
     previous_neighbour<<<2, 64, 0, nullptr>>>(out);
     printf("%d", int(cudaGetLastError()));
     for (int i = 0; i < 128; ++i) printf(" %d", out[i]);
+    printf("\n");
+  } else if (!strcmp(c, "uninitialized_shared")) {
+    static unsigned out[64];
+    uninitialized_shared<<<2, 32, 0, nullptr>>>(out);
+    printf("%d", int(cudaGetLastError()));
+    for (int i = 0; i < 64; ++i) printf(" %u", out[i]);
     printf("\n");
   } else if (!strcmp(c, "divergent_barrier")) {
     int out = 0;
@@ -187,13 +201,21 @@ def test_rewrite_launches():
         emu_build.rewrite_launches("k<<<g, b>>>(x);")
 
 
+def test_register_shared():
+    src = "  __shared__ OnlineSoftmax<float> states[kWarps];\n  __shared__ T part[K][kSelWarps];\n"
+    out = emu_build.register_shared(src)
+    assert out.count("static ") == 4 and "__shared__" not in out
+    assert "shared_region(&states, sizeof(states))" in out and "shared_region(&part, sizeof(part))" in out
+    assert "static OnlineSoftmax<float> states[kWarps];" in out and "static T part[K][kSelWarps];" in out
+
+
 def test_block_barriers(program):
     assert program("block_sum").stdout.split() == ["0", str(sum(range(256))), str(sum(range(256, 512)))]
 
 
 def test_a_missing_barrier_reads_stale_shared_memory(program):
     # Thread 0 runs to its end before thread 1 starts: it sees only its own write (the other 63
-    # entries are zero-initialized statics here). With the barrier the sum is 2080.
+    # entries hold the emulator's garbage). With the barrier the sum is 2080.
     err, total = program("missing_barrier").stdout.split()
     assert err == "0" and int(total) != sum(range(1, 65))
 
@@ -207,6 +229,11 @@ def test_odd_blocks_run_their_threads_in_reverse(program):
     assert err == "0"
     assert [t for t in range(64) if out[t] != want[t]] == [0]
     assert [t for t in range(64) if out[64 + t] != want[64 + t]] == list(range(1, 64))
+
+
+def test_shared_memory_starts_as_garbage_in_every_block(program):
+    err, *out = program("uninitialized_shared").stdout.split()
+    assert err == "0" and out == [str(2**32 - 1)] * 64
 
 
 def test_a_barrier_some_threads_skip_is_a_deadlock(program):

@@ -13,11 +13,13 @@ must load the runtime first, with libstdc++ (else ASan's exception interceptor f
 $(g++ -print-file-name=libstdc++.so)" ASAN_OPTIONS=detect_leaks=0``.
 
 Each ``kernel<<<grid, block, smem, stream>>>(args)`` becomes ``::eo_emu::launch(grid, block, smem,
-stream, kernel, args)`` in a copy of the source; nothing else is changed. The module is rebuilt
+stream, kernel, args)`` in a copy of the source, and each ``__shared__`` declaration is followed by
+its registration with the runtime (register_shared); nothing else is changed. The module is rebuilt
 only when a source, this script or a flag changes (a hash of them names the build).
 """
 import glob
 import hashlib
+import re
 import os
 import shutil
 import subprocess
@@ -82,6 +84,19 @@ def rewrite_launches(text, name="<source>"):
         pos = q + 1
 
 
+_SHARED = re.compile(r"__shared__\s+([^;{}]*?)\b(\w+)\s*((?:\[[^\]]*\]\s*)*);")
+
+
+def register_shared(text):
+    """``__shared__ T name[...];`` -> ``static T name[...];`` and, once per declaration, its
+    registration with the runtime, which fills it with garbage before each block (emu.h)."""
+    return _SHARED.sub(
+        lambda m: (f"static {m.group(1)}{m.group(2)}{m.group(3)}; "
+                   f"{{ static const bool eo_shared_ = ::eo_emu::shared_region(&{m.group(2)}, sizeof({m.group(2)})); "
+                   f"(void)eo_shared_; }}"),
+        text)
+
+
 def _split_top(s):
     parts, depth, cur = [], 0, ""
     for ch in s:
@@ -123,7 +138,7 @@ def compile_program(cu_path, exe_path, flags=CXXFLAGS):
     """A stand-alone CUDA program (a .cu with a main) built with the emulator (the emulator's own
     tests use this)."""
     with open(cu_path) as f:
-        text = rewrite_launches(f.read(), cu_path)
+        text = register_shared(rewrite_launches(f.read(), cu_path))
     src = exe_path + ".cpp"
     with open(src, "w") as f:
         f.write(f'#line 1 "{cu_path}"\n{text}')
@@ -143,11 +158,19 @@ def build(out_dir=None, asan=False):
         return target
     work = os.path.dirname(target)
     os.makedirs(os.path.join(work, "src"), exist_ok=True)
-    includes = _includes()
+    # The headers of csrc/cuda declare __shared__ variables too: rewritten copies come first on the
+    # include path.
+    os.makedirs(os.path.join(work, "include", "cuda"), exist_ok=True)
+    for header in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cuh"))):
+        with open(header) as f:
+            text = register_shared(f.read())
+        with open(os.path.join(work, "include", "cuda", os.path.basename(header)), "w") as f:
+            f.write(f'#line 1 "{header}"\n{text}')
+    includes = [f"-I{work}/include", *_includes()]
     jobs = []
     for cu in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu"))):
         with open(cu) as f:
-            text = rewrite_launches(f.read(), cu)
+            text = register_shared(rewrite_launches(f.read(), cu))
         src = os.path.join(work, "src", os.path.basename(cu) + ".cpp")
         with open(src, "w") as f:
             f.write(f'#line 1 "{cu}"\n{text}')

@@ -5,8 +5,9 @@
 // (reversed in odd blocks): a thread runs until it waits at a barrier (__syncthreads, or a warp
 // shuffle's exchange), then the next one runs. So a read of another thread's write that lacks its
 // barrier sees the stale value (in one of the two orders), and a barrier some threads of the block
-// never reach is reported as a deadlock, not hidden. Blocks run one after the other, so `__shared__` is a function-local static: one copy
-// per kernel, reused (not cleared) by the next block, as garbage on a GPU would be. Atomics are
+// never reach is reported as a deadlock, not hidden. Blocks run one after the other (one launch at a time in a process), so `__shared__` is
+// a function-local static: one copy per kernel, filled with 0xff bytes before each block, so a read
+// of shared memory the block did not write is NaN or all ones. Atomics are
 // plain read-modify-writes (one OS thread). Launch limits are the hardware's: at most 1024
 // threads per block, grid.y and grid.z at most 65535.
 //
@@ -37,6 +38,9 @@
 #define __global__
 #define __device__
 #define __host__
+// build.py rewrites `__shared__ T name[...];` as `static T name[...];` followed by its
+// registration (shared_region): the runtime fills every registered variable with 0xff bytes (NaN
+// floats, all-ones integers) before each block, as a GPU hands a block garbage.
 #define __shared__ static
 #define __forceinline__ inline
 #define __launch_bounds__(...)
@@ -58,6 +62,9 @@ int sync_block(int or_value);
 // lane `src` (an index in the warp) deposited. Lanes outside the warp's width segment read their own.
 uint64_t warp_exchange(unsigned mask, uint64_t bits, int src);
 int lane_id();
+
+// Registers a __shared__ variable (once per declaration; see build.py) and fills it with 0xff.
+bool shared_region(void* p, size_t bytes);
 
 using Body = void (*)(void*);
 // Runs `body(arg)` on every thread of the grid; returns the launch's error (also kept for

@@ -5,7 +5,10 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
+#include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #if !defined(__x86_64__)
@@ -93,6 +96,7 @@ struct Grid {
 __attribute__((tls_model("initial-exec"))) thread_local Grid* g_grid = nullptr;
 thread_local std::vector<void*> g_stacks;
 thread_local cudaError_t g_last_error = cudaSuccess;
+std::vector<std::pair<void*, size_t>> g_shared;  // every __shared__ variable met so far (under the launch mutex)
 thread_local std::string g_message;
 
 void* stack(size_t i) {
@@ -176,6 +180,7 @@ bool run_block(Grid& g) {
   }
   for (Warp& w : g.warps) w.barrier = Barrier{};
   g.block_barrier = Barrier{};
+  for (const auto& [p, bytes] : g_shared) std::memset(p, 0xff, bytes);
   // Odd blocks run their threads last to first: a read of another thread's write that lacks its
   // barrier then reads stale data in one of the two orders, whichever of the two threads is lower.
   const bool reverse = ((g.block_idx.x + g.block_idx.y + g.block_idx.z) & 1) != 0;
@@ -215,6 +220,12 @@ const dim3& block_dim() { return g_grid->block; }
 const dim3& grid_dim() { return g_grid->grid; }
 int lane_id() { return g_grid->current->linear % kWarp; }
 
+bool shared_region(void* p, size_t bytes) {
+  g_shared.emplace_back(p, bytes);
+  std::memset(p, 0xff, bytes);  // this block's first pass: nobody has written it yet
+  return true;
+}
+
 int sync_block(int or_value) {
   Grid& g = *g_grid;
   return arrive(g.block_barrier, g.n_threads, or_value, State::kBlockBarrier);
@@ -244,6 +255,9 @@ cudaError_t run_grid(dim3 grid, dim3 block, void (*body)(void*), void* arg) {
                     std::to_string(grid.z) + "), block (" + std::to_string(block.x) + "," + std::to_string(block.y) +
                     "," + std::to_string(block.z) + ")");
   }
+  // The __shared__ statics are one copy per kernel: launches from several OS threads take turns.
+  static std::mutex launch_mutex;
+  std::lock_guard<std::mutex> lock(launch_mutex);
   Grid g;
   g.grid = grid;
   g.block = block;
