@@ -1,6 +1,7 @@
 """Backend selection (SPEC §1): set_backend / use_backend / ENTROPY_OPS_BACKEND, auto, named
 errors for unavailable backends, ``python -m entropy_ops info``."""
 import subprocess
+import types
 
 import pytest
 import torch
@@ -148,6 +149,25 @@ def test_cuda_without_gpu_is_unavailable():
         with pytest.raises(eo.BackendUnavailableError, match="cuda") as info:
             eo.logprobs_and_entropy(torch.randn(2, 8), torch.tensor([1, 2]))
     assert str(info.value).split(":", 1)[1].strip(), "the error must give the reason"
+
+
+def test_cuda_emulator_takes_cpu_tensors_only(monkeypatch, tmp_path):
+    """ENTROPY_OPS_CUDA_EMULATOR (tests/cuda_emu) lets the cuda backend take CPU tensors, with
+    device 0 and the null stream; a CUDA tensor's device pointer must never reach its host code."""
+    from entropy_ops import _native
+    from entropy_ops.backends.native_args import cuda_launch
+
+    cuda = _backends.registered_backends()["cuda"]
+    monkeypatch.delenv("ENTROPY_OPS_CUDA_EMULATOR", raising=False)
+    assert not cuda.supports_device(torch.device("cpu"))
+    missing = str(tmp_path / "_C_cuda.so")
+    monkeypatch.setenv("ENTROPY_OPS_CUDA_EMULATOR", missing)
+    assert cuda.supports_device(torch.device("cpu"))
+    assert cuda_launch(torch.empty(1)) == (0, 0)
+    with pytest.raises(RuntimeError, match="ENTROPY_OPS_CUDA_EMULATOR is set"):
+        cuda_launch(types.SimpleNamespace(device=torch.device("cuda", 0)))
+    module, reason = _native._load_file("entropy_ops._C_cuda", missing)
+    assert module is None and "is not a file" in reason and "tests/cuda_emu/build.py" in reason
 
 
 def test_cpu_backend_runs_when_built():

@@ -3,6 +3,8 @@ the ABI): raw pointers as Python ints (0 for an absent tensor), sizes, strides i
 dtype code."""
 import torch
 
+from .. import _native
+
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.float64: 3}
 
 
@@ -26,4 +28,7 @@ def cuda_launch(t):
     stream; device 0 and the null stream for the CPU tensors of the CUDA emulator (tests/cuda_emu)."""
     if t.device.type == "cpu":
         return 0, 0
+    if _native.cuda_emulator():  # host code must never be handed device pointers
+        raise RuntimeError("ENTROPY_OPS_CUDA_EMULATOR is set: the emulated cuda kernels run on CPU tensors "
+                           "only; unset it to run them on the GPU")
     return t.device.index, torch.cuda.current_stream(t.device).cuda_stream
