@@ -79,9 +79,9 @@ $(TRAINERS_STAMP): $(VENV_STAMP)
 	touch $@
 
 # Three runs, all always happen: the CPU suite; then, side by side (each is one busy core), the
-# Triton kernels under the Triton interpreter and the GPU tests (`-m gpu`) on the CUDA emulator
-# (tests/cuda_emu: csrc/cuda compiled for the CPU, with AddressSanitizer and UBSan; skipped where
-# no CUDA headers are installed).
+# Triton kernels under the Triton interpreter and the GPU tests (`-m gpu`): on the GPU where torch
+# sees one, else on the CUDA emulator (tests/cuda_emu: csrc/cuda compiled for the CPU, with
+# AddressSanitizer and UBSan; skipped where no CUDA headers are installed).
 # Their logs print when both are done. pytest's exit code 5 (nothing collected) is fine for them.
 # A fresh torch.compile cache per run: torch's FX-graph / AOTAutograd caches do not key custom-op
 # schemas (pytorch/pytorch#144344), so after an op's signature changes a warm cache replays a
@@ -90,7 +90,10 @@ test: install $(TRAINERS_STAMP)
 	@status=0; tmp=$$(mktemp -d); export TORCHINDUCTOR_CACHE_DIR=$$tmp/inductor; \
 	$(PYTEST) -m "not gpu and not triton_interp" || status=$$?; \
 	{ TRITON_INTERPRET=1 $(PYTEST) -m triton_interp > $$tmp/interp.log 2>&1; echo $$? > $$tmp/interp.rc; } & \
-	{ if emu=$$($(VPY) tests/cuda_emu/build.py --asan 2> $$tmp/emu.log); then \
+	{ if [ "$$($(VPY) -c 'import torch; print(int(torch.cuda.is_available()))')" = 1 ]; then \
+	    echo "(a GPU is visible: -m gpu runs on it)" > $$tmp/emu.log; \
+	    $(PYTEST) -m gpu >> $$tmp/emu.log 2>&1; echo $$? > $$tmp/emu.rc; \
+	  elif emu=$$($(VPY) tests/cuda_emu/build.py --asan 2> $$tmp/emu.log); then \
 	    LD_PRELOAD="$(ASAN_PRELOAD)" ASAN_OPTIONS=detect_leaks=0 \
 	    TORCHINDUCTOR_CACHE_DIR=$$tmp/inductor-emu ENTROPY_OPS_CUDA_EMULATOR=$$emu \
 	      $(PYTEST) -m gpu --capture=sys >> $$tmp/emu.log 2>&1; echo $$? > $$tmp/emu.rc; \
@@ -98,7 +101,7 @@ test: install $(TRAINERS_STAMP)
 	wait; \
 	for stage in interp emu; do \
 	  echo "== $$stage: $$([ $$stage = interp ] && echo 'Triton interpreter (-m triton_interp)' || \
-	    echo 'CUDA emulator (-m gpu)')"; cat $$tmp/$$stage.log; rc=$$(cat $$tmp/$$stage.rc); \
+	    echo 'GPU tests (-m gpu)')"; cat $$tmp/$$stage.log; rc=$$(cat $$tmp/$$stage.rc); \
 	  if [ $$rc -eq 5 ]; then echo "($$stage: no tests collected)"; \
 	  elif [ $$stage = emu ] && [ $$rc -eq $(EMU_NO_CUDA) ]; then echo "(CUDA emulator skipped: no CUDA headers)"; \
 	  elif [ $$rc -ne 0 ]; then status=$$rc; fi; \

@@ -63,6 +63,33 @@ __global__ void uninitialized_shared(unsigned* out) {
   buf[threadIdx.x] = 7;
 }
 
+// Thread 0 publishes a value after a barrier and everybody reads it without another barrier.
+__global__ void unsynchronized_broadcast(int* out) {
+  __shared__ int value;
+  if (threadIdx.x == 0) value = 0;
+  __syncthreads();
+  if (threadIdx.x == 0) value = 1 + int(blockIdx.x);
+  out[64 * blockIdx.x + threadIdx.x] = value;
+}
+
+__global__ void narrow_xor(int* out) {
+  out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, int(threadIdx.x), 8, 8);
+}
+
+// The two half-warps reduce separately, each with its own mask; then a shuffle with a mask that
+// overlaps both.
+__global__ void half_warp_masks(int* out) {
+  const unsigned mask = threadIdx.x < 16 ? 0x0000ffffu : 0xffff0000u;
+  int v = int(threadIdx.x);
+  for (int off = 8; off > 0; off /= 2) v += __shfl_xor_sync(mask, v, off);
+  out[threadIdx.x] = v;
+}
+
+__global__ void overlapping_masks(int* out) {
+  const unsigned mask = threadIdx.x < 16 ? 0x0000ffffu : 0xffffff00u;
+  *out = __shfl_sync(mask, int(threadIdx.x), 0);
+}
+
 __global__ void divergent_barrier(int* out) {
   if (threadIdx.x % 2 == 0) return;
   __syncthreads();
@@ -119,11 +146,36 @@ int main(int argc, char** argv) {
     printf("%d", int(cudaGetLastError()));
     for (int i = 0; i < 64; ++i) printf(" %u", out[i]);
     printf("\n");
+  } else if (!strcmp(c, "unsynchronized_broadcast")) {
+    static int out[128];
+    unsynchronized_broadcast<<<2, 64, 0, nullptr>>>(out);
+    printf("%d", int(cudaGetLastError()));
+    for (int i = 0; i < 128; ++i) printf(" %d", out[i]);
+    printf("\n");
+  } else if (!strcmp(c, "narrow_xor")) {
+    static int out[32];
+    narrow_xor<<<1, 32, 0, nullptr>>>(out);
+    printf("%d", int(cudaGetLastError()));
+    for (int i = 0; i < 32; ++i) printf(" %d", out[i]);
+    printf("\n");
+  } else if (!strcmp(c, "half_warp_masks")) {
+    static int out[32];
+    half_warp_masks<<<1, 32, 0, nullptr>>>(out);
+    printf("%d", int(cudaGetLastError()));
+    for (int i = 0; i < 32; ++i) printf(" %d", out[i]);
+    int one = 0;
+    overlapping_masks<<<1, 32, 0, nullptr>>>(&one);
+    const cudaError_t err = cudaGetLastError();
+    printf("\n%d %s\n", int(err == cudaErrorLaunchFailure), cudaGetErrorString(err));
   } else if (!strcmp(c, "divergent_barrier")) {
     int out = 0;
     divergent_barrier<<<1, 64, 0, nullptr>>>(&out);
     const cudaError_t err = cudaGetLastError();
     printf("%d %s\n", int(err == cudaErrorLaunchFailure), cudaGetErrorString(err));
+    static int x[512], sums[2];  // the next launch runs normally (under ASan too)
+    for (int i = 0; i < 512; ++i) x[i] = i;
+    block_sum<<<2, 256, 0, nullptr>>>(x, sums);
+    printf("after %d %d %d\n", int(cudaGetLastError()), sums[0], sums[1]);
   } else if (!strcmp(c, "shuffles")) {
     static int out[3 * 48];
     shuffles<<<1, 48, 0, nullptr>>>(out);  // a full warp and a partial one of 16 lanes
@@ -209,6 +261,11 @@ def test_register_shared():
     assert "static OnlineSoftmax<float> states[kWarps];" in out and "static T part[K][kSelWarps];" in out
 
 
+def test_register_shared_refuses_two_declarators():
+    with pytest.raises(ValueError, match="one declarator per __shared__ declaration"):
+        emu_build.register_shared("__shared__ int a[1], b[1];")
+
+
 def test_block_barriers(program):
     assert program("block_sum").stdout.split() == ["0", str(sum(range(256))), str(sum(range(256, 512)))]
 
@@ -236,10 +293,43 @@ def test_shared_memory_starts_as_garbage_in_every_block(program):
     assert err == "0" and out == [str(2**32 - 1)] * 64
 
 
+def test_threads_resume_in_order_after_a_barrier(program):
+    # Block 0 resumes thread 0 first, which publishes before the others read; block 1 resumes
+    # thread 63 first: every thread but 0 reads the value of before the barrier.
+    err, *out = program("unsynchronized_broadcast").stdout.split()
+    assert err == "0"
+    assert out[:64] == ["1"] * 64
+    assert out[64] == "2" and out[65:] == ["0"] * 63
+
+
 def test_a_barrier_some_threads_skip_is_a_deadlock(program):
     out = program("divergent_barrier")
     assert out.stdout.startswith("1 deadlock: block (0,0,0) thread 1"), out.stdout + out.stderr
     assert "32 of the block's 64 threads have returned" in out.stdout
+    assert f"after 0 {sum(range(256))} {sum(range(256, 512))}" in out.stdout
+
+
+def test_asan_build_recovers_after_a_deadlock(asan_program):
+    # The failed block's fibers are abandoned mid-call; their stacks' ASan poisoning must not
+    # trip the next launch.
+    out = asan_program("divergent_barrier")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"after 0 {sum(range(256))} {sum(range(256, 512))}" in out.stdout
+
+
+def test_narrow_xor_reads_earlier_segments_only(program):
+    err, *out = program("narrow_xor").stdout.split()
+    assert err == "0"
+    # width 8: lanes 0-7 would read 8-15 (a later segment: their own value), lanes 8-15 read 0-7.
+    assert [int(v) for v in out[:16]] == list(range(8)) + list(range(8))
+    assert [int(v) for v in out[16:24]] == list(range(16, 24))
+
+
+def test_shuffles_in_separate_groups(program):
+    # Each half-warp's sum, then a refused shuffle whose mask overlaps both groups.
+    sums, refused = program("half_warp_masks").stdout.splitlines()
+    assert sums.split() == ["0"] + [str(sum(range(16)))] * 16 + [str(sum(range(16, 32)))] * 16
+    assert refused.startswith("1 warp shuffles with overlapping masks"), refused
 
 
 def test_warp_shuffles(program):

@@ -30,9 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 CUDA_INCLUDE = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "include")
-# -ffp-contract=off: no fused multiply-adds the GPU code did not ask for (emu.h's __fmul_rn relies
-# on it). -fsanitize=alignment: a vectorized load from a misaligned address aborts, as it faults
-# on a GPU; signed-integer-overflow and shift catch 32-bit offset arithmetic past 2^31.
+# -ffp-contract=off: no contraction into FMAs (emu.h's __fmul_rn / __fsub_rn rely on it). nvcc
+# contracts where it chooses, so the emulator's bits are not a GPU's either way (emu.h).
+# -fsanitize=alignment: a vectorized load from a misaligned address aborts, as it faults on a
+# GPU; signed-integer-overflow and shift catch 32-bit offset arithmetic past 2^31.
 CXXFLAGS = ["-std=c++17", "-O2", "-g0", "-fPIC", "-fvisibility=hidden", "-ffp-contract=off",
             "-fsanitize=alignment,signed-integer-overflow,shift", "-fno-sanitize-recover=all",
             "-Wno-attributes"]
@@ -87,14 +88,18 @@ def rewrite_launches(text, name="<source>"):
 _SHARED = re.compile(r"__shared__\s+([^;{}]*?)\b(\w+)\s*((?:\[[^\]]*\]\s*)*);")
 
 
-def register_shared(text):
+def register_shared(text, name="<source>"):
     """``__shared__ T name[...];`` -> ``static T name[...];`` and, once per declaration, its
-    registration with the runtime, which fills it with garbage before each block (emu.h)."""
-    return _SHARED.sub(
-        lambda m: (f"static {m.group(1)}{m.group(2)}{m.group(3)}; "
-                   f"{{ static const bool eo_shared_ = ::eo_emu::shared_region(&{m.group(2)}, sizeof({m.group(2)})); "
-                   f"(void)eo_shared_; }}"),
-        text)
+    registration with the runtime, which fills it with garbage before each block (emu.h). A
+    declaration with two declarators is refused; one this does not match stays ``__shared__``,
+    which emu.h turns into a compile error."""
+    def one(m):
+        if len(_split_top(m.group(1))) > 1:
+            raise ValueError(f"{name}: one declarator per __shared__ declaration: {m.group(0)}")
+        var = m.group(2)
+        return (f"static {m.group(1)}{var}{m.group(3)}; "
+                f"{{ static const bool eo_shared_ = ::eo_emu::shared_region(&{var}, sizeof({var})); (void)eo_shared_; }}")
+    return _SHARED.sub(one, text)
 
 
 def _split_top(s):
@@ -138,7 +143,7 @@ def compile_program(cu_path, exe_path, flags=CXXFLAGS):
     """A stand-alone CUDA program (a .cu with a main) built with the emulator (the emulator's own
     tests use this)."""
     with open(cu_path) as f:
-        text = register_shared(rewrite_launches(f.read(), cu_path))
+        text = register_shared(rewrite_launches(f.read(), cu_path), cu_path)
     src = exe_path + ".cpp"
     with open(src, "w") as f:
         f.write(f'#line 1 "{cu_path}"\n{text}')
@@ -163,14 +168,14 @@ def build(out_dir=None, asan=False):
     os.makedirs(os.path.join(work, "include", "cuda"), exist_ok=True)
     for header in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cuh"))):
         with open(header) as f:
-            text = register_shared(f.read())
+            text = register_shared(f.read(), header)
         with open(os.path.join(work, "include", "cuda", os.path.basename(header)), "w") as f:
             f.write(f'#line 1 "{header}"\n{text}')
     includes = [f"-I{work}/include", *_includes()]
     jobs = []
     for cu in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu"))):
         with open(cu) as f:
-            text = register_shared(rewrite_launches(f.read(), cu))
+            text = register_shared(rewrite_launches(f.read(), cu), cu)
         src = os.path.join(work, "src", os.path.basename(cu) + ".cpp")
         with open(src, "w") as f:
             f.write(f'#line 1 "{cu}"\n{text}')

@@ -1,18 +1,25 @@
 // CUDA on the CPU, for tests: what the kernels of csrc/cuda need, so that g++ compiles them for
 // the host and they run on CPU tensors (tests/cuda_emu/build.py force-includes this header).
 //
-// Each block runs its threads as cooperative fibers on the calling OS thread, in thread order
-// (reversed in odd blocks): a thread runs until it waits at a barrier (__syncthreads, or a warp
-// shuffle's exchange), then the next one runs. So a read of another thread's write that lacks its
-// barrier sees the stale value (in one of the two orders), and a barrier some threads of the block
-// never reach is reported as a deadlock, not hidden. Blocks run one after the other (one launch at a time in a process), so `__shared__` is
-// a function-local static: one copy per kernel, filled with 0xff bytes before each block, so a read
-// of shared memory the block did not write is NaN or all ones. Atomics are
-// plain read-modify-writes (one OS thread). Launch limits are the hardware's: at most 1024
-// threads per block, grid.y and grid.z at most 65535.
+// Each block runs its threads as cooperative fibers on the calling OS thread: a thread runs until
+// it waits at a barrier (__syncthreads, or a warp shuffle's exchange) or returns, then the next one
+// runs; after each barrier the threads resume from the first, in thread order (last to first in
+// odd blocks). So a read of another thread's write that lacks its barrier sees the stale value in
+// one of the two orders, and a barrier that some threads of the block never reach is reported as
+// a deadlock (undefined in CUDA; on recent GPUs threads that returned may release it).
 //
-// What this does not check: timing, memory coalescing, the vectorized loads' alignment (the
-// build adds -fsanitize=alignment for that), the GPU's fast math (exp2f is glibc's here).
+// Blocks run one after the other, and one launch at a time in a process, so `__shared__` is a
+// function-local static: one copy per kernel, filled with 0xff bytes before each block, so a
+// read of shared memory the block did not write is NaN or all ones. Atomics are plain
+// read-modify-writes (one OS thread). Launch limits are the hardware's: at most 1024 threads per
+// block, grid.y and grid.z at most 65535. A warp's lanes shuffle in groups by member mask (the
+// full warp, or disjoint parts of it); a mask that leaves out the calling lane, or overlaps
+// another group's, is refused.
+//
+// What this does not check: timing, races between blocks, memory coalescing, `__launch_bounds__`
+// against the launch, the GPU's arithmetic (nvcc contracts a*b+c into FMAs where it chooses, and
+// its exp2f is not glibc's: bits differ from a GPU's, within the tests' tolerances). Alignment of
+// the vectorized loads and 32-bit overflow are UBSan's (build.py), bounds ASan's (--asan).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -40,8 +47,9 @@
 #define __host__
 // build.py rewrites `__shared__ T name[...];` as `static T name[...];` followed by its
 // registration (shared_region): the runtime fills every registered variable with 0xff bytes (NaN
-// floats, all-ones integers) before each block, as a GPU hands a block garbage.
-#define __shared__ static
+// floats, all-ones integers) before each block, as a GPU hands a block garbage. A declaration it
+// cannot rewrite (two declarators, an unnamed struct type) fails to compile on this name.
+#define __shared__ __shared___declaration_that_tests_cuda_emu_build_py_could_not_register
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 
@@ -123,12 +131,14 @@ T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
   return ::eo_emu::from_bits<T>(::eo_emu::warp_exchange(mask, ::eo_emu::to_bits(v), base + (src & (width - 1))));
 }
 
+// A lane may read a partner in its own width segment or an earlier one; a later one gives its
+// own value (the CUDA programming guide's rule for width < 32).
 template <typename T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
   const int lane = ::eo_emu::lane_id();
   const int src = lane ^ lane_mask;
-  const bool inside = (src & ~(width - 1)) == (lane & ~(width - 1));
-  return ::eo_emu::from_bits<T>(::eo_emu::warp_exchange(mask, ::eo_emu::to_bits(v), inside ? src : lane));
+  const bool readable = src < (lane & ~(width - 1)) + width;
+  return ::eo_emu::from_bits<T>(::eo_emu::warp_exchange(mask, ::eo_emu::to_bits(v), readable ? src : lane));
 }
 
 template <typename T>

@@ -2,6 +2,9 @@
 // csrc/cuda makes, answered for one emulated device. Compiled without emu.h's macros.
 #include <cuda_runtime_api.h>
 #include <sys/mman.h>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
 
 #include <cstdint>
 #include <cstdio>
@@ -49,6 +52,7 @@ namespace eo_emu {
 namespace {
 
 constexpr size_t kStackBytes = 256 * 1024;
+constexpr size_t kGuardBytes = 4096;  // below each stack, no access: an overflow faults, it does not corrupt
 constexpr int kWarp = 32;
 
 enum class State { kRunnable, kBlockBarrier, kWarpBarrier, kDone };
@@ -69,13 +73,19 @@ struct Thread {
   unsigned waited_generation = 0;
 };
 
-// Two banks of slots, used in turn: a lane writes the next exchange's bank only after passing
-// this exchange's barrier, by which time every lane has written this one; and it can only be
-// overwritten again after the next barrier, which no lane passes before all have read. So one
-// barrier per exchange suffices.
-struct Warp {
+// The lanes of one member mask that shuffle together. Two banks of slots, used in turn: a lane
+// writes the next exchange's bank only after passing this exchange's barrier, by which time every
+// lane has written this one; and it can only be overwritten again after the next barrier, which no
+// lane passes before all have read. So one barrier per exchange suffices.
+struct ShuffleGroup {
+  unsigned mask = 0;
   Barrier barrier;
   uint64_t slot[2][kWarp];
+};
+
+// A warp's groups: one with the full mask, or several disjoint ones (half-warps reducing apart).
+struct Warp {
+  std::vector<ShuffleGroup> groups;
 };
 
 struct Grid {
@@ -89,21 +99,25 @@ struct Grid {
   void* scheduler_sp = nullptr;
   void (*body)(void*) = nullptr;
   void* arg = nullptr;
-  uint64_t progress = 0;
+  bool barrier_completed = false;  // the scheduler then starts its next round from the first thread
+  std::string error;               // set by a thread that found a misuse; the block stops
 };
 
-// initial-exec: the scheduler reads these on every switch; the general model calls __tls_get_addr.
-__attribute__((tls_model("initial-exec"))) thread_local Grid* g_grid = nullptr;
-thread_local std::vector<void*> g_stacks;
+// All of this is used under the launch mutex (run_grid): one launch at a time in a process.
+Grid* g_grid = nullptr;
+std::vector<void*> g_stacks;  // usable bottoms; each has a guard page below it
+std::vector<std::pair<void*, size_t>> g_shared;  // every __shared__ variable met so far
+// CUDA keeps the last error per host thread.
 thread_local cudaError_t g_last_error = cudaSuccess;
-std::vector<std::pair<void*, size_t>> g_shared;  // every __shared__ variable met so far (under the launch mutex)
 thread_local std::string g_message;
 
 void* stack(size_t i) {
   while (g_stacks.size() <= i) {
-    void* p = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void* p = mmap(nullptr, kGuardBytes + kStackBytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) return nullptr;
-    g_stacks.push_back(p);
+    mprotect(p, kGuardBytes, PROT_NONE);
+    g_stacks.push_back(static_cast<char*>(p) + kGuardBytes);
   }
   return g_stacks[i];
 }
@@ -117,7 +131,6 @@ void yield_to_scheduler() {
   Grid& g = *g_grid;
   g.body(g.arg);
   g.current->state = State::kDone;
-  ++g.progress;
   yield_to_scheduler();
   __builtin_unreachable();
 }
@@ -133,26 +146,35 @@ void* fresh_stack(void* base) {
   return sp;
 }
 
-// Arrive at `b`, which `expected` threads share, and wait (yielding) until all have arrived.
+// Arrive at `b`, which `expected` threads share, and wait until all have arrived. The last to
+// arrive waits too: the scheduler then resumes the threads in their order, from the first (a
+// thread that ran on would read, before the others' next writes, what it must not see).
 int arrive(Barrier& b, int expected, int or_value, State waiting) {
   Grid& g = *g_grid;
+  Thread& t = *g.current;
   b.or_value |= or_value;
+  t.waiting_on = &b;
+  t.waited_generation = b.generation;
+  t.state = waiting;
   if (++b.arrived == expected) {
     b.result = b.or_value;
     b.arrived = 0;
     b.or_value = 0;
     ++b.generation;
-    ++g.progress;
-    return b.result;
+    g.barrier_completed = true;
   }
-  Thread& t = *g.current;
-  t.waiting_on = &b;
-  t.waited_generation = b.generation;
-  t.state = waiting;
-  yield_to_scheduler();  // the scheduler resumes this thread once the generation has moved on
+  yield_to_scheduler();  // resumed once the generation has moved on
   t.waiting_on = nullptr;
   t.state = State::kRunnable;
   return b.result;
+}
+
+// A misuse found by a thread (it is not resumed; the launch fails with `message`).
+[[noreturn]] void misuse(const std::string& message) {
+  Grid& g = *g_grid;
+  g.error = message;
+  yield_to_scheduler();
+  __builtin_unreachable();
 }
 
 std::string where(const Grid& g, const Thread& t) {
@@ -167,7 +189,17 @@ cudaError_t fail(cudaError_t err, const std::string& message) {
   return err;
 }
 
-// Runs one block to completion; false (with the message set) on a deadlock.
+// A failed block's fibers are abandoned mid-call: under ASan their stacks keep the poisoning of
+// their live frames, which the next launch's fibers would trip over.
+void forget_abandoned_stacks(int n) {
+#if defined(__SANITIZE_ADDRESS__)
+  for (int i = 0; i < n; ++i) __asan_unpoison_memory_region(g_stacks[i], kStackBytes);
+#else
+  (void)n;
+#endif
+}
+
+// Runs one block to completion; false (with the message set) on a deadlock or a misuse.
 bool run_block(Grid& g) {
   const int n = g.n_threads;
   for (int i = 0; i < n; ++i) {
@@ -178,38 +210,46 @@ bool run_block(Grid& g) {
     t.waiting_on = nullptr;
     t.sp = fresh_stack(stack(i));
   }
-  for (Warp& w : g.warps) w.barrier = Barrier{};
+  for (Warp& w : g.warps) w.groups.clear();
   g.block_barrier = Barrier{};
   for (const auto& [p, bytes] : g_shared) std::memset(p, 0xff, bytes);
   // Odd blocks run their threads last to first: a read of another thread's write that lacks its
   // barrier then reads stale data in one of the two orders, whichever of the two threads is lower.
   const bool reverse = ((g.block_idx.x + g.block_idx.y + g.block_idx.z) & 1) != 0;
-  int live = n;
-  while (live > 0) {
-    const uint64_t before = g.progress;
-    live = 0;
-    for (int k = 0; k < n; ++k) {
+  for (;;) {
+    // One round: every thread that can run, in order, each until it waits or returns; a round
+    // ends early when a barrier completes, so that the next one starts from the first thread.
+    bool ran = false, live = false;
+    g.barrier_completed = false;
+    for (int k = 0; k < n && !g.barrier_completed; ++k) {
       Thread& t = g.threads[reverse ? n - 1 - k : k];
       if (t.state == State::kDone) continue;
-      if (t.waiting_on == nullptr || t.waiting_on->generation != t.waited_generation) {
-        g.current = &t;
-        eo_emu_switch(&g.scheduler_sp, t.sp);
+      live = true;
+      if (t.waiting_on != nullptr && t.waiting_on->generation == t.waited_generation) continue;
+      g.current = &t;
+      ran = true;
+      eo_emu_switch(&g.scheduler_sp, t.sp);
+      if (!g.error.empty()) {
+        fail(cudaErrorLaunchFailure, g.error + " (" + where(g, t) + ")");
+        forget_abandoned_stacks(n);
+        return false;
       }
-      if (t.state != State::kDone) ++live;
     }
-    if (live > 0 && g.progress == before) {
+    if (!live) return true;
+    if (!ran) {
       std::string waiting;
       int done = 0;
       for (const Thread& t : g.threads) {
         if (t.state == State::kDone) ++done;
         else if (waiting.empty()) waiting = where(g, t) + (t.state == State::kBlockBarrier ? " at __syncthreads" : " at a warp shuffle");
       }
-      fail(cudaErrorLaunchFailure, "deadlock: " + waiting + " waits forever (" + std::to_string(done) +
-                                       " of the block's " + std::to_string(n) + " threads have returned)");
+      fail(cudaErrorLaunchFailure, "deadlock: " + waiting + " waits for threads that will not come (" +
+                                       std::to_string(done) + " of the block's " + std::to_string(n) +
+                                       " threads have returned)");
+      forget_abandoned_stacks(n);
       return false;
     }
   }
-  return true;
 }
 
 }  // namespace
@@ -238,15 +278,30 @@ uint64_t warp_exchange(unsigned mask, uint64_t bits, int src) {
   const int lane = linear % kWarp;
   const int first = linear - lane;
   const int lanes = g.n_threads - first < kWarp ? g.n_threads - first : kWarp;
-  int expected = 0;
-  for (int l = 0; l < lanes; ++l) expected += (mask >> l) & 1;
-  uint64_t* slot = w.slot[w.barrier.generation & 1];
+  const unsigned present = lanes == kWarp ? ~0u : (1u << lanes) - 1;
+  if (!((mask >> lane) & 1)) misuse("a warp shuffle whose mask leaves out the calling lane");
+  ShuffleGroup* group = nullptr;
+  for (ShuffleGroup& candidate : w.groups) {
+    if (candidate.mask == mask) group = &candidate;
+    else if (candidate.mask & mask) misuse("warp shuffles with overlapping masks");
+  }
+  if (group == nullptr) {
+    w.groups.emplace_back();
+    group = &w.groups.back();
+    group->mask = mask;
+  }
+  uint64_t* slot = group->slot[group->barrier.generation & 1];
   slot[lane] = bits;
-  arrive(w.barrier, expected, 0, State::kWarpBarrier);
-  return src >= 0 && src < lanes ? slot[src] : bits;
+  arrive(group->barrier, __builtin_popcount(mask & present), 0, State::kWarpBarrier);
+  // A lane outside the group reads what it would on a GPU: nothing defined; here its own value.
+  return src >= 0 && src < lanes && ((mask >> src) & 1) ? slot[src] : bits;
 }
 
 cudaError_t run_grid(dim3 grid, dim3 block, void (*body)(void*), void* arg) {
+  // One launch at a time: the __shared__ statics are one copy per kernel, and the state above is
+  // shared. Launches from several OS threads take turns.
+  static std::mutex launch_mutex;
+  std::lock_guard<std::mutex> lock(launch_mutex);
   const uint64_t threads = uint64_t(block.x) * block.y * block.z;
   if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
       grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
@@ -255,9 +310,6 @@ cudaError_t run_grid(dim3 grid, dim3 block, void (*body)(void*), void* arg) {
                     std::to_string(grid.z) + "), block (" + std::to_string(block.x) + "," + std::to_string(block.y) +
                     "," + std::to_string(block.z) + ")");
   }
-  // The __shared__ statics are one copy per kernel: launches from several OS threads take turns.
-  static std::mutex launch_mutex;
-  std::lock_guard<std::mutex> lock(launch_mutex);
   Grid g;
   g.grid = grid;
   g.block = block;
@@ -267,7 +319,6 @@ cudaError_t run_grid(dim3 grid, dim3 block, void (*body)(void*), void* arg) {
   g.body = body;
   g.arg = arg;
   if (stack(threads - 1) == nullptr) return fail(cudaErrorMemoryAllocation, "cannot map the fibers' stacks");
-  Grid* outer = g_grid;
   g_grid = &g;
   bool ok = true;
   for (unsigned z = 0; z < grid.z && ok; ++z)
@@ -276,7 +327,7 @@ cudaError_t run_grid(dim3 grid, dim3 block, void (*body)(void*), void* arg) {
         g.block_idx = {x, y, z};
         ok = run_block(g);
       }
-  g_grid = outer;
+  g_grid = nullptr;
   return ok ? cudaSuccess : cudaErrorLaunchFailure;
 }
 
