@@ -19,8 +19,8 @@ only when a source, this script or a flag changes (a hash of them names the buil
 """
 import glob
 import hashlib
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
