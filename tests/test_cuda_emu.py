@@ -123,6 +123,14 @@ __global__ void vec_load(const void* p, float* out) {
 
 __global__ void read_all(const int* x, int* out) { atomicAdd(out, x[threadIdx.x]); }
 
+// The last launch's error code, then the n values (one line).
+template <typename T>
+void print_launch(const T* out, int n) {
+  printf("%d", int(cudaGetLastError()));
+  for (int i = 0; i < n; ++i) printf(" %lld", (long long)out[i]);
+  printf("\n");
+}
+
 int main(int argc, char** argv) {
   const char* c = argv[1];
   if (!strcmp(c, "block_sum")) {
@@ -137,36 +145,27 @@ int main(int argc, char** argv) {
   } else if (!strcmp(c, "previous_neighbour")) {
     static int out[128];
     previous_neighbour<<<2, 64, 0, nullptr>>>(out);
-    printf("%d", int(cudaGetLastError()));
-    for (int i = 0; i < 128; ++i) printf(" %d", out[i]);
-    printf("\n");
+    print_launch(out, 128);
   } else if (!strcmp(c, "uninitialized_shared")) {
     static unsigned out[64];
     uninitialized_shared<<<2, 32, 0, nullptr>>>(out);
-    printf("%d", int(cudaGetLastError()));
-    for (int i = 0; i < 64; ++i) printf(" %u", out[i]);
-    printf("\n");
+    print_launch(out, 64);
   } else if (!strcmp(c, "unsynchronized_broadcast")) {
     static int out[128];
     unsynchronized_broadcast<<<2, 64, 0, nullptr>>>(out);
-    printf("%d", int(cudaGetLastError()));
-    for (int i = 0; i < 128; ++i) printf(" %d", out[i]);
-    printf("\n");
+    print_launch(out, 128);
   } else if (!strcmp(c, "narrow_xor")) {
     static int out[32];
     narrow_xor<<<1, 32, 0, nullptr>>>(out);
-    printf("%d", int(cudaGetLastError()));
-    for (int i = 0; i < 32; ++i) printf(" %d", out[i]);
-    printf("\n");
+    print_launch(out, 32);
   } else if (!strcmp(c, "half_warp_masks")) {
     static int out[32];
     half_warp_masks<<<1, 32, 0, nullptr>>>(out);
-    printf("%d", int(cudaGetLastError()));
-    for (int i = 0; i < 32; ++i) printf(" %d", out[i]);
+    print_launch(out, 32);
     int one = 0;
     overlapping_masks<<<1, 32, 0, nullptr>>>(&one);
     const cudaError_t err = cudaGetLastError();
-    printf("\n%d %s\n", int(err == cudaErrorLaunchFailure), cudaGetErrorString(err));
+    printf("%d %s\n", int(err == cudaErrorLaunchFailure), cudaGetErrorString(err));
   } else if (!strcmp(c, "divergent_barrier")) {
     int out = 0;
     divergent_barrier<<<1, 64, 0, nullptr>>>(&out);
@@ -179,9 +178,7 @@ int main(int argc, char** argv) {
   } else if (!strcmp(c, "shuffles")) {
     static int out[3 * 48];
     shuffles<<<1, 48, 0, nullptr>>>(out);  // a full warp and a partial one of 16 lanes
-    printf("%d", int(cudaGetLastError()));
-    for (int i = 0; i < 3 * 48; ++i) printf(" %d", out[i]);
-    printf("\n");
+    print_launch(out, 3 * 48);
   } else if (!strcmp(c, "limits")) {
     unsigned long long n = 0;
     unsigned hi = 0;
