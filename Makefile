@@ -1,7 +1,7 @@
 # entropy_ops developer entry points. Works from a fresh clone with only python3 installed:
 #   make install   venv + torch (pinned, CPU build) + the package, editable, with its native modules
-#   make test      the CPU test suite, then the Triton-interpreter tests and the GPU tests on the
-#                  CUDA emulator (tests/cuda_emu), each in its own process
+#   make test      the CPU test suite, then the Triton-interpreter tests and the GPU tests (on the
+#                  GPU, else on the CUDA emulator: tests/cuda_emu), each in its own process
 #   make bench     python -m entropy_ops bench
 #   make wheel     the release wheel in dist/ (both native modules, auditwheel-repaired manylinux)
 #   make clean     build outputs (the next `make install` rebuilds); `make distclean` also the venv
