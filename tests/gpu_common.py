@@ -1,6 +1,8 @@
 """Shared pieces of the GPU tests (`pytest -m gpu`, tests/test_gpu_*.py): every GPU backend
 ("triton", "cuda") on CUDA tensors vs the float64 reference (SPEC §2, §3.1, §6), batch
 invariance, no host sync, CUDA graphs, torch.compile, ENTROPY_OPS_CHECK, dispatch, 64-bit indexing.
+Without a GPU, under ENTROPY_OPS_CUDA_EMULATOR, the same tests run the cuda backend on CPU tensors
+(EMULATED, below).
 
 Skipped as a whole without a CUDA device; per backend when it is unavailable or has no kernel yet
 (the reason is in the skip message). Tolerance: ``assert_within_eager_bound`` with the eager fp32
@@ -36,6 +38,7 @@ pytestmark = [
 needs_real_gpu = pytest.mark.skipif(EMULATED, reason="needs the GPU itself; the CUDA emulator runs kernels only")
 
 DEVICE = "cpu" if EMULATED else "cuda"
+GPU_BACKENDS = ("cuda",) if EMULATED else ("triton", "cuda")
 # SPEC §2's "no grid-size limit on N": more rows than a grid's y or z dimension holds (65535). A
 # block-per-row kernel costs the emulator about 0.5 ms a row: there 3000 rows check the many-rows
 # logic, not the limit (the emulator does refuse a launch past the hardware's limits).
@@ -43,6 +46,12 @@ MANY_ROWS = 3000 if EMULATED else 70000
 # Batch sizes of the batch-invariance tests: a small batch and a large one (a GPU full of rows).
 # Launch plans depend on V alone, so the emulator's smaller large batch runs the same code paths.
 BIG_BATCH = 512 if EMULATED else 4096
+OPS = ("entropy", "logprobs_and_entropy")
+GPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+VOCABS = (1, 2, 111, 1023, 1024, 32000, 151936)
+LAYOUTS = ("N0", "N1", "Nodd", "BT", "1d", "strided")
+TEMPERATURES = ("float", "tensor_0d", "per_row")
+UNSHIFTED_KINDS = tuple(k for k in FINITE_KINDS if not k.startswith("shift"))
 
 
 @contextlib.contextmanager
@@ -58,13 +67,6 @@ def sync_debug_error():
         yield
     finally:
         torch.cuda.set_sync_debug_mode("default")
-GPU_BACKENDS = ("cuda",) if EMULATED else ("triton", "cuda")
-OPS = ("entropy", "logprobs_and_entropy")
-GPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-VOCABS = (1, 2, 111, 1023, 1024, 32000, 151936)
-LAYOUTS = ("N0", "N1", "Nodd", "BT", "1d", "strided")
-TEMPERATURES = ("float", "tensor_0d", "per_row")
-UNSHIFTED_KINDS = tuple(k for k in FINITE_KINDS if not k.startswith("shift"))
 
 
 # ---- backend selection and checking helpers ------------------------------------------------------
