@@ -33,7 +33,6 @@ def _workspace(C, x):
     return torch.empty(size, dtype=torch.float32, device=x.device), size
 
 
-
 def entropy_fwd_cuda(x, labels, temperature, temperature_scalar, ignore_index, mask):
     C, _ = _native.cuda_module()
     n_rows = x.shape[0]

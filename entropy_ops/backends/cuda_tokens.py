@@ -30,7 +30,6 @@ def _code(t):
     return _INT64_CODE if t.dtype == torch.int64 else DTYPE_CODES[t.dtype]
 
 
-
 def _acc(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
