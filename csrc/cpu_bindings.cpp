@@ -50,23 +50,27 @@ eoc::RowsArgs rows_args(uintptr_t logits, int dtype, int64_t n_rows, int64_t voc
 
 void entropy_fwd(uintptr_t logits, int dtype, int64_t n_rows, int64_t vocab, int64_t row_stride,
                  uintptr_t temperature, double temperature_scalar, uintptr_t labels,
-                 bool labels_int32, int64_t ignore_index, uintptr_t mask, uintptr_t lse_out,
-                 uintptr_t entropy_out, uintptr_t logp_out, int num_threads) {
+                 bool labels_int32, int64_t ignore_index, uintptr_t mask, uintptr_t row_max_out,
+                 uintptr_t log_norm_out, uintptr_t entropy_out, uintptr_t logp_out,
+                 int num_threads) {
   const eoc::RowsArgs r = rows_args(logits, dtype, n_rows, vocab, row_stride, temperature,
                                     temperature_scalar, labels, labels_int32, ignore_index, mask,
                                     num_threads);
-  eoc::entropy_fwd_cpu(r, ptr<void>(lse_out), ptr<void>(entropy_out), ptr<void>(logp_out));
+  eoc::entropy_fwd_cpu(r, ptr<void>(row_max_out), ptr<void>(log_norm_out), ptr<void>(entropy_out),
+                       ptr<void>(logp_out));
 }
 
 void entropy_bwd(uintptr_t logits, int dtype, int64_t n_rows, int64_t vocab, int64_t row_stride,
                  uintptr_t temperature, double temperature_scalar, uintptr_t labels,
-                 bool labels_int32, int64_t ignore_index, uintptr_t mask, uintptr_t lse,
-                 uintptr_t entropy, uintptr_t grad_entropy, uintptr_t grad_logp,
-                 uintptr_t grad_logits, int64_t grad_row_stride, int num_threads) {
+                 bool labels_int32, int64_t ignore_index, uintptr_t mask, uintptr_t row_max,
+                 uintptr_t log_norm, uintptr_t entropy, uintptr_t grad_entropy,
+                 uintptr_t grad_logp, uintptr_t grad_logits, int64_t grad_row_stride,
+                 int num_threads) {
   const eoc::RowsArgs r = rows_args(logits, dtype, n_rows, vocab, row_stride, temperature,
                                     temperature_scalar, labels, labels_int32, ignore_index, mask,
                                     num_threads);
-  eoc::entropy_bwd_cpu(r, ptr<const void>(lse), ptr<const void>(entropy),
+  eoc::entropy_bwd_cpu(r, ptr<const void>(row_max), ptr<const void>(log_norm),
+                       ptr<const void>(entropy),
                        ptr<const void>(grad_entropy), ptr<const void>(grad_logp),
                        ptr<void>(grad_logits), grad_row_stride);
 }
@@ -213,7 +217,7 @@ void exp2_accumulate_row(uintptr_t src, int64_t n, double temperature, uintptr_t
     acc.add(group, k, eo::kExp2FloorF);
   }
   const auto stats = eo::finalize(acc.state(s), s);
-  ptr<float>(out)[0] = stats.lse;
+  ptr<float>(out)[0] = stats.log_norm;
   ptr<float>(out)[1] = stats.entropy;
 }
 
@@ -226,14 +230,16 @@ PYBIND11_MODULE(_C, m) {
   m.def("entropy_fwd_cpu", &entropy_fwd, nogil, py::arg("logits"), py::arg("dtype"),
         py::arg("n_rows"), py::arg("vocab"), py::arg("row_stride"), py::arg("temperature"),
         py::arg("temperature_scalar"), py::arg("labels"), py::arg("labels_int32"),
-        py::arg("ignore_index"), py::arg("mask"), py::arg("lse_out"), py::arg("entropy_out"),
-        py::arg("logp_out"), py::arg("num_threads"),
-        "Per row: lse, entropy and (with labels) logp of softmax(logits / T).");
+        py::arg("ignore_index"), py::arg("mask"), py::arg("row_max_out"),
+        py::arg("log_norm_out"), py::arg("entropy_out"), py::arg("logp_out"),
+        py::arg("num_threads"),
+        "Per row: raw max, log_norm = lse - max / T, entropy and (with labels) logp of "
+        "softmax(logits / T).");
   m.def("entropy_bwd_cpu", &entropy_bwd, nogil, py::arg("logits"), py::arg("dtype"),
         py::arg("n_rows"), py::arg("vocab"), py::arg("row_stride"), py::arg("temperature"),
         py::arg("temperature_scalar"), py::arg("labels"), py::arg("labels_int32"),
-        py::arg("ignore_index"), py::arg("mask"), py::arg("lse"), py::arg("entropy"),
-        py::arg("grad_entropy"), py::arg("grad_logp"), py::arg("grad_logits"),
+        py::arg("ignore_index"), py::arg("mask"), py::arg("row_max"), py::arg("log_norm"),
+        py::arg("entropy"), py::arg("grad_entropy"), py::arg("grad_logp"), py::arg("grad_logits"),
         py::arg("grad_row_stride"), py::arg("num_threads"),
         "grad_logits = (gH dH/dz + glogp dlogp/dz) / T, in the logits' dtype.");
 
@@ -288,7 +294,7 @@ PYBIND11_MODULE(_C, m) {
         "out[i] = SplitMix64 output *first + i of the stream seeded with *seed, >> 2 (int64 [n]).");
   m.def("exp2_accumulate_row", &exp2_accumulate_row, py::arg("src"), py::arg("n"),
         py::arg("temperature"), py::arg("out"),
-        "Test hook: (lse, entropy) of a float32 row through the CUDA kernels' per-thread math.");
+        "Test hook: (log_norm, entropy) of a float32 row through the CUDA kernels' per-thread math.");
   m.def("set_isa", &set_isa, py::arg("name"),
         "Force the CPU kernels: 'avx512', 'avx2', 'scalar' or 'auto'.");
   m.def("get_isa", &eoc::get_isa, "The CPU kernel set in use.");

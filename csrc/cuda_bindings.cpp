@@ -38,9 +38,7 @@ void check_dtype(const char* what, int dtype) {
   }
 }
 
-void check_args(const char* what, int dtype, int64_t n_rows, int64_t vocab,
-                int64_t workspace_size) {
-  check_dtype(what, dtype);
+void check_workspace(const char* what, int64_t n_rows, int64_t vocab, int64_t workspace_size) {
   const int64_t need = entropy_ops::entropy_fwd_workspace_cuda(n_rows, vocab);
   if (workspace_size < need) {
     value_error(what, "workspace holds " + std::to_string(workspace_size) + " floats, needs " +
@@ -51,34 +49,38 @@ void check_args(const char* what, int dtype, int64_t n_rows, int64_t vocab,
 void entropy_fwd(std::uintptr_t logits, int dtype, int64_t n_rows, int64_t vocab,
                  int64_t row_stride, std::uintptr_t temperature, double temperature_scalar,
                  std::uintptr_t labels, bool labels_int32, int64_t ignore_index,
-                 std::uintptr_t mask, std::uintptr_t lse_out, std::uintptr_t entropy_out,
-                 std::uintptr_t logp_out, std::uintptr_t workspace, int64_t workspace_size,
-                 int device, std::uintptr_t stream) {
-  check_args("entropy_fwd_cuda", dtype, n_rows, vocab, workspace_size);
-  launch("entropy_fwd_cuda", [&] {
+                 std::uintptr_t mask, std::uintptr_t row_max_out, std::uintptr_t log_norm_out,
+                 std::uintptr_t entropy_out, std::uintptr_t logp_out, std::uintptr_t workspace,
+                 int64_t workspace_size, int device, std::uintptr_t stream) {
+  const char* what = "entropy_fwd_cuda";
+  check_dtype(what, dtype);
+  check_workspace(what, n_rows, vocab, workspace_size);
+  launch(what, [&] {
     return entropy_ops::entropy_fwd_cuda(
         ptr<const void>(logits), dtype, n_rows, vocab, row_stride, ptr<const float>(temperature),
         temperature_scalar, ptr<const void>(labels), labels_int32, ignore_index,
-        ptr<const uint8_t>(mask), ptr<float>(lse_out), ptr<float>(entropy_out),
-        ptr<float>(logp_out), ptr<float>(workspace), workspace_size, device, as_stream(stream));
+        ptr<const uint8_t>(mask), ptr<float>(row_max_out), ptr<float>(log_norm_out),
+        ptr<float>(entropy_out), ptr<float>(logp_out), ptr<float>(workspace), workspace_size,
+        device, as_stream(stream));
   });
 }
 
 void entropy_bwd(std::uintptr_t logits, int dtype, int64_t n_rows, int64_t vocab,
                  int64_t row_stride, std::uintptr_t temperature, double temperature_scalar,
                  std::uintptr_t labels, bool labels_int32, int64_t ignore_index,
-                 std::uintptr_t mask, std::uintptr_t lse, std::uintptr_t entropy,
-                 std::uintptr_t grad_entropy, std::uintptr_t grad_logp,
-                 std::uintptr_t grad_logits, int64_t grad_row_stride, std::uintptr_t workspace,
-                 int64_t workspace_size, int device, std::uintptr_t stream) {
-  check_args("entropy_bwd_cuda", dtype, n_rows, vocab, workspace_size);
-  launch("entropy_bwd_cuda", [&] {
+                 std::uintptr_t mask, std::uintptr_t row_max, std::uintptr_t log_norm,
+                 std::uintptr_t entropy, std::uintptr_t grad_entropy, std::uintptr_t grad_logp,
+                 std::uintptr_t grad_logits, int64_t grad_row_stride, int device,
+                 std::uintptr_t stream) {
+  const char* what = "entropy_bwd_cuda";
+  check_dtype(what, dtype);
+  launch(what, [&] {
     return entropy_ops::entropy_bwd_cuda(
         ptr<const void>(logits), dtype, n_rows, vocab, row_stride, ptr<const float>(temperature),
         temperature_scalar, ptr<const void>(labels), labels_int32, ignore_index,
-        ptr<const uint8_t>(mask), ptr<const float>(lse), ptr<const float>(entropy),
-        ptr<const float>(grad_entropy), ptr<const float>(grad_logp), ptr<void>(grad_logits),
-        grad_row_stride, ptr<float>(workspace), workspace_size, device, as_stream(stream));
+        ptr<const uint8_t>(mask), ptr<const float>(row_max), ptr<const float>(log_norm),
+        ptr<const float>(entropy), ptr<const float>(grad_entropy), ptr<const float>(grad_logp),
+        ptr<void>(grad_logits), grad_row_stride, device, as_stream(stream));
   });
 }
 
@@ -234,22 +236,21 @@ PYBIND11_MODULE(_C_cuda, m) {
      "ptr[0, n) = value (float32), launched on `stream` of `device`; n == 0 launches nothing.");
 
   m.def("entropy_fwd_workspace", &entropy_ops::entropy_fwd_workspace_cuda, py::arg("n_rows"),
-        py::arg("vocab"),
-        "Floats of workspace entropy_fwd_cuda and entropy_bwd_cuda need (0: none).");
+        py::arg("vocab"), "Floats of workspace entropy_fwd_cuda needs (0: none).");
   m.def("entropy_fwd_cuda", &entropy_fwd, py::arg("logits"), py::arg("dtype"), py::arg("n_rows"),
         py::arg("vocab"), py::arg("row_stride"), py::arg("temperature"),
         py::arg("temperature_scalar"), py::arg("labels"), py::arg("labels_int32"),
-        py::arg("ignore_index"), py::arg("mask"), py::arg("lse_out"), py::arg("entropy_out"),
-        py::arg("logp_out"), py::arg("workspace"), py::arg("workspace_size"), py::arg("device"),
-        py::arg("stream"),
-        "Per row: lse, entropy and (with labels) logp of softmax(logits / T), on `stream`.");
+        py::arg("ignore_index"), py::arg("mask"), py::arg("row_max_out"),
+        py::arg("log_norm_out"), py::arg("entropy_out"), py::arg("logp_out"),
+        py::arg("workspace"), py::arg("workspace_size"), py::arg("device"), py::arg("stream"),
+        "Per row: raw max, log_norm = lse - max / T, entropy and (with labels) logp of "
+        "softmax(logits / T), on `stream`.");
   m.def("entropy_bwd_cuda", &entropy_bwd, py::arg("logits"), py::arg("dtype"), py::arg("n_rows"),
         py::arg("vocab"), py::arg("row_stride"), py::arg("temperature"),
         py::arg("temperature_scalar"), py::arg("labels"), py::arg("labels_int32"),
-        py::arg("ignore_index"), py::arg("mask"), py::arg("lse"), py::arg("entropy"),
-        py::arg("grad_entropy"), py::arg("grad_logp"), py::arg("grad_logits"),
-        py::arg("grad_row_stride"), py::arg("workspace"), py::arg("workspace_size"),
-        py::arg("device"), py::arg("stream"),
+        py::arg("ignore_index"), py::arg("mask"), py::arg("row_max"), py::arg("log_norm"),
+        py::arg("entropy"), py::arg("grad_entropy"), py::arg("grad_logp"),
+        py::arg("grad_logits"), py::arg("grad_row_stride"), py::arg("device"), py::arg("stream"),
         "grad_logits = (gH dH/dz + glogp dlogp/dz) / T in the logits' dtype, on `stream`.");
 
   m.def("top_p_entropy_fwd_cuda", &top_p_entropy_fwd, py::arg("logits"), py::arg("dtype"),

@@ -301,6 +301,57 @@ def check_finfo_masked_rows(device="cpu", vocabs=(16, 1000, 4099, 32000), dtypes
                                         token_stats_ref(x, y, t), what=f"token_stats {what}")
 
 
+# ---- low temperatures ------------------------------------------------------------------------------
+
+LOW_TEMPERATURES = (0.01, 0.1)
+
+
+def eager_logprobs_and_entropy_log_softmax(logits, labels, temperature=1.0):
+    """The eager formula through ``log_softmax`` (fp32 upcast), finite rows only: the yardstick at
+    low temperatures, where SPEC's ``lse - sum p z`` cancels (its own gradient is off by 1.4e-4 on
+    a row of ``low_temperature_rows`` at T = 0.01, log_softmax's by 3e-6)."""
+    log_p = torch.log_softmax(_eager_z(logits, temperature), -1)
+    h = -(log_p.exp() * log_p).sum(-1)
+    return log_p.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1), h
+
+
+def low_temperature_rows(vocab, temperature, n_rows=12, seed=0):
+    """float32 ``[n_rows, V]`` rows whose ``lse = log sum e^(x / T)`` spans [8, 64 + log V): there a
+    float32 lse carries a rounding error of up to 1.9e-6, which ``z_j - lse`` would pass to every
+    ``log p_j`` and the gradient would multiply by ``1 / T``. The logits sit within a few ``T`` of
+    the row max, so ``p`` is far from one-hot."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_rows, vocab, generator=gen) * (3 * temperature)
+    x = x - x.amax(-1, keepdim=True)
+    top = torch.linspace(8, 63.9, n_rows)[:, None] * temperature  # max / T across [8, 64)
+    return x + top
+
+
+def check_low_temperature_grads(device="cpu", vocabs=(1, 4, 111, 5000), temperatures=LOW_TEMPERATURES):
+    """The gradient of ``w_H H + w_logp logp`` on ``low_temperature_rows`` against the float64
+    reference, within the eager bound of the ``log_softmax`` formula; exactly 0 at V = 1 (H and
+    logp of a one-token row are constants)."""
+    from entropy_ops.reference import logprobs_and_entropy_ref
+
+    for vocab in vocabs:
+        for t in temperatures:
+            x = low_temperature_rows(vocab, t, seed=vocab)
+            gen = torch.Generator().manual_seed(vocab + 1)
+            y = torch.randint(vocab, (x.shape[0],), generator=gen)
+            weights = (torch.randn(x.shape[0], generator=gen), torch.randn(x.shape[0], generator=gen))
+            w_dev = tuple(w.to(device) for w in weights)
+            grad = ours_grad(eo.logprobs_and_entropy, x.to(device), y.to(device), t, weights=w_dev).cpu()
+            ref = reference_grad(logprobs_and_entropy_ref, x, y, t, weights=weights)
+            eager = eager_grad(eager_logprobs_and_entropy_log_softmax, x, y, t, weights=weights)
+            assert_within_eager_bound(grad, ref, eager, what=f"grad at V={vocab} T={t}")
+            if vocab == 1:
+                assert (grad == 0).all(), f"a one-token row has a constant H and logp: grad {grad.abs().max()}"
+            grad_h = ours_grad(eo.entropy, x.to(device), t, weights=w_dev[:1]).cpu()
+            ref_h = reference_grad(logprobs_and_entropy_ref, x, y, t, weights=(None, weights[0]))
+            eager_h = eager_grad(eager_logprobs_and_entropy_log_softmax, x, y, t, weights=(None, weights[0]))
+            assert_within_eager_bound(grad_h, ref_h, eager_h, what=f"entropy() grad at V={vocab} T={t}")
+
+
 def check_token_stats_close(stats, ref, what, tol=1e-4):
     """Every field of ``token_stats`` against the float64 reference rounded to float32 (a true
     self_certainty past float32's range is inf there): the same NaN / inf pattern, values within

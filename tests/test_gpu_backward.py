@@ -7,6 +7,7 @@ import torch
 
 from conftest import (
     check_bad_rows_get_nan_gradients,
+    check_low_temperature_grads,
     assert_neginf_grad_is_zero,
     eager_entropy,
     eager_grad,
@@ -139,6 +140,12 @@ def test_bad_rows_get_nan_gradients(gpu_backend):
     check_bad_rows_get_nan_gradients(DEVICE)
 
 
+def test_grad_at_low_temperatures(gpu_backend):
+    """T in {0.01, 0.1}: log p from the saved row max and log-sum, on the warp, one-chunk and split
+    paths (V = 111, 5000, 20000)."""
+    check_low_temperature_grads(DEVICE, vocabs=(1, 4, 111, 5000, 20000))
+
+
 @pytest.mark.parametrize("shape", [(4, 300), (2, 3, 40000)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_inplace_backward(gpu_backend, dtype, shape):
@@ -156,9 +163,10 @@ def test_inplace_backward(gpu_backend, dtype, shape):
 
 
 def test_inplace_backward_of_shifted_rows_on_the_split_path(gpu_backend):
-    """Rows with |lse| >= 64 (shifted by 1e4) and V above one split: every split of a row may need
-    the whole row's max and sum; with inplace_backward other splits of the same row are already
-    overwriting it with the gradient. Many rows, so that splits run at different times."""
+    """Rows shifted by 1e4 (|lse| >= 64) and V above one split, with inplace_backward: other splits
+    of the same row are overwriting it with the gradient while a split runs, so a split may read
+    nothing but its own elements and the saved row state (an older backward re-derived such rows'
+    max and sum from the whole row). Many rows, so that splits run at different times."""
     gen = torch.Generator(device=DEVICE).manual_seed(72)
     base = torch.randn(2048, 40000, device=DEVICE, generator=gen) * 2 + 1e4
     y = torch.randint(40000, (2048,), device=DEVICE, generator=gen)

@@ -26,12 +26,14 @@ def _outs(n, k):
 
 def test_dtype_codes_other_than_0_to_2_are_refused(C):
     x = torch.randn(3, 100, device=DEVICE)
-    lse, h = _outs(3, 2)
+    outs = _outs(3, 3)
     args = _rows(x)
     args[1] = 3  # float64: the torch backend's
     with pytest.raises(ValueError, match=r"_C_cuda\.entropy_fwd_cuda: dtype code must be 0\.\.2"):
-        C.entropy_fwd_cuda(*args, lse.data_ptr(), h.data_ptr(), 0, 0, 0, *cuda_launch(x))
-    assert (lse == 7).all() and (h == 7).all(), "nothing may be written"
+        C.entropy_fwd_cuda(*args, *(o.data_ptr() for o in outs), 0, 0, 0, *cuda_launch(x))
+    with pytest.raises(ValueError, match=r"_C_cuda\.entropy_bwd_cuda: dtype code must be 0\.\.2"):
+        C.entropy_bwd_cuda(*args, *(o.data_ptr() for o in outs), 0, 0, x.data_ptr(), 100, *cuda_launch(x))
+    assert all((o == 7).all() for o in outs), "nothing may be written"
     with pytest.raises(ValueError, match=r"_C_cuda\.token_stats_cuda: dtype code must be 0\.\.2"):
         C.token_stats_cuda(*args, *(o.data_ptr() for o in _outs(3, 7)[:2]), 0,
                            *(o.data_ptr() for o in _outs(3, 5)), *cuda_launch(x))
@@ -41,12 +43,13 @@ def test_a_short_workspace_is_refused(C):
     x = torch.randn(2, 200_000, device=DEVICE)  # split rows: a workspace of partial states
     need = C.entropy_fwd_workspace(2, 200_000)
     assert need > 0
-    lse, h = _outs(2, 2)
+    row_max, log_norm, h = _outs(2, 3)
+    outs = (row_max.data_ptr(), log_norm.data_ptr(), h.data_ptr(), 0)
     workspace = torch.empty(need, device=DEVICE)
     with pytest.raises(ValueError, match=f"entropy_fwd_cuda: workspace holds {need - 1} floats, needs {need}"):
-        C.entropy_fwd_cuda(*_rows(x), lse.data_ptr(), h.data_ptr(), 0, workspace.data_ptr(), need - 1,
-                           *cuda_launch(x))
-    C.entropy_fwd_cuda(*_rows(x), lse.data_ptr(), h.data_ptr(), 0, workspace.data_ptr(), need, *cuda_launch(x))
+        C.entropy_fwd_cuda(*_rows(x), *outs, workspace.data_ptr(), need - 1, *cuda_launch(x))
+    assert (h == 7).all(), "nothing may be written"
+    C.entropy_fwd_cuda(*_rows(x), *outs, workspace.data_ptr(), need, *cuda_launch(x))
     torch.testing.assert_close(h.cpu(), torch.special.entr(torch.softmax(x.cpu().double(), -1)).sum(-1).float())
 
 

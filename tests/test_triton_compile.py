@@ -23,9 +23,9 @@ def _signature(x_dtype, out_dtype="*fp32"):
     return {
         "x_ptr": x_dtype, "stride_row": "i64", "V": "i32", "split_size": "i32",
         "temp_ptr": "*fp32", "temp_scalar": "fp32", "labels_ptr": "*i64", "ignore_index": "i64",
-        "mask_ptr": "*i1", "lse_ptr": "*fp32", "entropy_ptr": "*fp32", "logp_ptr": "*fp32",
-        "part_ptr": "*fp32", "n_splits": "i32", "grad_entropy_ptr": "*fp32", "grad_logp_ptr": "*fp32",
-        "out_ptr": out_dtype, "out_stride_row": "i64", "shift_ptr": "*fp32", "c_ptr": "*fp32",
+        "mask_ptr": "*i1", "row_max_ptr": "*fp32", "log_norm_ptr": "*fp32", "entropy_ptr": "*fp32",
+        "logp_ptr": "*fp32", "part_ptr": "*fp32", "n_splits": "i32", "grad_entropy_ptr": "*fp32",
+        "grad_logp_ptr": "*fp32", "out_ptr": out_dtype, "out_stride_row": "i64",
     }
 
 
@@ -58,10 +58,7 @@ def test_fwd_compiles(arch, split):
 def test_bwd_compiles(arch, x_dtype):
     block = launch._MAX_BLOCK
     flags = dict.fromkeys(ROW_FLAGS + ("HAS_GRAD_ENTROPY", "HAS_GRAD_LOGP"), True)
-    for shift_given in (False, True):
-        _compile(kernels.entropy_bwd_kernel, _signature(x_dtype, out_dtype=x_dtype),
-                 dict(flags, SHIFT_GIVEN=shift_given, BLOCK=block), arch, launch._num_warps(block))
-    _compile(kernels.entropy_shift_kernel, _signature(x_dtype), dict(HAS_TEMP=True, HAS_MASK=True, BLOCK=block),
+    _compile(kernels.entropy_bwd_kernel, _signature(x_dtype, out_dtype=x_dtype), dict(flags, BLOCK=block),
              arch, launch._num_warps(block))
 
 
@@ -69,7 +66,7 @@ def test_bwd_compiles(arch, x_dtype):
 def test_every_row_flag_combination_compiles(flags):
     for fn, extra in ((kernels.entropy_fwd_kernel, dict(SPLIT=False, BLOCK=1024)),
                       (kernels.entropy_bwd_kernel, dict(HAS_GRAD_ENTROPY=True, HAS_GRAD_LOGP=flags["HAS_LABELS"],
-                                                        SHIFT_GIVEN=False, BLOCK=1024))):
+                                                        BLOCK=1024))):
         _compile(fn, _signature("*bf16", out_dtype="*bf16"), dict(flags, **extra), 90, 4)
 
 
@@ -81,7 +78,7 @@ SELECTIVE_FLAGS = ("HAS_TEMP", "HAS_MASK")
 def _selective_signature(x_dtype, out_dtype="*fp32"):
     return dict(
         _signature(x_dtype, out_dtype), n_rows="i32", top_p="fp32", min_p="fp32", log_v="fp32", ws_ptr="*i32",
-        row_max_ptr="*fp32", cut_e_ptr="*fp32", cut_index_ptr="*i32", log_norm_ptr="*fp32",
+        cut_e_ptr="*fp32", cut_index_ptr="*i32", lse_ptr="*fp32",
         max_logp_ptr="*fp32", collision_ptr="*fp32", varentropy_ptr="*fp32", self_certainty_ptr="*fp32",
         entropy_drift_ptr="*fp32",
     )

@@ -11,7 +11,7 @@ from entropy_ops import reference as R
 
 from conftest import (
     FINITE_KINDS, NAN_KINDS, assert_within_eager_bound, check_bad_rows_get_nan_gradients, check_finfo_masked_rows,
-    check_layouts_give_the_same_bits,
+    check_layouts_give_the_same_bits, check_low_temperature_grads,
     eager_entropy, eager_grad,
     eager_logprobs_and_entropy, make_labels, make_rows, ours_grad, reference_grad,
 )
@@ -92,9 +92,9 @@ def test_entropy_backward_and_inplace():
 
 
 def test_inplace_backward_of_shifted_split_rows():
-    """Rows with |lse| >= 64 re-derive their max and log-sum before the gradient is written; on
-    split rows (V > one chunk) that happens in a pre-pass, because with inplace_backward another
-    split's gradient already overwrites the logits a late re-read would see."""
+    """Rows shifted by 1e4 (|lse| >= 64) split over programs, with inplace_backward: a program may
+    read nothing but its own chunk and the saved row state, since another split's gradient is
+    already overwriting the rest of the row."""
     x, _ = make_rows(4, 20000, torch.float32, kinds=("shift_pos", "shift_neg"))
     weights = (torch.ones(4),)
     expected = ours_grad(eo.entropy, x, weights=weights)
@@ -115,6 +115,11 @@ def test_masked_rows_are_zero_and_never_read():
     assert h[1] == 0 and h[4] == 0
     assert torch.isfinite(h).all()
     assert (base.grad[1] == 0).all() and (base.grad[4] == 0).all()
+
+
+def test_grad_at_low_temperatures():
+    """T in {0.01, 0.1}: log p from the saved row max and log-sum (one program and split rows)."""
+    check_low_temperature_grads(vocabs=(1, 4, 111, 9000))
 
 
 def test_finfo_masked_rows():

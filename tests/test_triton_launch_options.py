@@ -27,7 +27,7 @@ def test_every_launch_pins_fp_fusion():
             assert "enable_fp_fusion" in keywords, f"{where}: a launch without enable_fp_fusion=FP_FUSION"
             value = keywords["enable_fp_fusion"]
             assert isinstance(value, ast.Name) and value.id == "FP_FUSION", f"{where}: use the shared FP_FUSION"
-    assert total >= 18, f"found only {total} launches: did the launch pattern change?"
+    assert total >= 17, f"found only {total} launches: did the launch pattern change?"
 
 
 def test_fp_fusion_is_a_fixed_bool():

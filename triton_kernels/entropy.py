@@ -6,6 +6,10 @@ states; the chunk size is a function of V alone (never of N), so a row's bits do
 batch. With one split the program finalizes the row itself; otherwise the partial states go to a
 small workspace and ``entropy_combine_kernel`` merges them in split order.
 Rows sit on grid axis 0 (up to 2^31 - 1 programs), splits on axis 1.
+
+Each row's state is saved as ``(row_max, log_norm)``, ``lse = row_max / T + log_norm`` never
+rounded (backends/kernel.py, "Row state"): the backward's ``log p = (x - row_max) / T - log_norm``
+keeps every digit at any temperature, with no pre-pass over the row.
 """
 import triton
 import triton.language as tl
@@ -29,7 +33,7 @@ def _row_setup(row, mask_ptr, temp_ptr, temp_scalar, HAS_MASK: tl.constexpr, HAS
 def entropy_fwd_kernel(
     x_ptr, stride_row, V, split_size,
     temp_ptr, temp_scalar, labels_ptr, ignore_index, mask_ptr,
-    lse_ptr, entropy_ptr, logp_ptr, part_ptr, n_splits,
+    row_max_ptr, log_norm_ptr, entropy_ptr, logp_ptr, part_ptr, n_splits,
     HAS_TEMP: tl.constexpr, HAS_LABELS: tl.constexpr, HAS_MASK: tl.constexpr,
     SPLIT: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -64,15 +68,17 @@ def entropy_fwd_kernel(
         tl.store(part_ptr + base + 2, sz_row)
         tl.store(part_ptr + base + 3, x_y)
     else:
-        lse, entropy, ln_s = finalize(m_row, s_row, sz_row, inv_t)
-        _store_row(row, lse, entropy, (x_y - m_row) * inv_t - ln_s, active, labels_ptr, ignore_index, V,
-                   lse_ptr, entropy_ptr, logp_ptr, HAS_LABELS)
+        _store_row(row, m_row, s_row, sz_row, x_y, inv_t, active, labels_ptr, ignore_index, V,
+                   row_max_ptr, log_norm_ptr, entropy_ptr, logp_ptr, HAS_LABELS)
 
 
 @triton.jit
-def _store_row(row, lse, entropy, label_logp, active, labels_ptr, ignore_index, V,
-               lse_ptr, entropy_ptr, logp_ptr, HAS_LABELS: tl.constexpr):
-    tl.store(lse_ptr + row, tl.where(active, lse, 0.0))
+def _store_row(row, m, s, sz, x_y, inv_t, active, labels_ptr, ignore_index, V,
+               row_max_ptr, log_norm_ptr, entropy_ptr, logp_ptr, HAS_LABELS: tl.constexpr):
+    entropy, ln_s = finalize(m, s, sz, inv_t)
+    label_logp = (x_y - m) * inv_t - ln_s
+    tl.store(row_max_ptr + row, tl.where(active, m, 0.0))
+    tl.store(log_norm_ptr + row, tl.where(active, ln_s, 0.0))
     tl.store(entropy_ptr + row, tl.where(active, entropy, 0.0))
     if HAS_LABELS:
         y = tl.load(labels_ptr + row).to(tl.int64)
@@ -85,7 +91,7 @@ def _store_row(row, lse, entropy, label_logp, active, labels_ptr, ignore_index, 
 def entropy_combine_kernel(
     part_ptr, n_splits, V,
     temp_ptr, temp_scalar, labels_ptr, ignore_index, mask_ptr,
-    lse_ptr, entropy_ptr, logp_ptr,
+    row_max_ptr, log_norm_ptr, entropy_ptr, logp_ptr,
     HAS_TEMP: tl.constexpr, HAS_LABELS: tl.constexpr, HAS_MASK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -100,61 +106,25 @@ def entropy_combine_kernel(
         m, s, sz = merge(m, s, sz, tl.load(part_ptr + base), tl.load(part_ptr + base + 1),
                          tl.load(part_ptr + base + 2), k)
         x_y += tl.load(part_ptr + base + 3)
-    lse, entropy, ln_s = finalize(m, s, sz, inv_t)
-    _store_row(row, lse, entropy, (x_y - m) * inv_t - ln_s, active, labels_ptr, ignore_index, V,
-               lse_ptr, entropy_ptr, logp_ptr, HAS_LABELS)
-
-
-@triton.jit
-def _precise_shift(row_ptr, V, lse, inv_t, active, BLOCK: tl.constexpr):
-    """``(shift, c)`` with ``log p = (x - shift) / T - c``. With shift = 0, c = lse, an fp32 lse
-    near 1e4 is off by ~5e-4 and every p_j would inherit it; for such rows (|lse| >= 64, rare:
-    normal logits never get there) the row's max and log-sum are recomputed (one more read of the
-    row, a function of the row alone, so batch invariance holds)."""
-    shift = 0.0
-    c = lse
-    if (tl.abs(lse) >= 64.0) & active:
-        k = LOG2E * inv_t
-        m = tl.full([BLOCK], float("-inf"), tl.float32)
-        s = tl.zeros([BLOCK], tl.float32)
-        sz = tl.zeros([BLOCK], tl.float32)
-        for off in range(0, V, BLOCK):
-            cols = off + tl.arange(0, BLOCK)
-            x = tl.load(row_ptr + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
-            m, s, sz = block_update(m, s, sz, x, k)
-        m_row, s_row, _ = reduce_lanes(m, s, sz, k)
-        shift = m_row
-        c = tl.log(s_row)
-    return shift, c
-
-
-@triton.jit
-def entropy_shift_kernel(x_ptr, stride_row, V, temp_ptr, temp_scalar, mask_ptr, lse_ptr, shift_ptr, c_ptr,
-                         HAS_TEMP: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr):
-    """Backward pre-pass for split rows: each row's ``(shift, c)`` before any split writes its
-    gradient (with ``inplace_backward`` the gradient overwrites the logits being re-read)."""
-    row = tl.program_id(0).to(tl.int64)
-    active, inv_t = _row_setup(row, mask_ptr, temp_ptr, temp_scalar, HAS_MASK, HAS_TEMP)
-    shift, c = _precise_shift(x_ptr + row * stride_row, V, tl.load(lse_ptr + row), inv_t, active, BLOCK)
-    tl.store(shift_ptr + row, shift)
-    tl.store(c_ptr + row, c)
+    _store_row(row, m, s, sz, x_y, inv_t, active, labels_ptr, ignore_index, V,
+               row_max_ptr, log_norm_ptr, entropy_ptr, logp_ptr, HAS_LABELS)
 
 
 @triton.jit
 def entropy_bwd_kernel(
     x_ptr, stride_row, V, split_size,
     temp_ptr, temp_scalar, labels_ptr, ignore_index, mask_ptr,
-    lse_ptr, entropy_ptr, grad_entropy_ptr, grad_logp_ptr,
-    out_ptr, out_stride_row, shift_ptr, c_ptr,
+    row_max_ptr, log_norm_ptr, entropy_ptr, grad_entropy_ptr, grad_logp_ptr,
+    out_ptr, out_stride_row,
     HAS_TEMP: tl.constexpr, HAS_LABELS: tl.constexpr, HAS_MASK: tl.constexpr,
-    HAS_GRAD_ENTROPY: tl.constexpr, HAS_GRAD_LOGP: tl.constexpr, SHIFT_GIVEN: tl.constexpr,
-    BLOCK: tl.constexpr,
+    HAS_GRAD_ENTROPY: tl.constexpr, HAS_GRAD_LOGP: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """``g_z_j = gH * (-p_j (log p_j + H)) + glogp * (1[j=y] - p_j)``, written as ``g_z / T``."""
     row = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     active, inv_t = _row_setup(row, mask_ptr, temp_ptr, temp_scalar, HAS_MASK, HAS_TEMP)
-    lse = tl.load(lse_ptr + row)
+    shift = tl.load(row_max_ptr + row)
+    c = tl.load(log_norm_ptr + row)
     entropy = tl.load(entropy_ptr + row)
     g_h = 0.0
     if HAS_GRAD_ENTROPY:
@@ -171,11 +141,6 @@ def entropy_bwd_kernel(
     read_end = tl.where(active, end, start)  # a masked row is written (zeros) but never read
     row_ptr = x_ptr + row * stride_row
     out_row_ptr = out_ptr + row * out_stride_row
-    if SHIFT_GIVEN:  # split rows: computed by entropy_shift_kernel before any split writes
-        shift = tl.load(shift_ptr + row)
-        c = tl.load(c_ptr + row)
-    else:  # one program owns the whole row: it reads all of it before writing any of it
-        shift, c = _precise_shift(row_ptr, V, lse, inv_t, active, BLOCK)
     for off in range(start, end, BLOCK):
         cols = off + tl.arange(0, BLOCK)
         in_row = cols < end

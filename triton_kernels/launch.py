@@ -10,7 +10,7 @@ import torch
 import triton
 
 from . import FP_FUSION
-from .entropy import entropy_bwd_kernel, entropy_combine_kernel, entropy_fwd_kernel, entropy_shift_kernel
+from .entropy import entropy_bwd_kernel, entropy_combine_kernel, entropy_fwd_kernel
 
 _SPLIT = 8192
 _MAX_BLOCK = 4096
@@ -34,50 +34,39 @@ def _on_device(x):
 
 def entropy_fwd_triton(x, labels, temperature, temperature_scalar, ignore_index, mask):
     n_rows, vocab = x.shape
-    lse = torch.empty(n_rows, dtype=torch.float32, device=x.device)
-    entropy = torch.empty_like(lse)
-    logp = torch.empty_like(lse) if labels is not None else None
+    row_max, log_norm, entropy = (torch.empty(n_rows, dtype=torch.float32, device=x.device) for _ in range(3))
+    logp = torch.empty_like(entropy) if labels is not None else None
     if n_rows == 0:
-        return lse, entropy, logp
+        return row_max, log_norm, entropy, logp
     split_size, n_splits, block = _sizes(vocab)
     part = torch.empty(n_rows * n_splits * 4 if n_splits > 1 else 1, dtype=torch.float32, device=x.device)
     flags = dict(HAS_TEMP=temperature is not None, HAS_LABELS=labels is not None, HAS_MASK=mask is not None)
     row_args = (temperature, float(temperature_scalar), labels, int(ignore_index), mask)
+    outs = (row_max, log_norm, entropy, logp)
     with _on_device(x):
         entropy_fwd_kernel[(n_rows, n_splits)](
-            x, x.stride(0), vocab, split_size, *row_args, lse, entropy, logp, part, n_splits,
+            x, x.stride(0), vocab, split_size, *row_args, *outs, part, n_splits,
             SPLIT=n_splits > 1, BLOCK=block, num_warps=_num_warps(block), **flags,
             enable_fp_fusion=FP_FUSION,
         )
         if n_splits > 1:
-            entropy_combine_kernel[(n_rows,)](part, n_splits, vocab, *row_args, lse, entropy, logp,
+            entropy_combine_kernel[(n_rows,)](part, n_splits, vocab, *row_args, *outs,
                                               num_warps=1, **flags, enable_fp_fusion=FP_FUSION)
-    return lse, entropy, logp
+    return outs
 
 
-def entropy_bwd_triton(x, labels, temperature, temperature_scalar, ignore_index, mask, lse, entropy,
-                       grad_entropy, grad_logp, out):
+def entropy_bwd_triton(x, labels, temperature, temperature_scalar, ignore_index, mask, row_max,
+                       log_norm, entropy, grad_entropy, grad_logp, out):
     n_rows, vocab = x.shape
     if n_rows == 0:
         return
     split_size, n_splits, block = _sizes(vocab)
     with _on_device(x):
-        shift = c = None
-        if n_splits > 1:
-            shift = torch.empty(n_rows, dtype=torch.float32, device=x.device)
-            c = torch.empty_like(shift)
-            entropy_shift_kernel[(n_rows,)](
-                x, x.stride(0), vocab, temperature, float(temperature_scalar), mask, lse, shift, c,
-                HAS_TEMP=temperature is not None, HAS_MASK=mask is not None, BLOCK=block,
-                num_warps=_num_warps(block),
-                enable_fp_fusion=FP_FUSION,
-            )
         entropy_bwd_kernel[(n_rows, n_splits)](
             x, x.stride(0), vocab, split_size,
             temperature, float(temperature_scalar), labels, int(ignore_index), mask,
-            lse, entropy, grad_entropy, grad_logp, out, out.stride(0), shift, c,
+            row_max, log_norm, entropy, grad_entropy, grad_logp, out, out.stride(0),
             HAS_TEMP=temperature is not None, HAS_LABELS=labels is not None, HAS_MASK=mask is not None,
             HAS_GRAD_ENTROPY=grad_entropy is not None, HAS_GRAD_LOGP=grad_logp is not None,
-            SHIFT_GIVEN=n_splits > 1, BLOCK=block, num_warps=_num_warps(block),
-            enable_fp_fusion=FP_FUSION,
+            BLOCK=block, num_warps=_num_warps(block), enable_fp_fusion=FP_FUSION,
         )

@@ -59,7 +59,7 @@ def _contiguous_rows(t):
 
 
 def merge_split_states(part, inv_t):
-    """``(max, log s, entropy, lse)`` per row from ``part [N, n_splits, 3] = (m, s, sz)``: the per-split
+    """``(max, log s, entropy)`` per row from ``part [N, n_splits, 3] = (m, s, sz)``: the per-split
     row states merged in split order (SPEC §2: shifted accumulation), as ``online_softmax.merge``."""
     m, s, sz = part.unbind(-1)
     top = m.amax(1)
@@ -69,7 +69,7 @@ def merge_split_states(part, inv_t):
     s_row = (s * f).sum(1)
     sz_row = torch.where((s > 0) & (f > 0), (sz + d * s) * f, 0).sum(1)
     log_s = torch.where(s_row > 0, torch.log(s_row), float("nan"))
-    return top, log_s, log_s - sz_row * inv_t / s_row, top * inv_t + log_s
+    return top, log_s, log_s - sz_row * inv_t / s_row
 
 
 def _inv_t(a, n_rows, device):
@@ -99,7 +99,7 @@ def linear_fwd_triton(a):
             enable_fp_fusion=FP_FUSION,
         )
     inv_t = _inv_t(a, n_rows, dev)
-    top, log_s, h_row, _ = merge_split_states(part, inv_t)
+    top, log_s, h_row = merge_split_states(part, inv_t)
     y = a.labels.long()
     lp = torch.where((y >= 0) & (y < vocab), (z_y - top[:, None]) * inv_t[:, None] - log_s[:, None], float("nan"))
     lp = torch.where(y == a.ignore_index, 0, lp)

@@ -64,10 +64,9 @@ def reduce_lanes(m, s, sz, k):
 
 @triton.jit
 def finalize(m, s, sz, inv_t):
-    """``(lse, entropy, log_s)`` of a state, in units of ``z = x / T``; NaN for an empty (all -inf)
-    row. ``log_s = lse - m / T`` is kept apart: ``(x - m) / T - log_s`` is exact-ish where
-    ``x / T - lse`` would lose the digits of a row shifted by 1e4."""
+    """``(entropy, log_s)`` of a state, in units of ``z = x / T``; NaN for an empty (all -inf) row.
+    ``log_s = lse - m / T`` is kept apart from the max: ``(x - m) / T - log_s`` keeps every digit
+    where ``x / T - lse`` would inherit lse's rounding (rows shifted by 1e4, low temperatures)."""
     ln_s = tl.where(s > 0, tl.log(s), float("nan"))
-    lse = m * inv_t + ln_s
     entropy = ln_s - sz * inv_t / s
-    return lse, entropy, ln_s
+    return entropy, ln_s

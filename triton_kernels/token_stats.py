@@ -40,7 +40,7 @@ def token_stats_kernel(
         x = tl.load(row_ptr + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
         m, s, sz = block_update(m, s, sz, x, k)
     m_row, s_row, sz_row = reduce_lanes(m, s, sz, k)
-    _, entropy, ln_s = finalize(m_row, s_row, sz_row, inv_t)
+    entropy, ln_s = finalize(m_row, s_row, sz_row, inv_t)
     # Divisions by T where a large value is scaled (m / T, the summed shifted row), correctly
     # rounded: m * (1 / T) rounds twice, off by ~1e-3 on rows shifted by 1e4.
     if HAS_TEMP:

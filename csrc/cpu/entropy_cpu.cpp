@@ -9,37 +9,35 @@ namespace entropy_ops {
 namespace cpu {
 namespace {
 
-// Above this |lse| an fp32 lse carries an absolute error (half an ulp, >= 3.8e-6) large enough
-// to show in p_j = e^(z_j - lse): the backward then recomputes the row's exact max and log S
-// (one more exp per element, for such rows only; LLM logits stay well below).
-constexpr float kExactLseBound = 64.0f;
-
 template <typename Acc>
-void fwd_rows(const RowsArgs& r, FwdRowFn<Acc> fwd, Acc* lse_out, Acc* ent_out, Acc* logp_out) {
+void fwd_rows(const RowsArgs& r, FwdRowFn<Acc> fwd, Acc* row_max_out, Acc* log_norm_out,
+              Acc* ent_out, Acc* logp_out) {
   parallel_for(r.n_rows, row_workers(r), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      Acc lse = 0, ent = 0, logp = 0;
+      Acc row_max = 0, log_norm = 0, ent = 0, logp = 0;
       if (row_live(r, i)) {
         const void* row = row_at(r.logits, i, r.row_stride, r.dtype);
         const Acc s = row_inv_temperature<Acc>(r, i);
         const OnlineSoftmax<Acc> st = fwd(row, r.vocab, s);
         const SoftmaxStats<Acc> stats = finalize(st, s);
-        lse = stats.lse;
+        row_max = st.max;
+        log_norm = stats.log_norm;
         ent = stats.entropy;
         if (r.labels != nullptr) {
           const int64_t y = row_label(r, i);
           if (y == r.ignore_index) {
             logp = 0;
-          } else if (y < 0 || y >= r.vocab || eo_isnan(lse)) {
+          } else if (y < 0 || y >= r.vocab || eo_isnan(stats.lse)) {
             logp = quiet_nan<Acc>();
           } else {
             // z_y - lse written as s (x_y - max) - log S: the shift is exact, so a row shifted
             // by 1e4 keeps full precision in its log-prob too.
-            logp = (row_logit<Acc>(row, r.dtype, y) - st.max) * s - eo_log(st.sum_exp);
+            logp = (row_logit<Acc>(row, r.dtype, y) - st.max) * s - stats.log_norm;
           }
         }
       }
-      if (lse_out) lse_out[i] = lse;
+      if (row_max_out) row_max_out[i] = row_max;
+      if (log_norm_out) log_norm_out[i] = log_norm;
       if (ent_out) ent_out[i] = ent;
       if (logp_out) logp_out[i] = logp;
     }
@@ -47,20 +45,7 @@ void fwd_rows(const RowsArgs& r, FwdRowFn<Acc> fwd, Acc* lse_out, Acc* ent_out, 
 }
 
 template <typename Acc>
-void set_log_prob_shift(const RowsArgs& r, FwdRowFn<Acc> fwd, const void* row, Acc lse,
-                        BwdRowArgs<Acc>& a) {
-  // NaN fails the test; an infinite lse (max / T overflowing, e.g. a row of finfo.min at T < 1)
-  // is the case that most needs the exact shift.
-  const Acc mag = lse < 0 ? -lse : lse;
-  if (sizeof(Acc) != sizeof(float) || !(mag >= kExactLseBound)) return;
-  const OnlineSoftmax<Acc> st = fwd(row, r.vocab, a.inv_t);
-  if (st.max == -INFINITY || eo_isnan(st.max)) return;
-  a.x_shift = st.max;
-  a.log_sum = eo_log(st.sum_exp);
-}
-
-template <typename Acc>
-void bwd_rows(const RowsArgs& r, FwdRowFn<Acc> fwd, BwdRowFn<Acc> bwd, const Acc* lse,
+void bwd_rows(const RowsArgs& r, BwdRowFn<Acc> bwd, const Acc* row_max, const Acc* log_norm,
               const Acc* ent, const Acc* grad_ent, const Acc* grad_logp, void* grad,
               int64_t grad_row_stride) {
   parallel_for(r.n_rows, row_workers(r), [&](int64_t begin, int64_t end) {
@@ -73,8 +58,8 @@ void bwd_rows(const RowsArgs& r, FwdRowFn<Acc> fwd, BwdRowFn<Acc> bwd, const Acc
       const void* row = row_at(r.logits, i, r.row_stride, r.dtype);
       BwdRowArgs<Acc> a;
       a.inv_t = row_inv_temperature<Acc>(r, i);
-      a.x_shift = 0;
-      a.log_sum = lse[i];
+      a.x_shift = row_max[i];
+      a.log_sum = log_norm[i];
       a.entropy = ent[i];
       a.grad_entropy = grad_ent ? grad_ent[i] : Acc(0);
       a.grad_logp = 0;
@@ -87,7 +72,6 @@ void bwd_rows(const RowsArgs& r, FwdRowFn<Acc> fwd, BwdRowFn<Acc> bwd, const Acc
           a.label = (y >= 0 && y < r.vocab) ? y : -1;
         }
       }
-      if (a.grad_entropy != 0 || a.grad_logp != 0) set_log_prob_shift(r, fwd, row, lse[i], a);
       bwd(row, grow, r.vocab, a);
     }
   });
@@ -95,31 +79,35 @@ void bwd_rows(const RowsArgs& r, FwdRowFn<Acc> fwd, BwdRowFn<Acc> bwd, const Acc
 
 }  // namespace
 
-void entropy_fwd_cpu(const RowsArgs& r, void* lse_out, void* entropy_out, void* logp_out) {
+void entropy_fwd_cpu(const RowsArgs& r, void* row_max_out, void* log_norm_out, void* entropy_out,
+                     void* logp_out) {
   if (r.n_rows <= 0) return;
   if (r.dtype == kFloat64) {
-    fwd_rows<double>(r, entropy_fwd_row_f64, static_cast<double*>(lse_out),
-                     static_cast<double*>(entropy_out), static_cast<double*>(logp_out));
+    fwd_rows<double>(r, entropy_fwd_row_f64, static_cast<double*>(row_max_out),
+                     static_cast<double*>(log_norm_out), static_cast<double*>(entropy_out),
+                     static_cast<double*>(logp_out));
     return;
   }
-  fwd_rows<float>(r, active_kernels().fwd[r.dtype], static_cast<float*>(lse_out),
-                  static_cast<float*>(entropy_out), static_cast<float*>(logp_out));
+  fwd_rows<float>(r, active_kernels().fwd[r.dtype], static_cast<float*>(row_max_out),
+                  static_cast<float*>(log_norm_out), static_cast<float*>(entropy_out),
+                  static_cast<float*>(logp_out));
 }
 
-void entropy_bwd_cpu(const RowsArgs& r, const void* lse, const void* entropy,
-                     const void* grad_entropy, const void* grad_logp, void* grad_logits,
-                     int64_t grad_row_stride) {
+void entropy_bwd_cpu(const RowsArgs& r, const void* row_max, const void* log_norm,
+                     const void* entropy, const void* grad_entropy, const void* grad_logp,
+                     void* grad_logits, int64_t grad_row_stride) {
   if (r.n_rows <= 0) return;
   if (r.dtype == kFloat64) {
-    bwd_rows<double>(r, entropy_fwd_row_f64, entropy_bwd_row_f64, static_cast<const double*>(lse),
-                     static_cast<const double*>(entropy), static_cast<const double*>(grad_entropy),
+    bwd_rows<double>(r, entropy_bwd_row_f64, static_cast<const double*>(row_max),
+                     static_cast<const double*>(log_norm), static_cast<const double*>(entropy),
+                     static_cast<const double*>(grad_entropy),
                      static_cast<const double*>(grad_logp), grad_logits, grad_row_stride);
     return;
   }
-  const RowKernels& k = active_kernels();
-  bwd_rows<float>(r, k.fwd[r.dtype], k.bwd[r.dtype], static_cast<const float*>(lse),
-                  static_cast<const float*>(entropy), static_cast<const float*>(grad_entropy),
-                  static_cast<const float*>(grad_logp), grad_logits, grad_row_stride);
+  bwd_rows<float>(r, active_kernels().bwd[r.dtype], static_cast<const float*>(row_max),
+                  static_cast<const float*>(log_norm), static_cast<const float*>(entropy),
+                  static_cast<const float*>(grad_entropy), static_cast<const float*>(grad_logp),
+                  grad_logits, grad_row_stride);
 }
 
 }  // namespace cpu

@@ -26,9 +26,9 @@ constexpr double kExpFloorD = -708.0;
 template <typename Acc>
 using FwdRowFn = OnlineSoftmax<Acc> (*)(const void* row, int64_t vocab, Acc inv_t);
 
-// log p_j = (x_j - x_shift) s - log_sum. The drivers pass x_shift = 0, log_sum = lse; for fp32
-// rows whose |lse| is large they recompute the row's exact max and log S instead, since an lse
-// rounded to fp32 at 1e4 is off by ~5e-4 and every p_j would inherit that relative error.
+// log p_j = (x_j - x_shift) s - log_sum, with the row's raw max and log S saved by the forward
+// (never z_j - lse: an lse rounded to fp32 is off by half its ulp, and every p_j would inherit
+// that relative error, times 1/T in the gradient).
 template <typename Acc>
 struct BwdRowArgs {
   Acc inv_t;

@@ -1,16 +1,12 @@
 // entropy_bwd_cuda: grad_j = (gH (-p_j (log p_j + H)) + glogp (1[j=y] - p_j)) / T, written once in
 // the logits' dtype, one read of the logits. Mirrors entropy_bwd_cpu (csrc/cpu/entropy_cpu.cpp and
-// the scalar row kernel): log p_j = (x_j - shift) s - c with shift = 0, c = lse, except for rows
-// with |lse| >= 64, where shift and c are the row's exact max and log S.
+// the scalar row kernel): log p_j = (x_j - row_max) s - log_norm from the forward's saved state.
 //
-//   V <= 4096   entropy_bwd_warp_kernel: a warp per row (it recomputes max and log S itself).
-//   V >  4096   entropy_bwd_chunk_kernel: a block per (row, chunk), the forward's chunk plan. With
-//               more than one chunk, max and log S come from partial states that a pre-pass (the
-//               forward's chunk kernel, only for rows with |lse| >= 64) leaves in the workspace:
-//               in place, another chunk's block may already have overwritten what it would read.
+//   V <= 4096   entropy_bwd_warp_kernel: a warp per row.
+//   V >  4096   entropy_bwd_chunk_kernel: a block per (row, chunk), the forward's chunk plan.
 //
-// In place (grad == logits): in the recompute and in the gradient pass a thread touches the same
-// elements, and reads each before it writes it.
+// In place (grad == logits): a thread reads each of its elements before it writes it, and no
+// thread reads another's.
 #include "cuda/entropy_rows.cuh"
 #include "cuda/launchers.h"
 #include "cuda/util.cuh"
@@ -20,13 +16,13 @@ namespace gpu {
 namespace {
 
 struct BwdIn {
-  const float* lse;
+  const float* row_max;
+  const float* log_norm;
   const float* entropy;
   const float* grad_entropy;  // null: no entropy term
   const float* grad_logp;     // null: no log-prob term
   void* grad;
   int64_t grad_row_stride;
-  const float* part;  // the pre-pass's partial states (plans of more than one chunk)
 };
 
 // One row's constants, as entropy_cpu.cpp's bwd_rows sets BwdRowArgs.
@@ -38,14 +34,13 @@ struct BwdRow {
   float grad_entropy;
   float grad_logp;
   int64_t label;  // -1: no label term (none given, ignored, or out of range)
-  bool exact;     // log_sum must be recomputed: a gradient and |lse| >= 64
 };
 
 __device__ inline BwdRow row_setup(const RowArgs& r, const BwdIn& b, int64_t i) {
   BwdRow a;
   a.s = inv_temperature(r, i);
-  a.shift = 0.0f;
-  a.log_sum = b.lse[i];
+  a.shift = b.row_max[i];
+  a.log_sum = b.log_norm[i];
   a.entropy = b.entropy[i];
   a.grad_entropy = b.grad_entropy != nullptr ? b.grad_entropy[i] : 0.0f;
   a.grad_logp = 0.0f;
@@ -58,15 +53,7 @@ __device__ inline BwdRow row_setup(const RowArgs& r, const BwdIn& b, int64_t i) 
       a.label = (y >= 0 && y < r.vocab) ? y : -1;
     }
   }
-  a.exact = (a.grad_entropy != 0.0f || a.grad_logp != 0.0f) && needs_exact_lse(a.log_sum);
   return a;
-}
-
-// The row's exact max and log S, unless the row has no distribution (all -inf, NaN).
-__device__ inline void use_exact(BwdRow& a, const OnlineSoftmax<float>& st) {
-  if (st.max == -INFINITY || eo_isnan(st.max)) return;
-  a.shift = st.max;
-  a.log_sum = eo_log(st.sum_exp);
 }
 
 // The scalar row kernel's element (entropy_kernels_scalar.cpp): log p by one fma (the exact
@@ -159,15 +146,12 @@ entropy_bwd_warp_kernel(RowArgs r, BwdIn b) {
     write_zeros<Code, kAligned>(grad, len, lane, kWarpSize);
     return;
   }
-  BwdRow a = row_setup(r, b, i);
+  const BwdRow a = row_setup(r, b, i);
   if (!has_gradient(a)) {
     write_zeros<Code, kAligned>(grad, len, lane, kWarpSize);
     return;
   }
   const void* x = row_ptr<Code>(r.logits, i, r.row_stride);
-  if (a.exact) {  // uniform over the warp: row values only
-    use_exact(a, warp_merge(thread_state<Code, kAligned>(x, len, lane, kWarpSize, a.s), a.s));
-  }
   write_grad<Code, kAligned>(x, grad, len, lane, kWarpSize, a, int(a.label));
 }
 
@@ -184,21 +168,12 @@ entropy_bwd_chunk_kernel(RowArgs r, BwdIn b, ChunkPlan plan) {
     write_zeros<Code, kAligned>(grad, len, threadIdx.x, kBlockThreads);
     return;
   }
-  BwdRow a = row_setup(r, b, i);
+  const BwdRow a = row_setup(r, b, i);
   if (!has_gradient(a)) {
     write_zeros<Code, kAligned>(grad, len, threadIdx.x, kBlockThreads);
     return;
   }
   const void* row = row_ptr<Code>(r.logits, i, r.row_stride);
-  if (a.exact) {  // uniform over the block, so block_merge's barriers are too
-    if (plan.count == 1) {
-      use_exact(a, block_merge<kBlockThreads>(
-                       thread_state<Code, kAligned>(row, len, threadIdx.x, kBlockThreads, a.s),
-                       a.s));
-    } else {
-      use_exact(a, merge_parts(b.part, plan.count, r.n_rows, i, a.s));
-    }
-  }
   const int label = (a.label >= start && a.label < start + len) ? int(a.label - start) : -1;
   const void* x = static_cast<const typename Elem<Code>::Storage*>(row) + start;
   write_grad<Code, kAligned>(x, grad, len, threadIdx.x, kBlockThreads, a, label);
@@ -210,21 +185,19 @@ entropy_bwd_chunk_kernel(RowArgs r, BwdIn b, ChunkPlan plan) {
 cudaError_t entropy_bwd_cuda(const void* logits, int dtype, int64_t n_rows, int64_t vocab,
                              int64_t row_stride, const float* temperature,
                              double temperature_scalar, const void* labels, bool labels_int32,
-                             int64_t ignore_index, const uint8_t* mask, const float* lse,
-                             const float* entropy, const float* grad_entropy,
-                             const float* grad_logp, void* grad_logits, int64_t grad_row_stride,
-                             float* workspace, int64_t workspace_size, int device,
-                             cudaStream_t stream) {
+                             int64_t ignore_index, const uint8_t* mask, const float* row_max,
+                             const float* log_norm, const float* entropy,
+                             const float* grad_entropy, const float* grad_logp, void* grad_logits,
+                             int64_t grad_row_stride, int device, cudaStream_t stream) {
   using namespace gpu;
   if (n_rows <= 0) return cudaSuccess;
-  if (!launchable(dtype, workspace_size, entropy_fwd_workspace_cuda(n_rows, vocab))) {
-    return cudaErrorInvalidValue;
-  }
+  if (!launchable(dtype, 0, 0)) return cudaErrorInvalidValue;
   DeviceGuard guard(device);
   EO_CUDA_CHECK(guard.status());
   const RowArgs r = make_row_args(logits, n_rows, vocab, row_stride, temperature,
                                   temperature_scalar, labels, labels_int32, ignore_index, mask);
-  const BwdIn b = {lse, entropy, grad_entropy, grad_logp, grad_logits, grad_row_stride, workspace};
+  const BwdIn b = {row_max, log_norm, entropy, grad_entropy, grad_logp, grad_logits,
+                   grad_row_stride};
   // One path for loads and stores: in place, both are the same rows.
   const bool aligned = rows_aligned(logits, row_stride, dtype) &&
                        rows_aligned(grad_logits, grad_row_stride, dtype);
@@ -242,10 +215,6 @@ cudaError_t entropy_bwd_cuda(const void* logits, int dtype, int64_t n_rows, int6
 
   if (n_rows > kMaxGridX) return cudaErrorInvalidConfiguration;
   const ChunkPlan plan = chunk_plan(vocab);
-  if (plan.count > 1) {
-    EO_CUDA_CHECK(launch_row_partials(dtype, rows_aligned(logits, row_stride, dtype), r, plan, lse,
-                                      workspace, stream));
-  }
   const dim3 grid(unsigned(n_rows), unsigned(plan.count));
   return dispatch_dtype(dtype, aligned, [&](auto tag) {
     using Tag = decltype(tag);

@@ -1,5 +1,5 @@
-// entropy_fwd_cuda: per row lse, entropy and (with labels) the label's log-prob of softmax(x / T),
-// one read of the logits. Mirrors entropy_fwd_cpu (csrc/cpu/entropy_cpu.cpp) element for element
+// entropy_fwd_cuda: per row the raw max, log S (lse = max / T + log S), entropy and (with labels)
+// the label's log-prob of softmax(x / T), one read of the logits. Mirrors entropy_fwd_cpu (csrc/cpu/entropy_cpu.cpp) element for element
 // in its semantics; the reduction order is the GPU's own (entropy_rows.cuh).
 //
 //   V <= 4096   entropy_fwd_warp_kernel: a warp per row, 8 rows per block.
@@ -16,16 +16,17 @@ namespace gpu {
 namespace {
 
 struct FwdOut {
-  float* lse;
+  float* row_max;
+  float* log_norm;
   float* entropy;
-  float* logp;
-  float* part;               // partial states when the plan has more than one chunk
-  const float* lse_filter;   // backward pre-pass: only rows whose lse needs the exact recompute
+  float* logp;  // null without labels
+  float* part;  // partial states when the plan has more than one chunk
 };
 
 __device__ inline void store_masked_row(const FwdOut& o, int64_t i) {
-  if (o.lse) o.lse[i] = 0.0f;
-  if (o.entropy) o.entropy[i] = 0.0f;
+  o.row_max[i] = 0.0f;
+  o.log_norm[i] = 0.0f;
+  o.entropy[i] = 0.0f;
   if (o.logp) o.logp[i] = 0.0f;
 }
 
@@ -43,11 +44,12 @@ __device__ inline void store_row(const RowArgs& r, const FwdOut& o, int64_t i, c
     } else if (y < 0 || y >= r.vocab || eo_isnan(stats.lse)) {
       logp = quiet_nan<float>();
     } else {
-      logp = (load_elem<Code>(row, y) - st.max) * s - eo_log(st.sum_exp);
+      logp = (load_elem<Code>(row, y) - st.max) * s - stats.log_norm;
     }
   }
-  if (o.lse) o.lse[i] = stats.lse;
-  if (o.entropy) o.entropy[i] = stats.entropy;
+  o.row_max[i] = st.max;
+  o.log_norm[i] = stats.log_norm;
+  o.entropy[i] = stats.entropy;
   if (o.logp) o.logp[i] = logp;
 }
 
@@ -73,12 +75,11 @@ __global__ void __launch_bounds__(kBlockThreads)
 entropy_fwd_chunk_kernel(RowArgs r, FwdOut o, ChunkPlan plan) {
   const int64_t i = blockIdx.x;
   const int64_t chunk = blockIdx.y;
-  // Both tests are uniform over the block, so the barriers of block_merge stay uniform.
+  // The test is uniform over the block, so the barriers of block_merge stay uniform.
   if (!row_active(r, i)) {  // not read
     if (plan.count == 1 && threadIdx.x == 0) store_masked_row(o, i);
     return;
   }
-  if (o.lse_filter != nullptr && !needs_exact_lse(o.lse_filter[i])) return;
   const float s = inv_temperature(r, i);
   const void* row = row_ptr<Code>(r.logits, i, r.row_stride);
   const int64_t start = chunk * plan.size;
@@ -126,13 +127,6 @@ cudaError_t launch_chunks(int dtype, bool aligned, const RowArgs& r, const Chunk
 }
 
 }  // namespace
-
-cudaError_t launch_row_partials(int dtype, bool aligned, const RowArgs& r, const ChunkPlan& plan,
-                                const float* lse_filter, float* part, cudaStream_t stream) {
-  const FwdOut o = {nullptr, nullptr, nullptr, part, lse_filter};
-  return launch_chunks(dtype, aligned, r, plan, o, stream);
-}
-
 }  // namespace gpu
 
 int64_t entropy_fwd_workspace_cuda(int64_t n_rows, int64_t vocab) {
@@ -144,9 +138,10 @@ int64_t entropy_fwd_workspace_cuda(int64_t n_rows, int64_t vocab) {
 cudaError_t entropy_fwd_cuda(const void* logits, int dtype, int64_t n_rows, int64_t vocab,
                              int64_t row_stride, const float* temperature,
                              double temperature_scalar, const void* labels, bool labels_int32,
-                             int64_t ignore_index, const uint8_t* mask, float* lse_out,
-                             float* entropy_out, float* logp_out, float* workspace,
-                             int64_t workspace_size, int device, cudaStream_t stream) {
+                             int64_t ignore_index, const uint8_t* mask, float* row_max_out,
+                             float* log_norm_out, float* entropy_out, float* logp_out,
+                             float* workspace, int64_t workspace_size, int device,
+                             cudaStream_t stream) {
   using namespace gpu;
   if (n_rows <= 0) return cudaSuccess;
   if (!launchable(dtype, workspace_size, entropy_fwd_workspace_cuda(n_rows, vocab))) {
@@ -156,7 +151,7 @@ cudaError_t entropy_fwd_cuda(const void* logits, int dtype, int64_t n_rows, int6
   EO_CUDA_CHECK(guard.status());
   const RowArgs r = make_row_args(logits, n_rows, vocab, row_stride, temperature,
                                   temperature_scalar, labels, labels_int32, ignore_index, mask);
-  const FwdOut o = {lse_out, entropy_out, logp_out, workspace, nullptr};
+  const FwdOut o = {row_max_out, log_norm_out, entropy_out, logp_out, workspace};
   const bool aligned = rows_aligned(logits, row_stride, dtype);
 
   if (vocab <= kWarpRowMaxVocab) {

@@ -31,9 +31,6 @@ constexpr int kUnroll = 2;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kExp2Floor = kExp2FloorF;  // online_softmax.h
 constexpr float kExpFloor = -87.0f;
-// Backward: above this |lse| an fp32 lse is too coarse for p_j = e^(z_j - lse), so the row's
-// exact max and log S are recomputed (as the CPU driver does, entropy_cpu.cpp).
-constexpr float kExactLseBound = 64.0f;
 
 // The validated rows of the torch-free ABI (csrc/README.md), accumulation in fp32.
 struct RowArgs {
@@ -93,10 +90,6 @@ template <int Code>
 __device__ inline void* row_ptr(void* base, int64_t i, int64_t stride) {
   return static_cast<typename Elem<Code>::Storage*>(base) + i * stride;
 }
-
-// NaN fails the test; an infinite lse (max / T overflowing, e.g. a row of finfo.min at T < 1) is
-// the case that most needs the exact shift.
-__device__ inline bool needs_exact_lse(float lse) { return fabsf(lse) >= kExactLseBound; }
 
 // The state of slice[0, len) as seen by thread t of n: groups t, t + n, t + 2n, ... folded in
 // that order; the last group may be partial (padded with -inf, which adds nothing).
@@ -173,12 +166,6 @@ __device__ inline OnlineSoftmax<float> merge_parts(const float* part, int64_t n_
   }
   return st;
 }
-
-// The partial states of every active row whose |lse| needs the exact recompute (`lse_filter`),
-// or of every active row (`lse_filter` null), for a plan of more than one chunk; defined in
-// entropy_fwd.cu, used by the backward before it writes (in place) anything.
-cudaError_t launch_row_partials(int dtype, bool aligned, const RowArgs& r, const ChunkPlan& plan,
-                                const float* lse_filter, float* part, cudaStream_t stream);
 
 // Calls f(Tag) with Tag::kCode / Tag::kAligned fixed at compile time; fp32, bf16, fp16 only.
 template <int Code, bool Aligned>

@@ -16,28 +16,27 @@ namespace entropy_ops {
 cudaError_t fill_f32_cuda(float* ptr, int64_t n, float value, int device, cudaStream_t stream);
 
 // entropy forward and backward (csrc/README.md gives the ABI): the CPU ABI's arguments (fp32,
-// bf16 and fp16 only; accumulation and per-row arrays in fp32), a workspace of
-// entropy_fwd_workspace_cuda(n_rows, vocab) floats for the partial states of split rows (both
-// directions use the same size; it may be null when that size is 0), and the device and stream.
-// n_rows == 0 launches nothing. cudaErrorInvalidValue: a dtype code other than 0..2, or a
-// workspace smaller than required.
+// bf16 and fp16 only; accumulation and per-row arrays in fp32), for the forward a workspace of
+// entropy_fwd_workspace_cuda(n_rows, vocab) floats for the partial states of split rows (it may
+// be null when that size is 0), and the device and stream. n_rows == 0 launches nothing.
+// cudaErrorInvalidValue: a dtype code other than 0..2, or a workspace smaller than required.
 int64_t entropy_fwd_workspace_cuda(int64_t n_rows, int64_t vocab);
 
 cudaError_t entropy_fwd_cuda(const void* logits, int dtype, int64_t n_rows, int64_t vocab,
                              int64_t row_stride, const float* temperature,
                              double temperature_scalar, const void* labels, bool labels_int32,
-                             int64_t ignore_index, const uint8_t* mask, float* lse_out,
-                             float* entropy_out, float* logp_out, float* workspace,
-                             int64_t workspace_size, int device, cudaStream_t stream);
+                             int64_t ignore_index, const uint8_t* mask, float* row_max_out,
+                             float* log_norm_out, float* entropy_out, float* logp_out,
+                             float* workspace, int64_t workspace_size, int device,
+                             cudaStream_t stream);
 
 cudaError_t entropy_bwd_cuda(const void* logits, int dtype, int64_t n_rows, int64_t vocab,
                              int64_t row_stride, const float* temperature,
                              double temperature_scalar, const void* labels, bool labels_int32,
-                             int64_t ignore_index, const uint8_t* mask, const float* lse,
-                             const float* entropy, const float* grad_entropy,
-                             const float* grad_logp, void* grad_logits, int64_t grad_row_stride,
-                             float* workspace, int64_t workspace_size, int device,
-                             cudaStream_t stream);
+                             int64_t ignore_index, const uint8_t* mask, const float* row_max,
+                             const float* log_norm, const float* entropy,
+                             const float* grad_entropy, const float* grad_logp, void* grad_logits,
+                             int64_t grad_row_stride, int device, cudaStream_t stream);
 
 // The selective row ops and token_stats (csrc/README.md gives the ABI; the rules are those of
 // entropy_ops/backends/kernel.py): one block per row, the row arguments of entropy_fwd_cuda

@@ -18,35 +18,32 @@ def _available():
     return (module is not None, reason)
 
 
+def _per_row(x, n=1, dtype=None):
+    return tuple(torch.empty(x.shape[0], dtype=dtype or acc_dtype(x.dtype)) for _ in range(n))
+
+
 def entropy_fwd_cpu(x, labels, temperature, temperature_scalar, ignore_index, mask):
     C, _ = _native.cpu_module()
-    acc = acc_dtype(x.dtype)
-    n_rows = x.shape[0]
-    lse = torch.empty(n_rows, dtype=acc)
-    entropy = torch.empty(n_rows, dtype=acc)
-    logp = torch.empty(n_rows, dtype=acc) if labels is not None else None
+    row_max, log_norm, entropy = _per_row(x, 3)
+    logp = _per_row(x)[0] if labels is not None else None
     C.entropy_fwd_cpu(
         *row_args(x, labels, temperature, temperature_scalar, ignore_index, mask),
-        lse.data_ptr(), entropy.data_ptr(), ptr(logp),
+        row_max.data_ptr(), log_norm.data_ptr(), entropy.data_ptr(), ptr(logp),
         torch.get_num_threads(),
     )
-    return lse, entropy, logp
+    return row_max, log_norm, entropy, logp
 
 
-def entropy_bwd_cpu(x, labels, temperature, temperature_scalar, ignore_index, mask, lse, entropy,
-                    grad_entropy, grad_logp, out):
+def entropy_bwd_cpu(x, labels, temperature, temperature_scalar, ignore_index, mask, row_max,
+                    log_norm, entropy, grad_entropy, grad_logp, out):
     C, _ = _native.cpu_module()
     C.entropy_bwd_cpu(
         *row_args(x, labels, temperature, temperature_scalar, ignore_index, mask),
-        lse.data_ptr(), entropy.data_ptr(),
+        row_max.data_ptr(), log_norm.data_ptr(), entropy.data_ptr(),
         ptr(grad_entropy), ptr(grad_logp),
         out.data_ptr(), out.stride(0),
         torch.get_num_threads(),
     )
-
-
-def _per_row(x, n=1, dtype=None):
-    return tuple(torch.empty(x.shape[0], dtype=dtype or acc_dtype(x.dtype)) for _ in range(n))
 
 
 def top_p_entropy_fwd_cpu(x, temperature, temperature_scalar, top_p, mask):

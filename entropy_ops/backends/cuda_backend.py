@@ -28,36 +28,32 @@ def _available():
     return tuple(module.available())
 
 
-def _workspace(C, x):
-    size = C.entropy_fwd_workspace(x.shape[0], x.shape[1])
-    return torch.empty(size, dtype=torch.float32, device=x.device), size
+def _per_row(x, n=1, dtype=torch.float32):
+    return [torch.empty(x.shape[0], dtype=dtype, device=x.device) for _ in range(n)]
 
 
 def entropy_fwd_cuda(x, labels, temperature, temperature_scalar, ignore_index, mask):
     C, _ = _native.cuda_module()
-    n_rows = x.shape[0]
-    lse = torch.empty(n_rows, dtype=torch.float32, device=x.device)
-    entropy = torch.empty_like(lse)
-    logp = torch.empty_like(lse) if labels is not None else None
-    workspace, size = _workspace(C, x)
+    row_max, log_norm, entropy = _per_row(x, 3)
+    logp = _per_row(x)[0] if labels is not None else None
+    size = C.entropy_fwd_workspace(x.shape[0], x.shape[1])
+    workspace = torch.empty(size, dtype=torch.float32, device=x.device)
     C.entropy_fwd_cuda(
         *row_args(x, labels, temperature, temperature_scalar, ignore_index, mask),
-        lse.data_ptr(), entropy.data_ptr(), ptr(logp),
+        row_max.data_ptr(), log_norm.data_ptr(), entropy.data_ptr(), ptr(logp),
         ptr(workspace), size, *cuda_launch(x),
     )
-    return lse, entropy, logp
+    return row_max, log_norm, entropy, logp
 
 
-def entropy_bwd_cuda(x, labels, temperature, temperature_scalar, ignore_index, mask, lse, entropy,
-                     grad_entropy, grad_logp, out):
+def entropy_bwd_cuda(x, labels, temperature, temperature_scalar, ignore_index, mask, row_max,
+                     log_norm, entropy, grad_entropy, grad_logp, out):
     C, _ = _native.cuda_module()
-    workspace, size = _workspace(C, x)
     C.entropy_bwd_cuda(
         *row_args(x, labels, temperature, temperature_scalar, ignore_index, mask),
-        lse.data_ptr(), entropy.data_ptr(),
+        row_max.data_ptr(), log_norm.data_ptr(), entropy.data_ptr(),
         ptr(grad_entropy), ptr(grad_logp),
-        out.data_ptr(), out.stride(0),
-        ptr(workspace), size, *cuda_launch(x),
+        out.data_ptr(), out.stride(0), *cuda_launch(x),
     )
 
 
@@ -65,10 +61,6 @@ def _rows_no_labels(x, temperature, temperature_scalar, mask):
     """``logits, dtype, n_rows, vocab, row_stride, temperature, temperature_scalar, mask``."""
     return (x.data_ptr(), DTYPE_CODES[x.dtype], x.shape[0], x.shape[1], x.stride(0),
             ptr(temperature), float(temperature_scalar), ptr(mask))
-
-
-def _per_row(x, n=1, dtype=torch.float32):
-    return [torch.empty(x.shape[0], dtype=dtype, device=x.device) for _ in range(n)]
 
 
 def top_p_entropy_fwd_cuda(x, temperature, temperature_scalar, top_p, mask):

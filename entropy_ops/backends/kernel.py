@@ -7,6 +7,13 @@ dtype (float32, or float64 for float64 logits); ``temperature`` is None when the
 ``temperature_scalar`` applies to every row. A row whose ``mask`` is False is never read: its
 outputs are 0 (bool outputs False) and its gradient row is 0.
 
+**Row state.** The entropy kernels save per row ``row_max = max_j x_j`` (raw logits, accumulation
+dtype) and ``log_norm = log sum_j exp((x_j - row_max) / T)``, so ``lse = row_max / T + log_norm``
+without ever rounding ``lse`` itself; the backward forms ``log p_j = (x_j - row_max) / T - log_norm``.
+A rounded float32 ``lse`` would put half its ulp (1.9e-6 just below 64) into every ``log p_j``,
+and the gradient multiplies that by ``1 / T``. Rows without a distribution (all ``-inf``, NaN,
+``+inf``) have a NaN ``log_norm``; masked rows have 0s.
+
 Selective ops (``top_p_*``, ``min_p_*``) decide which tokens a row keeps from the row's own values
 of ``e_j = exp((x_j - max_k x_k) / T)`` in the accumulation dtype (the shift is taken in raw-logit
 units; ``e`` of the max token is exactly 1, ``e = 0`` for ``-inf`` logits). A backend may compute
@@ -45,9 +52,11 @@ import torch
 
 
 class RowKernel(NamedTuple):
-    fwd: Callable  # (x, labels, temperature, temperature_scalar, ignore_index, mask) -> (lse, entropy, logp|None)
-    bwd: Callable  # (x, labels, temperature, temperature_scalar, ignore_index, mask, lse, entropy,
-    #                 grad_entropy|None, grad_logp|None, out) -> None, writes out [N, V] (may alias x)
+    fwd: Callable  # (x, labels, temperature, temperature_scalar, ignore_index, mask)
+    #                -> (row_max, log_norm, entropy, logp|None), each [N]; see "Row state" above
+    bwd: Callable  # (x, labels, temperature, temperature_scalar, ignore_index, mask, row_max,
+    #                 log_norm, entropy, grad_entropy|None, grad_logp|None, out) -> None,
+    #                 writes out [N, V] (may alias x)
 
 
 class TopPKernel(NamedTuple):

@@ -21,14 +21,19 @@ def _chunks(n_rows: int, vocab: int):
         yield start, min(n_rows, start + step)
 
 
+def _temperature(temperature, temperature_scalar, start, end):
+    """The temperature of a chunk of rows: the Python float, or a ``[rows, 1]`` column."""
+    return temperature_scalar if temperature is None else temperature[start:end, None]
+
+
 def _shifted(x, temperature, temperature_scalar, start, end):
-    """``(z - max z, max z)`` of a chunk of rows, ``z = x / T``. The shift is taken in raw-logit
-    units before dividing (``x - max x`` is exact), so rows shifted by 1e4 keep their digits."""
+    """``((x - max x) / T, max x)`` of a chunk of rows, the max in raw-logit units ``[rows, 1]``.
+    The shift is taken before dividing (``x - max x`` is exact), so rows shifted by 1e4 keep their
+    digits."""
     raw = x[start:end].to(acc_dtype(x.dtype))
     m = raw.amax(dim=-1, keepdim=True)
-    t = temperature_scalar if temperature is None else temperature[start:end, None]
-    # An all -inf row would give -inf - -inf = NaN here; it is made NaN explicitly below anyway.
-    return (raw - m) / t, m / t
+    # An all -inf row gives -inf - -inf = NaN here; it is made NaN explicitly anyway.
+    return (raw - m) / _temperature(temperature, temperature_scalar, start, end), m
 
 
 def _mean_shifted(x, temperature, temperature_scalar, start, end):
@@ -48,46 +53,43 @@ def _label_terms(labels, ignore_index, vocab, start, end):
 def entropy_fwd_torch(x, labels, temperature, temperature_scalar, ignore_index, mask):
     n_rows, vocab = x.shape
     acc = acc_dtype(x.dtype)
-    lse = torch.empty(n_rows, dtype=acc, device=x.device)
-    entropy = torch.empty_like(lse)
-    logp = torch.empty_like(lse) if labels is not None else None
+    row_max, log_norm, entropy = (torch.empty(n_rows, dtype=acc, device=x.device) for _ in range(3))
+    logp = torch.empty_like(entropy) if labels is not None else None
     for start, end in _chunks(n_rows, vocab):
         shifted, m = _shifted(x, temperature, temperature_scalar, start, end)
         e = shifted.exp()
         s = e.sum(-1)
         # Shifted accumulation of sum p z, and a p = 0 term is exactly 0 (never 0 * -inf).
         s_z = torch.where(e > 0, e * shifted, 0).sum(-1)
-        log_s = s.log()
-        row_lse = m.squeeze(-1) + log_s
-        row_h = log_s - s_z / s
-        # An all -inf row has lse = -inf; SPEC wants NaN for it, like for NaN/+inf rows.
-        row_lse = torch.where(torch.isneginf(row_lse), float("nan"), row_lse)
-        row_h = torch.where(torch.isnan(row_lse), float("nan"), row_h)
-        lse[start:end] = row_lse
-        entropy[start:end] = row_h
+        m = m.squeeze(-1)
+        # NaN/+inf entries give a NaN sum already; an all -inf row (m = -inf) has no distribution
+        # either, and SPEC wants NaN for it too.
+        log_s = torch.where(torch.isneginf(m), float("nan"), s.log())
+        row_max[start:end] = m
+        log_norm[start:end] = log_s
+        entropy[start:end] = log_s - s_z / s
         if labels is not None:
             y, ignored, in_range = _label_terms(labels, ignore_index, vocab, start, end)
             # (z_y - m) - log s keeps the digits that z_y - lse loses on rows shifted by 1e4.
             shifted_y = shifted.gather(-1, y[:, None]).squeeze(-1)
-            row_logp = torch.where(in_range & ~torch.isnan(row_lse), shifted_y - log_s, float("nan"))
+            row_logp = torch.where(in_range & ~torch.isnan(log_s), shifted_y - log_s, float("nan"))
             logp[start:end] = torch.where(ignored, 0, row_logp)
     if mask is not None:
-        lse = torch.where(mask, lse, 0)
-        entropy = torch.where(mask, entropy, 0)
+        row_max, log_norm, entropy = (torch.where(mask, v, 0) for v in (row_max, log_norm, entropy))
         logp = torch.where(mask, logp, 0) if logp is not None else None
-    return lse, entropy, logp
+    return row_max, log_norm, entropy, logp
 
 
-def entropy_bwd_torch(x, labels, temperature, temperature_scalar, ignore_index, mask, lse, entropy,
-                      grad_entropy, grad_logp, out):
+def entropy_bwd_torch(x, labels, temperature, temperature_scalar, ignore_index, mask, row_max,
+                      log_norm, entropy, grad_entropy, grad_logp, out):
     n_rows, vocab = x.shape
     for start, end in _chunks(n_rows, vocab):
-        # log p from the row's own max and log-sum, not z - lse: an fp32 lse near 1e4 is off by
-        # ~5e-4 and every p_j would inherit that (the saved lse is not precise enough).
-        shifted, _ = _shifted(x, temperature, temperature_scalar, start, end)
-        log_p = shifted - shifted.logsumexp(dim=-1, keepdim=True)
+        t = _temperature(temperature, temperature_scalar, start, end)
+        raw = x[start:end].to(row_max.dtype)
+        # log p from the saved row max and log-sum (never z - lse, see kernel.py's "Row state").
+        log_p = (raw - row_max[start:end, None]) / t - log_norm[start:end, None]
         p = log_p.exp()
-        g = torch.zeros_like(shifted)
+        g = torch.zeros_like(log_p)
         if grad_entropy is not None:
             g_h = grad_entropy[start:end, None]
             # p == 0 (a masked token) gives exactly 0; a bad row's NaN p stays NaN, as on cpu.
@@ -95,11 +97,11 @@ def entropy_bwd_torch(x, labels, temperature, temperature_scalar, ignore_index, 
             g = g + torch.where(g_h != 0, g_h * d_h, 0)
         if labels is not None and grad_logp is not None:
             y, ignored, _ = _label_terms(labels, ignore_index, vocab, start, end)
-            one_hot = torch.nn.functional.one_hot(y, vocab).to(shifted.dtype)
+            one_hot = torch.nn.functional.one_hot(y, vocab).to(log_p.dtype)
             g_l = grad_logp[start:end, None]
             live = (g_l != 0) & ~ignored[:, None]
             g = g + torch.where(live, g_l * (one_hot - p), 0)
-        g = g / (temperature_scalar if temperature is None else temperature[start:end, None])
+        g = g / t
         if mask is not None:
             g = torch.where(mask[start:end, None], g, 0)
         out[start:end] = g
@@ -127,7 +129,7 @@ def token_stats_torch(x, labels, temperature, temperature_scalar, ignore_index, 
         # varentropy as sum p (log p + H)^2: equal to sum p (log p)^2 - H^2, never negative, and
         # free of the cancellation between two terms of size H^2.
         centred = log_p + h
-        lse = (m + log_s).squeeze(-1)
+        lse = (m / _temperature(temperature, temperature_scalar, start, end) + log_s).squeeze(-1)
         bad = torch.isnan(lse) | torch.isneginf(lse)  # NaN/+inf entries, or an all -inf row
         rows = {
             "lse": lse,

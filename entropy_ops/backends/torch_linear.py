@@ -49,7 +49,8 @@ class LinearArgs(NamedTuple):
 
 
 class LinearKernel(NamedTuple):
-    fwd: object  # (LinearArgs) -> (logp [N, K], entropy [N], state [N, 2]) in the accumulation dtype
+    fwd: object  # (LinearArgs) -> (logp [N, K], entropy [N], state [N, 2]) in the accumulation dtype;
+    #              state[:, 0] the raw max of each row of z, state[:, 1] its log_norm (kernel.py)
     bwd: object  # (LinearArgs, state, entropy, grad_logp [N, K]|None, grad_entropy [N]|None,
     #               need_hidden, need_weight) -> (grad_hidden|None, grad_weight|None, grad_bias|None)
 
@@ -129,29 +130,35 @@ def _per_row_slice(t, start, end):
     return None if t is None else t[start:end]
 
 
-def gather_logp(z, labels, temperature, temperature_scalar, ignore_index, mask, lse):
-    """``logp_k = z_{y_k} / T - lse`` for ``[rows, K]`` labels: 0 where ignored or masked, NaN where
-    the label is out of range or the row is bad (NaN lse)."""
+def _log_probs(z, t, row_max, log_norm):
+    """``log p = (z - row_max) / T - log_norm`` of ``z [rows, k]`` (kernel.py's "Row state")."""
+    return (z - row_max[:, None]) / t - log_norm[:, None]
+
+
+def gather_logp(z, labels, temperature, temperature_scalar, ignore_index, mask, row_max, log_norm):
+    """``logp_k`` for ``[rows, K]`` labels: 0 where ignored or masked, NaN where the label is out of
+    range or the row is bad (NaN log_norm)."""
     vocab = z.shape[1]
     y = labels.long()
     in_range = (y >= 0) & (y < vocab)
     t = temperature_scalar if temperature is None else temperature[:, None]
-    z_y = z.gather(1, y.clamp(0, vocab - 1)) / t
-    logp = torch.where(in_range, z_y - lse[:, None], float("nan"))
+    z_y = z.gather(1, y.clamp(0, vocab - 1))
+    logp = torch.where(in_range, _log_probs(z_y, t, row_max, log_norm), float("nan"))
     logp = torch.where(y == ignore_index, 0, logp)
     return logp if mask is None else torch.where(mask[:, None], logp, 0)
 
 
 def chunk_row_states(row_kernel: RowKernel, a: LinearArgs, z, start, end):
-    """``(lse, entropy, logp [rows, K])`` of one chunk of logits ``z [rows, V]``: the one place where
-    per-chunk row states are produced (a vocab-parallel version merges them across ranks here)."""
+    """``(row_max, log_norm, entropy, logp [rows, K])`` of one chunk of logits ``z [rows, V]``: the
+    one place where per-chunk row states are produced."""
     t, m = _per_row_slice(a.temperature, start, end), _per_row_slice(a.mask, start, end)
     y = a.labels[start:end]
-    if y.shape[1] == 1:  # the row kernel's own logp: (z_y - max) / T - log s, exact on shifted rows
-        lse, h, logp = row_kernel.fwd(z, y[:, 0], t, a.temperature_scalar, a.ignore_index, m)
-        return lse, h, logp[:, None]
-    lse, h, _ = row_kernel.fwd(z, None, t, a.temperature_scalar, a.ignore_index, m)
-    return lse, h, gather_logp(z, y, t, a.temperature_scalar, a.ignore_index, m, lse)
+    if y.shape[1] == 1:  # the row kernel's own logp
+        row_max, log_norm, h, logp = row_kernel.fwd(z, y[:, 0], t, a.temperature_scalar, a.ignore_index, m)
+        return row_max, log_norm, h, logp[:, None]
+    row_max, log_norm, h, _ = row_kernel.fwd(z, None, t, a.temperature_scalar, a.ignore_index, m)
+    return row_max, log_norm, h, gather_logp(z, y, t, a.temperature_scalar, a.ignore_index, m, row_max,
+                                             log_norm)
 
 
 def linear_fwd_chunked(row_kernel: RowKernel, a: LinearArgs):
@@ -160,17 +167,17 @@ def linear_fwd_chunked(row_kernel: RowKernel, a: LinearArgs):
     dev = a.hidden.device
     logp = torch.empty(n_rows, a.labels.shape[1], dtype=acc, device=dev)
     entropy = torch.empty(n_rows, dtype=acc, device=dev)
-    state = torch.zeros(n_rows, 2, dtype=acc, device=dev)
+    state = torch.empty(n_rows, 2, dtype=acc, device=dev)
     w = product_weight(a.weight)
     for start, end in _chunks(n_rows, chunk_rows(vocab, dev, a.chunk_size)):
         z = chunk_logits(a, w, a.hidden[start:end])[:end - start]
-        lse, entropy[start:end], logp[start:end] = chunk_row_states(row_kernel, a, z, start, end)
-        state[start:end, 0] = lse
+        row_max, log_norm, entropy[start:end], logp[start:end] = chunk_row_states(row_kernel, a, z, start, end)
+        state[start:end, 0], state[start:end, 1] = row_max, log_norm
         del z  # before the next chunk's product allocates its own
     return logp, entropy, state
 
 
-def _label_grads(g, z, a, start, end, lse, grad_logp):
+def _label_grads(g, z, a, start, end, row_max, log_norm, grad_logp):
     """Adds ``sum_k g_k (1[j = y_k] - p_j) / T`` to ``g`` for ``[rows, K]`` labels (K > 1)."""
     vocab = z.shape[1]
     y = a.labels[start:end].long()
@@ -181,12 +188,13 @@ def _label_grads(g, z, a, start, end, lse, grad_logp):
     total = g_k.sum(1, keepdim=True)
     t = a.temperature_scalar if a.temperature is None else a.temperature[start:end, None]
     # One chunk-sized buffer, in place: total * p / t, and exactly 0 where total is 0 (p may be NaN).
-    p = z.div(t).sub_(lse[:, None]).exp_().mul_(total).div_(t).masked_fill_(total == 0, 0)
+    p = z.sub(row_max[:, None]).div_(t).sub_(log_norm[:, None]).exp_().mul_(total).div_(t)
+    p.masked_fill_(total == 0, 0)
     g.sub_(p)
     g.scatter_add_(1, y.clamp(0, vocab - 1), g_k / t)
 
 
-def _chunk_grad_logits(row_kernel, a, w, start, end, lse, entropy, grad_logp, grad_entropy):
+def _chunk_grad_logits(row_kernel, a, w, start, end, row_max, log_norm, entropy, grad_logp, grad_entropy):
     """``dL/d(h W^T + b)`` of one chunk, ``[max(rows, 16), V]`` in the accumulation dtype (padding
     rows 0): the row kernel's ``dL/dz``, then the chain through softcap and logit_scale."""
     rows = end - start
@@ -201,10 +209,11 @@ def _chunk_grad_logits(row_kernel, a, w, start, end, lse, entropy, grad_logp, gr
     g_full = z_full if one_label else torch.empty_like(z_full)  # the kernel may overwrite its input
     g = g_full[:rows]
     row_kernel.bwd(z, y[:, 0] if one_label else None, t, a.temperature_scalar, a.ignore_index, m,
-                   lse[start:end], entropy[start:end], _per_row_slice(grad_entropy, start, end),
+                   row_max[start:end], log_norm[start:end], entropy[start:end],
+                   _per_row_slice(grad_entropy, start, end),
                    grad_logp[start:end, 0] if one_label and grad_logp is not None else None, g)
     if not one_label and grad_logp is not None:
-        _label_grads(g, z, a, start, end, lse[start:end], grad_logp[start:end])
+        _label_grads(g, z, a, start, end, row_max[start:end], log_norm[start:end], grad_logp[start:end])
     g_full[rows:] = 0
     if factor is not None:
         # Zeroed where g is 0 first: a masked row's factor may be NaN (NaN hidden), its gradient is 0.
@@ -238,10 +247,11 @@ def linear_bwd_chunked(row_kernel: RowKernel, a: LinearArgs, state, entropy, gra
     grad_hidden = torch.empty(a.hidden.shape, dtype=a.hidden.dtype, device=a.hidden.device) if need_hidden else None
     grad_w = torch.zeros(a.weight.shape, dtype=acc, device=a.weight.device) if need_weight else None
     grad_b = torch.zeros(vocab, dtype=acc, device=a.weight.device) if need_weight and a.bias is not None else None
-    lse = state[:, 0].contiguous()
+    row_max, log_norm = state[:, 0].contiguous(), state[:, 1].contiguous()
     for start, end in _chunks(n_rows, chunk_rows(vocab, a.hidden.device, a.chunk_size)):
         rows = end - start
-        g = _chunk_grad_logits(row_kernel, a, w, start, end, lse, entropy, grad_logp, grad_entropy)
+        g = _chunk_grad_logits(row_kernel, a, w, start, end, row_max, log_norm, entropy, grad_logp,
+                               grad_entropy)
         g_mm = g.to(mm_dtype)
         if need_hidden:
             grad_hidden[start:end] = _mm_acc(g_mm, w.to(mm_dtype), acc)[:rows]

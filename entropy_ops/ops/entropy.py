@@ -6,7 +6,10 @@
 
 Both public functions call one custom op each; they share one backward op per mode
 (``entropy_ops::entropy_bwd`` out of place, ``entropy_ops::entropy_bwd_`` writing the gradient into
-the logits' own buffer).
+the logits' own buffer). The forward saves each row's ``(row_max, log_norm)`` with
+``lse = row_max / T + log_norm`` (kernel.py's "Row state"): the backward's ``log p`` keeps every
+digit at any temperature, where a rounded float32 ``lse`` would put its rounding (up to 1.9e-6 for
+``|lse| < 64``) times ``1 / T`` into the gradient.
 """
 from typing import Optional, Tuple
 
@@ -27,66 +30,72 @@ def _forward(logits, labels, temperature, temperature_scalar, ignore_index, mask
     m = per_row(mask, n_rows)
     check_values(x, y, t, ignore_index, m)
     kernel = _backends.get_kernel(backend, "entropy")
-    lse, h, logp = kernel.fwd(x, y, t, temperature_scalar, ignore_index, m)
+    row_max, log_norm, h, logp = kernel.fwd(x, y, t, temperature_scalar, ignore_index, m)
     leading = logits.shape[:-1]
-    return lse.view(leading), h.view(leading), None if logp is None else logp.view(leading)
+    return (row_max.view(leading), log_norm.view(leading), h.view(leading),
+            None if logp is None else logp.view(leading))
 
 
 # ---- forward ops ---------------------------------------------------------------------------------
 
 @torch.library.custom_op("entropy_ops::entropy", mutates_args=())
 def _entropy_op(logits: Tensor, temperature: Optional[Tensor], temperature_scalar: float,
-                mask: Optional[Tensor], inplace_backward: bool, backend: str) -> Tuple[Tensor, Tensor]:
-    lse, h, _ = _forward(logits, None, temperature, temperature_scalar, -100, mask, backend)
-    return h, lse
+                mask: Optional[Tensor], inplace_backward: bool,
+                backend: str) -> Tuple[Tensor, Tensor, Tensor]:
+    """``(entropy, row_max, log_norm)``, each of the leading shape."""
+    row_max, log_norm, h, _ = _forward(logits, None, temperature, temperature_scalar, -100, mask, backend)
+    return h, row_max, log_norm
 
 
 @_entropy_op.register_fake
 def _(logits, temperature, temperature_scalar, mask, inplace_backward, backend):
-    return leading_empty(logits), leading_empty(logits)
+    return leading_empty(logits), leading_empty(logits), leading_empty(logits)
 
 
 @torch.library.custom_op("entropy_ops::logprobs_and_entropy", mutates_args=())
 def _logprobs_and_entropy_op(logits: Tensor, labels: Tensor, temperature: Optional[Tensor],
                              temperature_scalar: float, ignore_index: int, mask: Optional[Tensor],
-                             inplace_backward: bool, backend: str) -> Tuple[Tensor, Tensor, Tensor]:
-    lse, h, logp = _forward(logits, labels, temperature, temperature_scalar, ignore_index, mask, backend)
-    return logp, h, lse
+                             inplace_backward: bool, backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(logp, entropy, row_max, log_norm)``, each of the leading shape."""
+    row_max, log_norm, h, logp = _forward(logits, labels, temperature, temperature_scalar, ignore_index,
+                                          mask, backend)
+    return logp, h, row_max, log_norm
 
 
 @_logprobs_and_entropy_op.register_fake
 def _(logits, labels, temperature, temperature_scalar, ignore_index, mask, inplace_backward, backend):
-    return leading_empty(logits), leading_empty(logits), leading_empty(logits)
+    return tuple(leading_empty(logits) for _ in range(4))
 
 
 # ---- backward ops --------------------------------------------------------------------------------
 
 def _backward_into(out2d, logits, labels, temperature, temperature_scalar, ignore_index, mask,
-                   lse, entropy, grad_entropy, grad_logp, backend):
+                   row_max, log_norm, entropy, grad_entropy, grad_logp, backend):
     x = rows(logits)
     n_rows = x.shape[0]
     acc = acc_dtype(logits.dtype)
     kernel = _backends.get_kernel(backend, "entropy")
     kernel.bwd(
         x, per_row(labels, n_rows), flat_temperature(temperature, x, n_rows), temperature_scalar,
-        ignore_index, per_row(mask, n_rows), per_row(lse, n_rows), per_row(entropy, n_rows),
+        ignore_index, per_row(mask, n_rows), per_row(row_max, n_rows), per_row(log_norm, n_rows),
+        per_row(entropy, n_rows),
         per_row(grad_entropy, n_rows, acc), per_row(grad_logp, n_rows, acc), out2d,
     )
 
 
 @torch.library.custom_op("entropy_ops::entropy_bwd", mutates_args=())
 def _entropy_bwd_op(logits: Tensor, labels: Optional[Tensor], temperature: Optional[Tensor],
-                    temperature_scalar: float, ignore_index: int, mask: Optional[Tensor], lse: Tensor,
-                    entropy: Tensor, grad_entropy: Optional[Tensor], grad_logp: Optional[Tensor],
-                    backend: str) -> Tensor:
+                    temperature_scalar: float, ignore_index: int, mask: Optional[Tensor],
+                    row_max: Tensor, log_norm: Tensor, entropy: Tensor, grad_entropy: Optional[Tensor],
+                    grad_logp: Optional[Tensor], backend: str) -> Tensor:
     grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
     _backward_into(rows(grad), logits, labels, temperature, temperature_scalar, ignore_index, mask,
-                   lse, entropy, grad_entropy, grad_logp, backend)
+                   row_max, log_norm, entropy, grad_entropy, grad_logp, backend)
     return grad
 
 
 @_entropy_bwd_op.register_fake
-def _(logits, labels, temperature, temperature_scalar, ignore_index, mask, lse, entropy,
+def _(logits, labels, temperature, temperature_scalar, ignore_index, mask, row_max, log_norm, entropy,
       grad_entropy, grad_logp, backend):
     return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
 
@@ -94,14 +103,15 @@ def _(logits, labels, temperature, temperature_scalar, ignore_index, mask, lse, 
 @torch.library.custom_op("entropy_ops::entropy_bwd_", mutates_args=("logits",))
 def _entropy_bwd_inplace_op(logits: Tensor, labels: Optional[Tensor], temperature: Optional[Tensor],
                             temperature_scalar: float, ignore_index: int, mask: Optional[Tensor],
-                            lse: Tensor, entropy: Tensor, grad_entropy: Optional[Tensor],
-                            grad_logp: Optional[Tensor], backend: str) -> None:
+                            row_max: Tensor, log_norm: Tensor, entropy: Tensor,
+                            grad_entropy: Optional[Tensor], grad_logp: Optional[Tensor],
+                            backend: str) -> None:
     try:
         out2d = logits.view(-1, logits.shape[-1])
     except RuntimeError:  # leading dims that do not collapse: compute aside, then copy back
         out2d = None
-    args = (logits, labels, temperature, temperature_scalar, ignore_index, mask, lse, entropy,
-            grad_entropy, grad_logp, backend)
+    args = (logits, labels, temperature, temperature_scalar, ignore_index, mask, row_max, log_norm,
+            entropy, grad_entropy, grad_logp, backend)
     if out2d is not None:
         _backward_into(out2d, *args)
     else:
@@ -134,9 +144,9 @@ def _holds_its_gradient(logits: Tensor) -> bool:
 def _grad_logits(ctx, grad_entropy, grad_logp):
     if grad_entropy is None and grad_logp is None:
         return None
-    logits, labels, temperature, mask, lse, entropy = ctx.saved_tensors
-    args = (labels, temperature, ctx.temperature_scalar, ctx.ignore_index, mask, lse, entropy,
-            grad_entropy, grad_logp, ctx.backend)
+    logits, labels, temperature, mask, row_max, log_norm, entropy = ctx.saved_tensors
+    args = (labels, temperature, ctx.temperature_scalar, ctx.ignore_index, mask, row_max, log_norm,
+            entropy, grad_entropy, grad_logp, ctx.backend)
     # In place only in a plain backward: under create_graph the returned buffer would carry the
     # logits' own history as its graph (a wrong double backward instead of the error below).
     if ctx.inplace_backward and not torch.is_grad_enabled() and _holds_its_gradient(logits):
@@ -149,27 +159,27 @@ def _grad_logits(ctx, grad_entropy, grad_logp):
 
 def _setup_entropy(ctx, inputs, output):
     logits, temperature, temperature_scalar, mask, inplace_backward, backend = inputs
-    h, lse = output
-    ctx.save_for_backward(logits, None, temperature, mask, lse, h)
+    h, row_max, log_norm = output
+    ctx.save_for_backward(logits, None, temperature, mask, row_max, log_norm, h)
     ctx.temperature_scalar, ctx.ignore_index = temperature_scalar, -100
     ctx.inplace_backward, ctx.backend = inplace_backward, backend
-    ctx.mark_non_differentiable(lse)
+    ctx.mark_non_differentiable(row_max, log_norm)
 
 
-def _backward_entropy(ctx, grad_h, grad_lse):
+def _backward_entropy(ctx, grad_h, grad_row_max, grad_log_norm):
     return _grad_logits(ctx, grad_h, None), None, None, None, None, None
 
 
 def _setup_logprobs_and_entropy(ctx, inputs, output):
     logits, labels, temperature, temperature_scalar, ignore_index, mask, inplace_backward, backend = inputs
-    logp, h, lse = output
-    ctx.save_for_backward(logits, labels, temperature, mask, lse, h)
+    logp, h, row_max, log_norm = output
+    ctx.save_for_backward(logits, labels, temperature, mask, row_max, log_norm, h)
     ctx.temperature_scalar, ctx.ignore_index = temperature_scalar, ignore_index
     ctx.inplace_backward, ctx.backend = inplace_backward, backend
-    ctx.mark_non_differentiable(lse)
+    ctx.mark_non_differentiable(row_max, log_norm)
 
 
-def _backward_logprobs_and_entropy(ctx, grad_logp, grad_h, grad_lse):
+def _backward_logprobs_and_entropy(ctx, grad_logp, grad_h, grad_row_max, grad_log_norm):
     return _grad_logits(ctx, grad_h, grad_logp), None, None, None, None, None, None, None
 
 
@@ -214,7 +224,7 @@ def entropy(logits: Tensor, temperature=1.0, *, mask: Optional[Tensor] = None,
         group, vocab_start = _validate_vocab.vocab_parallel(process_group, vocab_start, inplace_backward)
         return _vocab_parallel.entropy(logits, t, t_scalar, mask, group, vocab_start)
     backend = _backends.resolve("entropy", logits.device, logits.dtype)
-    h, _ = _entropy_op(logits, t, t_scalar, mask, inplace_backward, backend)
+    h, _, _ = _entropy_op(logits, t, t_scalar, mask, inplace_backward, backend)
     return h
 
 
@@ -247,6 +257,6 @@ def logprobs_and_entropy(logits: Tensor, labels: Tensor, temperature=1.0, ignore
         return _vocab_parallel.logprobs_and_entropy(logits, labels, t, t_scalar, ignore_index, mask,
                                                     group, vocab_start)
     backend = _backends.resolve("logprobs_and_entropy", logits.device, logits.dtype)
-    logp, h, _ = _logprobs_and_entropy_op(logits, labels, t, t_scalar, ignore_index, mask,
-                                          inplace_backward, backend)
+    logp, h, _, _ = _logprobs_and_entropy_op(logits, labels, t, t_scalar, ignore_index, mask,
+                                             inplace_backward, backend)
     return logp, h

@@ -26,7 +26,6 @@ class Shard(NamedTuple):
     mask: Optional[Tensor]  # [N] bool or None
     live: Tensor  # [N] bool: mask, or all True
     m: Tensor  # [N] acc dtype: the raw max of the local row (NaN if it holds a NaN, -inf if all -inf)
-    argmax: Tensor  # [N] int64: where that max is
     bad: Tensor  # [N] bool: the local row holds NaN/+inf (live rows only)
     present: Tensor  # [N] bool: live, not bad, and not all -inf: the shard has mass in this row
 
@@ -36,37 +35,6 @@ class Shard(NamedTuple):
         return self.t_scalar if self.t is None else self.t.to(F64)
 
 
-_BLOCK = 1024
-
-
-def row_max_and_argmax(x: Tensor):
-    """``(max, an index of it)`` of every row of ``x [N, V_r]``, NaN-propagating, in one read of ``x``.
-
-    This is the one extra read of the shard in forward: the merge needs each shard's exact raw max
-    (and the row kernels return ``-log s_r`` exactly for a label at the max), which no row kernel
-    returns next to the entropy. ``torch.max(dim)`` gives both but is ~10x slower than ``amax`` on
-    CPU bf16 (11.5 vs 0.9 ms on ``[256, 16000]``; an amax over blocks of 64 is no faster than it,
-    over blocks of 1024 nearly as fast as a whole-row amax), so: the max of each block of
-    ``_BLOCK`` entries (one ``amax``), the winning block, then the argmax inside that block only.
-    """
-    n, vocab = x.shape
-    acc = acc_dtype(x.dtype)  # argmax in the accumulation dtype: exact, and faster than bf16's
-    n_full = vocab // _BLOCK
-    full = x[:, :n_full * _BLOCK].view(n, n_full, _BLOCK)
-    tail = x[:, n_full * _BLOCK:]
-    blocks = [full.amax(-1)] + ([tail.amax(-1, keepdim=True)] if tail.shape[-1] else [])
-    block_max = torch.cat(blocks, -1)
-    best = block_max.argmax(-1)  # NaN counts as the max, so NaN rows report NaN below
-    row_max = block_max.gather(1, best[:, None]).squeeze(1)
-    index = torch.zeros_like(best)
-    if tail.shape[-1]:
-        index = n_full * _BLOCK + tail.to(acc).argmax(-1)
-    if n_full:
-        winner = full[torch.arange(n, device=x.device), best.clamp(max=n_full - 1)]  # [N, _BLOCK]
-        index = torch.where(best < n_full, best * _BLOCK + winner.to(acc).argmax(-1), index)
-    return row_max, index
-
-
 def make_shard(logits: Tensor, temperature, t_scalar: float, mask, ignore_index: int = -100) -> Shard:
     x = rows(logits)
     n = x.shape[0]
@@ -74,11 +42,10 @@ def make_shard(logits: Tensor, temperature, t_scalar: float, mask, ignore_index:
     m = per_row(mask, n)
     check_values(x, None, t, ignore_index, m)
     live = m if m is not None else torch.ones(n, dtype=torch.bool, device=x.device)
-    row_max, argmax = row_max_and_argmax(x)
-    row_max = row_max.to(acc_dtype(x.dtype))
+    row_max = x.amax(-1).to(acc_dtype(x.dtype))  # NaN-propagating
     bad = (torch.isnan(row_max) | (row_max == float("inf"))) & live
     present = live & ~bad & (row_max > float("-inf"))
-    return Shard(x, t, t_scalar, m, live, row_max, argmax, bad, present)
+    return Shard(x, t, t_scalar, m, live, row_max, bad, present)
 
 
 class Labels(NamedTuple):

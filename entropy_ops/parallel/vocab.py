@@ -2,8 +2,7 @@
 vocab shard, every rank gets the unsharded result.
 
 Forward, per row, with shard ``r`` holding raw max ``m_r``, ``s_r = sum_{j in r} e^{(x_j - m_r)/T}``
-and local entropy ``H_r`` (the row kernel on the shard, its label set to the local argmax so that
-its logp is ``-log s_r`` exactly):
+and local entropy ``H_r`` (the row kernel on the shard: its ``log_norm`` is ``log s_r``):
 
     collective 1: M = max_r m_r                                  (all-reduce MAX, [N] floats)
     a_r = (m_r - M) / T,  S_r = e^{a_r} s_r,  u_r = S_r (H_r - log s_r - a_r)      (all >= 0)
@@ -24,8 +23,7 @@ global softmax). ``G = g_H, H' = H + g_logp / g_H`` gives the full gradient
 rounding of the result. The label's own entry (owner rank) is then overwritten with its exact value
 ``(g_logp (1 - p_y) - g_H p_y (log p_y + H)) / T``. With K candidate labels per row (the linear
 op), ``g_logp = sum_k g_k`` in the fold and each owned label's entry gets the ``g_k`` of the labels
-equal to it. (The ``entropy_bwd`` kernels cannot be reused:
-the torch backend, and the others for ``|lse| >= 64``, recompute the row's softmax from the shard.)
+equal to it. (One fold serves both cases; the ``entropy_bwd`` kernels take one label per row.)
 """
 from typing import NamedTuple, Optional
 
@@ -60,12 +58,12 @@ class LocalState(NamedTuple):
 
 
 def local_state(shard, labels, backend) -> LocalState:
-    """The row kernel on the shard, its label at the local argmax: its logp is ``-log s_r`` exactly."""
-    neg_log_s, h_r, _ = torch.ops.entropy_ops.logprobs_and_entropy(
-        shard.x, shard.argmax, shard.t, shard.t_scalar, -1, shard.mask, False, backend)
+    """The row kernel on the shard: its entropy and ``log_norm = log s_r``."""
+    h_r, _, log_s = torch.ops.entropy_ops.entropy(shard.x, shard.t, shard.t_scalar, shard.mask, False,
+                                                  backend)
     x_y = None if labels is None else gather_raw(shard.x, labels.local)
     return LocalState(shard.m, shard.present, shard.bad, shard.live, shard.temperature64,
-                      -neg_log_s.to(F64), h_r.to(F64), x_y)
+                      log_s.to(F64), h_r.to(F64), x_y)
 
 
 def merge(st: LocalState, labels, group, acc):

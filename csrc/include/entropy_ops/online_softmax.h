@@ -134,17 +134,20 @@ struct Exp2Accumulator {
 
 template <typename T>
 struct SoftmaxStats {
-  T lse;      // log sum_j e^(z_j)
-  T entropy;  // lse - sum_j p_j z_j
+  T lse;       // log sum_j e^(z_j)
+  T entropy;   // lse - sum_j p_j z_j
+  T log_norm;  // log S = lse - s max: with the row's max, log p_j = s (x_j - max) - log S keeps
+               // every digit, where z_j - lse inherits lse's rounding (scaled by 1/T)
 };
 
 // lse = s max + log S, entropy = log S - Sz / S (the shift cancels in the entropy). A row that is
-// all -inf (empty state) has no distribution: NaN, never -inf or a silent 0.
+// all -inf (empty state) has no distribution: NaN, never -inf or a silent 0 (a NaN or +inf row
+// has a NaN sum_exp, so NaN too).
 template <typename T>
 EO_HOST_DEVICE inline SoftmaxStats<T> finalize(const OnlineSoftmax<T>& st, T s = T(1)) {
-  if (st.max == -static_cast<T>(INFINITY)) return {quiet_nan<T>(), quiet_nan<T>()};
+  if (st.max == -static_cast<T>(INFINITY)) return {quiet_nan<T>(), quiet_nan<T>(), quiet_nan<T>()};
   const T log_s = eo_log(st.sum_exp);
-  return {st.max * s + log_s, log_s - st.sum_exp_z / st.sum_exp};
+  return {st.max * s + log_s, log_s - st.sum_exp_z / st.sum_exp, log_s};
 }
 
 }  // namespace entropy_ops
