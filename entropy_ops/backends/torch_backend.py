@@ -130,7 +130,9 @@ def token_stats_torch(x, labels, temperature, temperature_scalar, ignore_index, 
         # free of the cancellation between two terms of size H^2.
         centred = log_p + h
         lse = (m / _temperature(temperature, temperature_scalar, start, end) + log_s).squeeze(-1)
-        bad = torch.isnan(lse) | torch.isneginf(lse)  # NaN/+inf entries, or an all -inf row
+        # NaN/+inf entries, or an all -inf row; not an lse that overflows to -inf (a row of
+        # finfo.min at T < 1 is a uniform distribution, as on cpu and cuda).
+        bad = torch.isnan(log_s.squeeze(-1)) | torch.isneginf(m.squeeze(-1))
         rows = {
             "lse": lse,
             "entropy": h.squeeze(-1),

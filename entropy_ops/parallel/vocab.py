@@ -71,7 +71,9 @@ def merge(st: LocalState, labels, group, acc):
     m_glob = all_max(torch.where(st.present, st.m, float("-inf")), group)
     a = torch.where(st.present, (st.m.to(F64) - m_glob.to(F64)) / st.temperature, float("-inf"))
     s_r = torch.where(st.present, torch.exp(a + st.log_s), 0)
-    u_r = torch.where(st.present, s_r * (st.h - st.log_s - a), 0)
+    # A shard whose mass underflows next to the global max (a finfo.min-masked shard at T < 1:
+    # a = -inf in float64 logits) adds exactly 0, never 0 * inf.
+    u_r = torch.where(s_r > 0, s_r * (st.h - st.log_s - a), 0)
     columns = [s_r, u_r, st.bad]
     if labels is not None:
         d_r = torch.where(labels.owned, (st.x_y - _col(m_glob.to(F64), st.x_y)) / _col(st.temperature, st.x_y), 0)
@@ -113,7 +115,9 @@ def grad_from_state(x, t, t_scalar, mask, row_max, log_norm, h, label_state, gra
     tiny = g_l.abs() * _tiny(x.dtype)
     g = torch.where(g_h.abs() < tiny, tiny, g_h)
     h_fold = torch.where(g != 0, h.to(F64) + g_l / g, h.to(F64))
-    live = row_max != float("-inf")  # a shard with no mass in a row gets a zero gradient row
+    # A shard with no mass in a row gets a zero gradient row: all -inf, or a mass that underflows
+    # next to the global max (log_norm = +inf: a finfo.min-masked shard at T < 1).
+    live = (row_max != float("-inf")) & (log_norm != float("inf"))
     live = live if mask is None else live & mask
     grad = torch.ops.entropy_ops.top_p_entropy_bwd(
         x, t, t_scalar, live, h_fold.to(acc), row_max, torch.zeros_like(row_max),
