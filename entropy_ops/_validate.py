@@ -2,6 +2,7 @@
 scalars, each error naming the argument and the fix. Nothing here reads tensor values, so compiled
 graphs stay whole; value checks (label range, temperature > 0) live inside the ops."""
 import math
+import numbers
 from typing import Optional, Tuple
 
 import torch
@@ -43,6 +44,17 @@ def _leading(name: str, t: torch.Tensor, leading: Tuple[int, ...], what: str) ->
         )
 
 
+def is_real(v) -> bool:
+    """A real scalar: a Python int or float, or a NumPy scalar (``np.float32(0.7)`` read from a
+    config); never a bool (NumPy's ``bool_`` is not a ``numbers.Real``)."""
+    return not isinstance(v, bool) and (isinstance(v, (int, float)) or isinstance(v, numbers.Real))
+
+
+def is_integer(v) -> bool:
+    """A Python int or a NumPy integer scalar; never a bool."""
+    return not isinstance(v, bool) and (isinstance(v, int) or isinstance(v, numbers.Integral))
+
+
 def normal_range(name: str, v, dtype: torch.dtype):
     """A positive scale ``v`` (a number, or a tensor to compare on the device) checked against the
     normal range of the type the kernels compute with for ``dtype`` (float32; float64 for float64):
@@ -60,7 +72,7 @@ def normal_range(name: str, v, dtype: torch.dtype):
 def temperature(t, x: torch.Tensor, leading, source: str = "logits") -> Tuple[Optional[torch.Tensor], float]:
     """Return ``(tensor or None, python float)``; a tensor is detached (no gradient flows to T).
     ``source`` names the tensor whose leading shape a per-row temperature must have."""
-    if isinstance(t, bool) or not isinstance(t, (int, float, torch.Tensor)):
+    if not isinstance(t, torch.Tensor) and not is_real(t):
         raise TypeError(f"temperature: expected a float > 0 or a tensor, got {type(t).__name__}")
     if not isinstance(t, torch.Tensor):
         # Comparisons, not math.isfinite: they trace under dynamic=True (NaN fails them too).
@@ -98,8 +110,9 @@ def row_mask(m, x: torch.Tensor, leading) -> Optional[torch.Tensor]:
 
 
 def integer(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
+    if not is_integer(v):
         raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
+    v = int(v)
     if not -(2**63) <= v < 2**63:
         raise ValueError(f"{name}: {v} does not fit in int64")
     return v
@@ -113,7 +126,7 @@ def flag(name: str, v) -> bool:
 
 def probability(name: str, v, *, open_low: bool) -> float:
     """A Python float in (0, 1] (``open_low``) or [0, 1]."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
+    if not is_real(v):
         raise TypeError(f"{name}: expected a Python float, got {type(v).__name__}")
     v = float(v)
     ok = (0.0 < v <= 1.0) if open_low else (0.0 <= v <= 1.0)

@@ -88,7 +88,7 @@ def positive_float(name: str, v, dtype: torch.dtype, *, allow_none: bool) -> flo
     ``None`` (when allowed) is returned as 0.0, the op's "absent"."""
     if v is None and allow_none:
         return 0.0
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
+    if not _validate.is_real(v):
         raise TypeError(f"{name}: expected a Python float > 0{' or None' if allow_none else ''}, got {type(v).__name__}")
     if not 0 < v < math.inf:  # NaN fails it too; comparisons, not math.isfinite, trace under dynamic=True
         raise ValueError(f"{name}: must be a finite float > 0, got {v}")
@@ -99,8 +99,8 @@ def chunk_size(v) -> int:
     """``None`` -> 0 (the op picks a size from V); else an int >= 1."""
     if v is None:
         return 0
-    if isinstance(v, bool) or not isinstance(v, int):
+    if not _validate.is_integer(v):
         raise TypeError(f"chunk_size: expected an int >= 1 (rows per chunk) or None, got {type(v).__name__}")
     if v < 1:
         raise ValueError(f"chunk_size: must be >= 1 (rows per chunk) or None for the default, got {v}")
-    return v
+    return int(v)

@@ -6,6 +6,8 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from . import _validate
+
 
 def _float_tensor(name: str, t) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
@@ -64,9 +66,9 @@ def choice(name: str, value, allowed: Sequence[str]) -> str:
 
 
 def positive_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+    if not _validate.is_integer(v) or v < 1:
         raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
-    return v
+    return int(v)
 
 
 def global_counts(mode: str, dp_size, batch_num_tokens, global_batch_size) -> int:
@@ -83,7 +85,7 @@ def global_counts(mode: str, dp_size, batch_num_tokens, global_batch_size) -> in
 
 def ratio(name: str, v, *, low_open: bool = True, high: float = 1.0) -> float:
     """A Python float in (0, high] (``low_open``) or [0, high]."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
+    if not _validate.is_real(v):
         raise TypeError(f"{name}: expected a Python float, got {type(v).__name__}")
     v = float(v)
     ok = (0.0 < v <= high) if low_open else (0.0 <= v <= high)
@@ -93,6 +95,6 @@ def ratio(name: str, v, *, low_open: bool = True, high: float = 1.0) -> float:
 
 
 def number(name: str, v) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+    if not _validate.is_real(v) or v != v:
         raise TypeError(f"{name}: expected a real Python number, got {v!r}")
     return float(v)

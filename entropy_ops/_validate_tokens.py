@@ -96,7 +96,7 @@ def quantile(q, x: torch.Tensor, *, allow_vector: bool) -> Tuple[Optional[torch.
 
 
 def momentum(v) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
+    if not _validate.is_real(v):
         raise TypeError(f"momentum: expected a Python float in [0, 1], got {type(v).__name__}")
     if not 0.0 <= float(v) <= 1.0:
         raise ValueError(f"momentum: must be in [0, 1] (the weight kept by the old value), got {v}")

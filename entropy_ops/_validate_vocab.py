@@ -16,12 +16,12 @@ def vocab_start(v, group):
     if group is None:
         raise ValueError("vocab_start: only meaningful with process_group (the logits are then the local "
                          "vocab shard); pass process_group=... or drop vocab_start")
-    if isinstance(v, bool) or not isinstance(v, int):
+    if not _validate.is_integer(v):
         raise TypeError(f"vocab_start: expected an int (the global index of this rank's first vocab entry), "
                         f"got {type(v).__name__}")
     if v < 0:
         raise ValueError(f"vocab_start: must be >= 0, got {v}")
-    return v
+    return int(v)
 
 
 def no_inplace(inplace_backward: bool, group) -> None:

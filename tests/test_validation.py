@@ -186,3 +186,37 @@ def test_ignore_index_not_int(backend, ignore_index):
 def test_inplace_backward_not_bool(backend, flag):
     for call in both_ops(inplace_backward=flag):
         raises_naming(TypeError, "inplace_backward", call)
+
+
+def test_numpy_scalars_act_as_python_numbers(backend):
+    """Scalars read from configs or arrays (``np.float32(0.75)``, ``np.int64(3)``) are numbers: every
+    op gives the bits it gives for the Python number (values exact in float32, so that the two are
+    the same number); NumPy's bool is refused like a bool."""
+    np = pytest.importorskip("numpy")
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 50, generator=gen)
+    y = torch.randint(50, (2, 3), generator=gen)
+    h = torch.rand(2, 8, generator=gen)
+    mask = torch.rand(2, 8, generator=gen) > 0.2
+    logp, old, adv = (torch.randn(2, 8, generator=gen) for _ in range(3))
+    calls = {
+        "entropy": lambda c: eo.entropy(x, c(0.75)),
+        "logprobs_and_entropy": lambda c: eo.logprobs_and_entropy(x, y, c(0.75), ignore_index=c(-1, int)),
+        "top_p_entropy": lambda c: eo.top_p_entropy(x, c(0.5), c(0.75)),
+        "min_p_logprobs": lambda c: eo.min_p_logprobs(x, y, c(0.0625), c(0.75)),
+        "window_entropy": lambda c: eo.window_entropy(h, mask, window=c(3, int), offset=c(2, int)),
+        "masked_quantile": lambda c: eo.masked_quantile(h, mask, c(0.25)),
+        "kl_cov_policy_loss": lambda c: eo.kl_cov_policy_loss(logp, old, adv, mask, kl_cov_ratio=c(0.25),
+                                                              kl_coef=c(0.5)).loss,
+        "clip_cov_policy_loss": lambda c: eo.clip_cov_policy_loss(
+            logp, old, adv, mask, clip_ratio=c(0.25), clip_cov_ratio=c(0.125), clip_cov_lb=c(-1.0),
+            clip_cov_ub=c(5.0), generator=torch.Generator().manual_seed(1)).loss,
+        "agg_loss": lambda c: eo.agg_loss(logp, mask, "seq-mean-token-sum-norm", loss_scale_factor=c(2.0)),
+    }
+    python = lambda v, kind=float: kind(v)  # noqa: E731
+    numpy = lambda v, kind=float: np.int64(v) if kind is int else np.float32(v)  # noqa: E731
+    for name, call in calls.items():
+        want, got = call(python), call(numpy)
+        for a, b in zip(want if isinstance(want, tuple) else (want,), got if isinstance(got, tuple) else (got,)):
+            assert torch.equal(a, b), f"{name}: NumPy scalars give other results than Python numbers"
+    raises_naming(TypeError, "temperature", lambda: eo.entropy(x, np.bool_(True)))
