@@ -377,6 +377,38 @@ def check_low_temperature_grads(device="cpu", vocabs=(1, 4, 111, 5000), temperat
             assert_within_eager_bound(grad_h, ref_h, eager_h, what=f"entropy() grad at V={vocab} T={t}")
 
 
+def check_far_label_logps(device="cpu", vocabs=(4, 111, 5000), temperatures=LOW_TEMPERATURES, linear_up_to=5000):
+    """Log-probs of labels far below the row max at low temperatures (|logp| up to ~2000), row by
+    row within the eager bound, from ``logprobs_and_entropy``, ``token_stats``, ``min_p_logprobs``
+    (min_p = 0 keeps every token) and the linear head with one and with two labels per row (an
+    identity head, V <= ``linear_up_to``: its product is V x V). Each
+    forms ``(x_y - max) / T - log S`` in float64 and rounds once: in float32, ``(x_y - max) (1/T)``
+    rounds 1/T and the product at the size of logp, an ulp of it, more than eager's error there."""
+    from entropy_ops.reference import logprobs_and_entropy_ref
+
+    for vocab in vocabs:
+        for t in temperatures:
+            gen = torch.Generator().manual_seed(vocab)
+            x = torch.randn(64, vocab, generator=gen) * 4
+            y = x.argmin(-1)  # the label farthest below the max
+            ref, _ = logprobs_and_entropy_ref(x, y, t)
+            eager, _ = eager_logprobs_and_entropy(x, y, t)
+            rows = [str(i) for i in range(len(x))]  # the bound row by row
+            xd, yd = x.to(device), y.to(device)
+            outs = {
+                "logprobs_and_entropy": eo.logprobs_and_entropy(xd, yd, t)[0],
+                "token_stats": eo.token_stats(xd, yd, t).logp,
+                "min_p_logprobs": eo.min_p_logprobs(xd, yd, 0.0, t),
+            }
+            if vocab <= linear_up_to:
+                eye = torch.eye(vocab, device=device)
+                outs["linear (one label)"] = eo.linear_logprobs_and_entropy(xd, eye, yd, temperature=t)[0]
+                outs["linear (two labels)"] = eo.linear_logprobs_and_entropy(
+                    xd, eye, torch.stack([yd, yd], -1), temperature=t)[0][:, 1]
+            for name, logp in outs.items():
+                assert_within_eager_bound(logp.detach().cpu(), ref, eager, rows, what=f"{name} at V={vocab} T={t}")
+
+
 def check_token_stats_close(stats, ref, what, tol=1e-4):
     """Every field of ``token_stats`` against the float64 reference rounded to float32 (a true
     self_certainty past float32's range is inf there): the same NaN / inf pattern, values within

@@ -11,6 +11,7 @@ from conftest import (
     FLOAT_DTYPES,
     acc_dtype,
     assert_within_eager_bound,
+    check_far_label_logps,
     eager_entropy,
     eager_logprobs_and_entropy,
     make_labels,
@@ -107,3 +108,9 @@ def test_many_rows(backend, vocab):
     assert_within_eager_bound(h, ref_h, eager_h, kinds, what="entropy")
     assert_within_eager_bound(eo.entropy(x.bfloat16()), entropy_ref(x.bfloat16()),
                               eager_entropy(x.bfloat16()), kinds, what="entropy bf16")
+
+
+def test_far_label_logps_at_low_temperatures(backend):
+    """|logp| in the hundreds to thousands (T in {0.01, 0.1}, the label at the row's min): every op
+    that returns a label's log-prob rounds it once, row by row within the eager bound."""
+    check_far_label_logps()

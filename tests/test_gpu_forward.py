@@ -8,6 +8,7 @@ import torch
 from conftest import (
     FINITE_KINDS,
     NAN_KINDS,
+    check_far_label_logps,
     check_finfo_masked_rows,
     check_uniform_row_of_finfo_min,
     check_layouts_give_the_same_bits,
@@ -111,6 +112,12 @@ def test_layouts_give_the_same_bits(gpu_backend):
     151646 of 151936), the scalar path (storage offset 1) and contiguous rows: the same bits,
     values and gradients, for every vocabulary op."""
     check_layouts_give_the_same_bits(DEVICE, shapes=((3, 1000, 16), (2, 4099, 13), (2, 151646, 290)))
+
+
+def test_far_label_logps_at_low_temperatures(gpu_backend):
+    """|logp| in the hundreds to thousands: each label's log-prob formed in float64, rounded once
+    (the warp, one-chunk and split paths)."""
+    check_far_label_logps(DEVICE, vocabs=(4, 111, 5000, 20000))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

@@ -22,7 +22,7 @@ ROW_FLAGS = ("HAS_TEMP", "HAS_LABELS", "HAS_MASK")
 def _signature(x_dtype, out_dtype="*fp32"):
     return {
         "x_ptr": x_dtype, "stride_row": "i64", "V": "i32", "split_size": "i32",
-        "temp_ptr": "*fp32", "temp_scalar": "fp32", "labels_ptr": "*i64", "ignore_index": "i64",
+        "temp_ptr": "*fp32", "temp_scalar": "fp32", "temp_lo": "fp32", "labels_ptr": "*i64", "ignore_index": "i64",
         "mask_ptr": "*i1", "row_max_ptr": "*fp32", "log_norm_ptr": "*fp32", "entropy_ptr": "*fp32",
         "logp_ptr": "*fp32", "part_ptr": "*fp32", "n_splits": "i32", "grad_entropy_ptr": "*fp32",
         "grad_logp_ptr": "*fp32", "out_ptr": out_dtype, "out_stride_row": "i64",

@@ -11,7 +11,8 @@ from entropy_ops import reference as R
 
 from conftest import (
     FINITE_KINDS, NAN_KINDS, assert_within_eager_bound, check_bad_rows_get_nan_gradients, check_finfo_masked_rows,
-    check_layouts_give_the_same_bits, check_low_temperature_grads, check_uniform_row_of_finfo_min,
+    check_far_label_logps, check_layouts_give_the_same_bits, check_low_temperature_grads,
+    check_uniform_row_of_finfo_min,
     eager_entropy, eager_grad,
     eager_logprobs_and_entropy, make_labels, make_rows, ours_grad, reference_grad,
 )
@@ -120,6 +121,11 @@ def test_masked_rows_are_zero_and_never_read():
 def test_grad_at_low_temperatures():
     """T in {0.01, 0.1}: log p from the saved row max and log-sum (one program and split rows)."""
     check_low_temperature_grads(vocabs=(1, 4, 111, 9000))
+
+
+def test_far_label_logps_at_low_temperatures():
+    """|logp| in the hundreds to thousands: each label's log-prob formed in float64, rounded once."""
+    check_far_label_logps(vocabs=(4, 111, 9000), linear_up_to=111)
 
 
 def test_uniform_row_of_finfo_min():

@@ -14,7 +14,7 @@ keeps every digit at any temperature, with no pre-pass over the row.
 import triton
 import triton.language as tl
 
-from .online_softmax import LOG2E, block_update, finalize, merge, reduce_lanes
+from .online_softmax import LOG2E, block_update, finalize, label_log_prob, merge, reduce_lanes
 
 
 @triton.jit
@@ -30,9 +30,18 @@ def _row_setup(row, mask_ptr, temp_ptr, temp_scalar, HAS_MASK: tl.constexpr, HAS
 
 
 @triton.jit
+def row_temperature(row, temp_ptr, temp_scalar, temp_lo, HAS_TEMP: tl.constexpr):
+    """T of the row in float64, as the caller gave it: the per-row value, or the Python float
+    rebuilt from the float32 ``temp_scalar`` and its remainder ``temp_lo`` (launch.scalar_parts)."""
+    if HAS_TEMP:
+        return tl.load(temp_ptr + row).to(tl.float64)
+    return tl.cast(temp_scalar, tl.float64) + tl.cast(temp_lo, tl.float64)  # Python floats in the interpreter
+
+
+@triton.jit
 def entropy_fwd_kernel(
     x_ptr, stride_row, V, split_size,
-    temp_ptr, temp_scalar, labels_ptr, ignore_index, mask_ptr,
+    temp_ptr, temp_scalar, temp_lo, labels_ptr, ignore_index, mask_ptr,
     row_max_ptr, log_norm_ptr, entropy_ptr, logp_ptr, part_ptr, n_splits,
     HAS_TEMP: tl.constexpr, HAS_LABELS: tl.constexpr, HAS_MASK: tl.constexpr,
     SPLIT: tl.constexpr, BLOCK: tl.constexpr,
@@ -68,15 +77,16 @@ def entropy_fwd_kernel(
         tl.store(part_ptr + base + 2, sz_row)
         tl.store(part_ptr + base + 3, x_y)
     else:
-        _store_row(row, m_row, s_row, sz_row, x_y, inv_t, active, labels_ptr, ignore_index, V,
+        temperature = row_temperature(row, temp_ptr, temp_scalar, temp_lo, HAS_TEMP)
+        _store_row(row, m_row, s_row, sz_row, x_y, inv_t, temperature, active, labels_ptr, ignore_index, V,
                    row_max_ptr, log_norm_ptr, entropy_ptr, logp_ptr, HAS_LABELS)
 
 
 @triton.jit
-def _store_row(row, m, s, sz, x_y, inv_t, active, labels_ptr, ignore_index, V,
+def _store_row(row, m, s, sz, x_y, inv_t, temperature, active, labels_ptr, ignore_index, V,
                row_max_ptr, log_norm_ptr, entropy_ptr, logp_ptr, HAS_LABELS: tl.constexpr):
     entropy, ln_s = finalize(m, s, sz, inv_t)
-    label_logp = (x_y - m) * inv_t - ln_s
+    label_logp = label_log_prob(x_y, m, temperature, ln_s)
     tl.store(row_max_ptr + row, tl.where(active, m, 0.0))
     tl.store(log_norm_ptr + row, tl.where(active, ln_s, 0.0))
     tl.store(entropy_ptr + row, tl.where(active, entropy, 0.0))
@@ -90,7 +100,7 @@ def _store_row(row, m, s, sz, x_y, inv_t, active, labels_ptr, ignore_index, V,
 @triton.jit
 def entropy_combine_kernel(
     part_ptr, n_splits, V,
-    temp_ptr, temp_scalar, labels_ptr, ignore_index, mask_ptr,
+    temp_ptr, temp_scalar, temp_lo, labels_ptr, ignore_index, mask_ptr,
     row_max_ptr, log_norm_ptr, entropy_ptr, logp_ptr,
     HAS_TEMP: tl.constexpr, HAS_LABELS: tl.constexpr, HAS_MASK: tl.constexpr,
 ):
@@ -106,7 +116,8 @@ def entropy_combine_kernel(
         m, s, sz = merge(m, s, sz, tl.load(part_ptr + base), tl.load(part_ptr + base + 1),
                          tl.load(part_ptr + base + 2), k)
         x_y += tl.load(part_ptr + base + 3)
-    _store_row(row, m, s, sz, x_y, inv_t, active, labels_ptr, ignore_index, V,
+    temperature = row_temperature(row, temp_ptr, temp_scalar, temp_lo, HAS_TEMP)
+    _store_row(row, m, s, sz, x_y, inv_t, temperature, active, labels_ptr, ignore_index, V,
                row_max_ptr, log_norm_ptr, entropy_ptr, logp_ptr, HAS_LABELS)
 
 

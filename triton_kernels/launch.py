@@ -5,6 +5,7 @@ one program; longer rows are cut into ``_SPLIT``-element chunks so that a few hu
 fill the GPU.
 """
 import contextlib
+import struct
 
 import torch
 import triton
@@ -32,6 +33,14 @@ def _on_device(x):
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
+def scalar_parts(t: float):
+    """``(hi, lo)``: the float32 nearest ``t`` (what a Triton float argument holds) and the rest, so
+    that a kernel rebuilds ``t`` in float64 as ``hi + lo`` (``row_temperature``). A label's
+    log-prob at T = 0.01 is in the hundreds: float32's rounding of T alone would move it ~1e-4."""
+    hi = struct.unpack("f", struct.pack("f", t))[0]
+    return hi, t - hi
+
+
 def entropy_fwd_triton(x, labels, temperature, temperature_scalar, ignore_index, mask):
     n_rows, vocab = x.shape
     row_max, log_norm, entropy = (torch.empty(n_rows, dtype=torch.float32, device=x.device) for _ in range(3))
@@ -41,7 +50,7 @@ def entropy_fwd_triton(x, labels, temperature, temperature_scalar, ignore_index,
     split_size, n_splits, block = _sizes(vocab)
     part = torch.empty(n_rows * n_splits * 4 if n_splits > 1 else 1, dtype=torch.float32, device=x.device)
     flags = dict(HAS_TEMP=temperature is not None, HAS_LABELS=labels is not None, HAS_MASK=mask is not None)
-    row_args = (temperature, float(temperature_scalar), labels, int(ignore_index), mask)
+    row_args = (temperature, *scalar_parts(float(temperature_scalar)), labels, int(ignore_index), mask)
     outs = (row_max, log_norm, entropy, logp)
     with _on_device(x):
         entropy_fwd_kernel[(n_rows, n_splits)](

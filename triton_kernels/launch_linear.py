@@ -101,7 +101,10 @@ def linear_fwd_triton(a):
     inv_t = _inv_t(a, n_rows, dev)
     top, log_s, h_row = merge_split_states(part, inv_t)
     y = a.labels.long()
-    lp = torch.where((y >= 0) & (y < vocab), (z_y - top[:, None]) * inv_t[:, None] - log_s[:, None], float("nan"))
+    # (z_y - max) / T - log S in float64, rounded once (as the row kernels' label_log_prob).
+    t = a.temperature_scalar if a.temperature is None else a.temperature.double()[:, None]
+    label_lp = ((z_y.double() - top.double()[:, None]) / t - log_s.double()[:, None]).float()
+    lp = torch.where((y >= 0) & (y < vocab), label_lp, float("nan"))
     lp = torch.where(y == a.ignore_index, 0, lp)
     if a.mask is not None:
         lp, h_row = torch.where(a.mask[:, None], lp, 0), torch.where(a.mask, h_row, 0)

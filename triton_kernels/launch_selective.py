@@ -8,7 +8,7 @@ import torch
 import triton
 
 from . import FP_FUSION
-from .launch import _num_warps, _on_device, _sizes
+from .launch import _num_warps, _on_device, _sizes, scalar_parts
 from .min_p import min_p_logprobs_bwd_kernel, min_p_logprobs_fwd_kernel
 from .token_stats import token_stats_kernel
 from .top_p import top_p_entropy_bwd_kernel, top_p_entropy_fwd_kernel, top_p_mask_kernel
@@ -121,8 +121,8 @@ def min_p_logprobs_fwd_triton(x, labels, temperature, temperature_scalar, ignore
     block = _row_block(vocab)
     with _on_device(x):
         min_p_logprobs_fwd_kernel[(n_rows,)](
-            x, x.stride(0), vocab, temperature, float(temperature_scalar), labels, int(ignore_index),
-            float(min_p), mask, logp, row_max, log_norm,
+            x, x.stride(0), vocab, temperature, *scalar_parts(float(temperature_scalar)), labels,
+            int(ignore_index), float(min_p), mask, logp, row_max, log_norm,
             BLOCK=block, num_warps=_num_warps(block), **_flags(temperature, mask),
             enable_fp_fusion=FP_FUSION,
         )
@@ -155,8 +155,8 @@ def token_stats_triton(x, labels, temperature, temperature_scalar, ignore_index,
     block = _stats_block(vocab)
     with _on_device(x):
         token_stats_kernel[(n_rows,)](
-            x, x.stride(0), vocab, math.log(vocab), temperature, float(temperature_scalar), labels,
-            int(ignore_index), mask, *stats,
+            x, x.stride(0), vocab, math.log(vocab), temperature, *scalar_parts(float(temperature_scalar)),
+            labels, int(ignore_index), mask, *stats,
             HAS_LABELS=labels is not None, BLOCK=block, num_warps=_num_warps(block), **_flags(temperature, mask),
             enable_fp_fusion=FP_FUSION,
         )

@@ -9,29 +9,29 @@ too (one scalar load), so they agree bit for bit.
 import triton
 import triton.language as tl
 
-from .entropy import _row_setup
+from .entropy import _row_setup, row_temperature
 from .nucleus import row_max_and_bad, selective_e
-from .online_softmax import LOG2E
+from .online_softmax import LOG2E, label_log_prob
 
 
 @triton.jit
-def _label(row_ptr, labels_ptr, row, ignore_index, V, m, k, inv_t, min_p, readable):
-    """``(y, ignored, in range, label kept, s_y)`` with ``s_y = (x_y - m) / T``."""
+def _label(row_ptr, labels_ptr, row, ignore_index, V, m, k, min_p, readable):
+    """``(y, ignored, in range, label kept, x_y)``."""
     y = tl.load(labels_ptr + row).to(tl.int64)
     ignored = y == ignore_index
     in_range = (y >= 0) & (y < V)
     x_y = tl.load(row_ptr + y, mask=in_range & readable, other=float("-inf")).to(tl.float32)
     kept_y = selective_e(x_y, m, k) >= min_p
-    return y, ignored, in_range, kept_y, (x_y - m) * inv_t
+    return y, ignored, in_range, kept_y, x_y
 
 
 @triton.jit
 def min_p_logprobs_fwd_kernel(
-    x_ptr, stride_row, V, temp_ptr, temp_scalar, labels_ptr, ignore_index, min_p, mask_ptr,
+    x_ptr, stride_row, V, temp_ptr, temp_scalar, temp_lo, labels_ptr, ignore_index, min_p, mask_ptr,
     logp_ptr, row_max_ptr, log_norm_ptr,
     HAS_TEMP: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """``logp = s_y - log S`` (``S`` = kept sum of e) when ``y`` is kept, ``-inf`` when filtered, 0
+    """``logp = (x_y - m) / T - log S`` (``S`` = kept sum of e) when ``y`` is kept, ``-inf`` when filtered, 0
     when ignored or masked, NaN for an out-of-range label or a bad row; ``log_norm = log S``."""
     row = tl.program_id(0).to(tl.int64)
     active, inv_t = _row_setup(row, mask_ptr, temp_ptr, temp_scalar, HAS_MASK, HAS_TEMP)
@@ -49,9 +49,9 @@ def min_p_logprobs_fwd_kernel(
             e = selective_e(x, m, k)
             s += tl.where((cols < V) & (e >= min_p), e, 0.0)
         log_norm = tl.where(bad, float("nan"), tl.log(tl.sum(s, axis=0)))
-        _, ignored, in_range, kept_y, s_y = _label(row_ptr, labels_ptr, row, ignore_index, V, m, k, inv_t,
-                                                   min_p, active)
-        logp = tl.where(kept_y, s_y - log_norm, float("-inf"))
+        _, ignored, in_range, kept_y, x_y = _label(row_ptr, labels_ptr, row, ignore_index, V, m, k, min_p, active)
+        temperature = row_temperature(row, temp_ptr, temp_scalar, temp_lo, HAS_TEMP)
+        logp = tl.where(kept_y, label_log_prob(x_y, m, temperature, log_norm), float("-inf"))
         logp = tl.where(in_range & (~bad), logp, float("nan"))
         logp = tl.where(ignored, 0.0, logp)
         row_max = m
@@ -78,7 +78,7 @@ def min_p_logprobs_bwd_kernel(
     m = tl.load(row_max_ptr + row)
     log_norm = tl.load(log_norm_ptr + row)
     g_l = tl.load(grad_logp_ptr + row)
-    y, ignored, in_range, kept_y, _ = _label(row_ptr, labels_ptr, row, ignore_index, V, m, k, inv_t, min_p, active)
+    y, ignored, in_range, kept_y, _ = _label(row_ptr, labels_ptr, row, ignore_index, V, m, k, min_p, active)
     bad = (log_norm != log_norm) | (~in_range)
     live = active & (~ignored) & (g_l != 0.0)
     nan_row = live & bad

@@ -63,6 +63,16 @@ def reduce_lanes(m, s, sz, k):
 
 
 @triton.jit
+def label_log_prob(x_y, m, temperature, log_s):
+    """``log p_y = (x_y - m) / T - log_s`` (T in float64) in float64, rounded once to float32, as the C++
+    ``label_log_prob``: ``(x_y - m) * (1 / T)`` in float32 rounds 1/T and the product at the size
+    of log p_y, an ulp of it, beyond eager's error at low temperatures (|log p_y| in the hundreds)."""
+    d = x_y.to(tl.float64) - m.to(tl.float64)
+    # float64 division is IEEE-rounded on the GPU (div.rn.f64; float32's `/` is approximate).
+    return (d / temperature - log_s.to(tl.float64)).to(tl.float32)
+
+
+@triton.jit
 def finalize(m, s, sz, inv_t):
     """``(entropy, log_s)`` of a state, in units of ``z = x / T``; NaN for an empty (all -inf) row.
     ``log_s = lse - m / T`` is kept apart from the max: ``(x - m) / T - log_s`` keeps every digit

@@ -10,8 +10,8 @@ terms contribute exactly 0.
 import triton
 import triton.language as tl
 
-from .entropy import _row_setup
-from .online_softmax import LOG2E, block_update, finalize, reduce_lanes, safe_max
+from .entropy import _row_setup, row_temperature
+from .online_softmax import LOG2E, block_update, finalize, label_log_prob, reduce_lanes, safe_max
 
 
 @triton.jit
@@ -21,7 +21,7 @@ def _store_stat(ptr, row, value, active, bad):
 
 @triton.jit
 def token_stats_kernel(
-    x_ptr, stride_row, V, log_v, temp_ptr, temp_scalar, labels_ptr, ignore_index, mask_ptr,
+    x_ptr, stride_row, V, log_v, temp_ptr, temp_scalar, temp_lo, labels_ptr, ignore_index, mask_ptr,
     lse_ptr, entropy_ptr, logp_ptr, max_logp_ptr, collision_ptr, varentropy_ptr, self_certainty_ptr,
     entropy_drift_ptr,
     HAS_TEMP: tl.constexpr, HAS_LABELS: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr,
@@ -85,6 +85,7 @@ def token_stats_kernel(
         y = tl.load(labels_ptr + row).to(tl.int64)
         in_range = (y >= 0) & (y < V)
         x_y = tl.load(row_ptr + y, mask=in_range & active, other=0.0).to(tl.float32)
-        logp = tl.where(in_range & (~bad), (x_y - m_row) * inv_t - ln_s, float("nan"))
+        t64 = row_temperature(row, temp_ptr, temp_scalar, temp_lo, HAS_TEMP)
+        logp = tl.where(in_range & (~bad), label_log_prob(x_y, m_row, t64, ln_s), float("nan"))
         logp = tl.where(y == ignore_index, 0.0, logp)
         tl.store(logp_ptr + row, tl.where(active, logp, 0.0))

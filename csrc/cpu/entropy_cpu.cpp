@@ -30,9 +30,10 @@ void fwd_rows(const RowsArgs& r, FwdRowFn<Acc> fwd, Acc* row_max_out, Acc* log_n
           } else if (y < 0 || y >= r.vocab || eo_isnan(stats.lse)) {
             logp = quiet_nan<Acc>();
           } else {
-            // z_y - lse written as s (x_y - max) - log S: the shift is exact, so a row shifted
+            // z_y - lse written as (x_y - max) / T - log S: the shift is exact, so a row shifted
             // by 1e4 keeps full precision in its log-prob too.
-            logp = (row_logit<Acc>(row, r.dtype, y) - st.max) * s - stats.log_norm;
+            logp = label_log_prob(row_logit<Acc>(row, r.dtype, y), st.max, row_temperature<Acc>(r, i),
+                                  stats.log_norm);
           }
         }
       }

@@ -38,8 +38,9 @@ void fwd_rows(const RowsArgs& r, const SelectiveRowOps<Acc>& ops, Acc min_p, Acc
         continue;
       }
       const Acc x_y = row_logit<Acc>(row, r.dtype, y);
-      logp[i] = min_p_kept(ops.e_at(x_y, k.max, s), min_p) ? (x_y - k.max) * s - ln
-                                                           : -static_cast<Acc>(INFINITY);
+      logp[i] = min_p_kept(ops.e_at(x_y, k.max, s), min_p)
+                    ? label_log_prob(x_y, k.max, row_temperature<Acc>(r, i), ln)
+                    : -static_cast<Acc>(INFINITY);
     }
   });
 }

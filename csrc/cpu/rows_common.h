@@ -42,6 +42,13 @@ Acc row_inv_temperature(const RowsArgs& r, int64_t i) {
   return Acc(1) / t;
 }
 
+// T as the reference takes it: the per-row value, or the Python float itself (not rounded to Acc).
+template <typename Acc>
+double row_temperature(const RowsArgs& r, int64_t i) {
+  return r.temperature ? static_cast<double>(static_cast<const Acc*>(r.temperature)[i])
+                       : r.temperature_scalar;
+}
+
 template <typename Acc>
 Acc row_logit(const void* row, int dtype, int64_t j) {
   switch (dtype) {

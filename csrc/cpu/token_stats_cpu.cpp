@@ -38,9 +38,7 @@ void stats_rows(const RowsArgs& r, FwdRowFn<Acc> fwd, const SelectiveRowOps<Acc>
           const StatsSums k = ops.stats_sums(row, r.vocab, st.max, s, log_s, h);
           // max / T + log S in double, rounded once: a row shifted by 1e4 gets the correctly
           // rounded lse (max * s in fp32 would add the rounding of 1/T, ~4e-4 at 1e4).
-          const double t = r.temperature ? static_cast<double>(static_cast<const Acc*>(
-                                               r.temperature)[i])
-                                         : r.temperature_scalar;
+          const double t = row_temperature<Acc>(r, i);
           v[kLse] = static_cast<Acc>(static_cast<double>(st.max) / t + static_cast<double>(log_s));
           v[kEntropy] = h;
           v[kMaxLogp] = -log_s;  // max_j z_j - lse = (m - m) s - log S
@@ -53,7 +51,7 @@ void stats_rows(const RowsArgs& r, FwdRowFn<Acc> fwd, const SelectiveRowOps<Acc>
           v[kDrift] = static_cast<Acc>(k.entropy_drift);
           v[kLogp] = (y < 0 || y >= r.vocab)
                          ? quiet_nan<Acc>()
-                         : (row_logit<Acc>(row, r.dtype, y) - st.max) * s - log_s;
+                         : label_log_prob(row_logit<Acc>(row, r.dtype, y), st.max, t, log_s);
         }
         if (y == r.ignore_index) v[kLogp] = 0;
       }

@@ -30,7 +30,7 @@ __device__ inline void store_masked_row(const FwdOut& o, int64_t i) {
   if (o.logp) o.logp[i] = 0.0f;
 }
 
-// Finalizes an active row. The label's log-prob is s (x_y - max) - log S: the shift is exact, so
+// Finalizes an active row. The label's log-prob is (x_y - max) / T - log S: the shift is exact, so
 // a row shifted by 1e4 keeps full precision in it too.
 template <int Code>
 __device__ inline void store_row(const RowArgs& r, const FwdOut& o, int64_t i, const void* row,
@@ -44,7 +44,7 @@ __device__ inline void store_row(const RowArgs& r, const FwdOut& o, int64_t i, c
     } else if (y < 0 || y >= r.vocab || eo_isnan(stats.lse)) {
       logp = quiet_nan<float>();
     } else {
-      logp = (load_elem<Code>(row, y) - st.max) * s - stats.log_norm;
+      logp = label_log_prob(load_elem<Code>(row, y), st.max, temperature_at(r, i), stats.log_norm);
     }
   }
   o.row_max[i] = st.max;

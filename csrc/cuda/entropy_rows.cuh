@@ -39,7 +39,7 @@ struct RowArgs {
   int64_t vocab;
   int64_t row_stride;  // elements
   const float* temperature;  // n_rows values, or null: temperature_scalar
-  float temperature_scalar;
+  double temperature_scalar;  // the Python float itself; kernels scale by float(1/T)
   const void* labels;  // n_rows int64 (int32 when labels_int32), or null
   bool labels_int32;
   int64_t ignore_index;
@@ -73,7 +73,12 @@ __device__ inline bool row_active(const RowArgs& r, int64_t i) {
 }
 
 __device__ inline float inv_temperature(const RowArgs& r, int64_t i) {
-  return 1.0f / (r.temperature != nullptr ? r.temperature[i] : r.temperature_scalar);
+  return 1.0f / (r.temperature != nullptr ? r.temperature[i] : static_cast<float>(r.temperature_scalar));
+}
+
+// T as the reference takes it: the per-row fp32 value, or the Python float itself.
+__device__ inline double temperature_at(const RowArgs& r, int64_t i) {
+  return r.temperature != nullptr ? static_cast<double>(r.temperature[i]) : r.temperature_scalar;
 }
 
 __device__ inline int64_t label_at(const RowArgs& r, int64_t i) {
@@ -208,7 +213,7 @@ inline RowArgs make_row_args(const void* logits, int64_t n_rows, int64_t vocab,
                              int64_t row_stride, const float* temperature,
                              double temperature_scalar, const void* labels, bool labels_int32,
                              int64_t ignore_index, const uint8_t* mask) {
-  return {logits, n_rows, vocab, row_stride, temperature, static_cast<float>(temperature_scalar),
+  return {logits, n_rows, vocab, row_stride, temperature, temperature_scalar,
           labels, labels_int32, ignore_index, mask};
 }
 

@@ -61,8 +61,9 @@ min_p_fwd_kernel(RowArgs r, float min_p, MinPOut o) {
       logp = quiet_nan<float>();
     } else {
       const float x_y = load_elem<Code>(row, y);
-      logp = min_p_kept(select_e(x_y, rm.value, k), min_p) ? (x_y - rm.value) * s - log_norm
-                                                            : -INFINITY;
+      logp = min_p_kept(select_e(x_y, rm.value, k), min_p)
+                 ? label_log_prob(x_y, rm.value, temperature_at(r, i), log_norm)
+                 : -INFINITY;
     }
     o.logp[i] = logp;
     o.row_max[i] = rm.value;

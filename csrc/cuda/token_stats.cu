@@ -37,7 +37,7 @@ __device__ inline void store_all(const StatsOut& o, int64_t i, float value, floa
 
 template <int Code, bool kAligned>
 __global__ void __launch_bounds__(kSelThreads)
-token_stats_kernel(RowArgs r, double temperature_scalar, StatsOut o) {
+token_stats_kernel(RowArgs r, StatsOut o) {
   const int len = int(r.vocab);
   for_each_row(r.n_rows, [&](int64_t i) {
     if (!row_active(r, i)) {  // not read
@@ -84,14 +84,14 @@ token_stats_kernel(RowArgs r, double temperature_scalar, StatsOut o) {
     block_sum(acc);
     block_sum(sum_d);
     if (threadIdx.x != 0) return;
+    // T as the reference takes it (the per-row fp32 value, or the Python float itself): max * s
+    // in fp32 would add the rounding of 1/T, ~4e-4 on a row shifted by 1e4.
+    const double t = temperature_at(r, i);
     float logp = 0.0f;
     if (has_label && y != r.ignore_index) {
       logp = (y < 0 || y >= r.vocab) ? quiet_nan<float>()
-                                     : (load_elem<Code>(row, y) - st.max) * s - log_s;
+                                     : label_log_prob(load_elem<Code>(row, y), st.max, t, log_s);
     }
-    // T as the reference takes it (the per-row fp32 value, or the Python float itself): max * s
-    // in fp32 would add the rounding of 1/T, ~4e-4 on a row shifted by 1e4.
-    const double t = r.temperature != nullptr ? double(r.temperature[i]) : temperature_scalar;
     const double vocab = double(len);
     o.lse[i] = float(double(st.max) / t + double(log_s));
     o.entropy[i] = h;
@@ -129,8 +129,7 @@ cudaError_t token_stats_cuda(const void* logits, int dtype, int64_t n_rows, int6
   return launch_rows(dtype, rows_aligned(logits, row_stride, dtype), n_rows, stream,
                      [&](auto tag, dim3 grid, dim3 block, cudaStream_t st) {
     using Tag = decltype(tag);
-    token_stats_kernel<Tag::kCode, Tag::kAligned><<<grid, block, 0, st>>>(
-        r, temperature_scalar, o);
+    token_stats_kernel<Tag::kCode, Tag::kAligned><<<grid, block, 0, st>>>(r, o);
   });
 }
 

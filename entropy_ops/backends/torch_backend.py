@@ -50,6 +50,15 @@ def _label_terms(labels, ignore_index, vocab, start, end):
     return y.clamp(0, vocab - 1), ignored, in_range
 
 
+def label_log_prob(x, y, row_max, log_norm, temperature, temperature_scalar, start, end):
+    """``(x_y - max) / T - log S`` of each row's label (``y`` clamped into range), in float64 and
+    rounded once, as the native kernels' ``label_log_prob``: in float32 the division and the
+    subtraction each round at the size of logp, which at low temperatures is in the hundreds."""
+    x_y = x[start:end].gather(-1, y[:, None]).squeeze(-1).double()
+    t = temperature_scalar if temperature is None else temperature[start:end].double()
+    return ((x_y - row_max.double()) / t - log_norm.double()).to(log_norm.dtype)
+
+
 def entropy_fwd_torch(x, labels, temperature, temperature_scalar, ignore_index, mask):
     n_rows, vocab = x.shape
     acc = acc_dtype(x.dtype)
@@ -70,9 +79,9 @@ def entropy_fwd_torch(x, labels, temperature, temperature_scalar, ignore_index, 
         entropy[start:end] = log_s - s_z / s
         if labels is not None:
             y, ignored, in_range = _label_terms(labels, ignore_index, vocab, start, end)
-            # (z_y - m) - log s keeps the digits that z_y - lse loses on rows shifted by 1e4.
-            shifted_y = shifted.gather(-1, y[:, None]).squeeze(-1)
-            row_logp = torch.where(in_range & ~torch.isnan(log_s), shifted_y - log_s, float("nan"))
+            # (x_y - m) / T - log s keeps the digits that z_y - lse loses on rows shifted by 1e4.
+            label_lp = label_log_prob(x, y, m, log_s, temperature, temperature_scalar, start, end)
+            row_logp = torch.where(in_range & ~torch.isnan(log_s), label_lp, float("nan"))
             logp[start:end] = torch.where(ignored, 0, row_logp)
     if mask is not None:
         row_max, log_norm, entropy = (torch.where(mask, v, 0) for v in (row_max, log_norm, entropy))
@@ -150,8 +159,9 @@ def token_stats_torch(x, labels, temperature, temperature_scalar, ignore_index, 
             out[name][start:end] = torch.where(bad, float("nan"), value)
         if labels is not None:
             y, ignored, in_range = _label_terms(labels, ignore_index, vocab, start, end)
-            shifted_y = shifted.gather(-1, y[:, None]).squeeze(-1)
-            row_logp = torch.where(in_range & ~bad, shifted_y - log_s.squeeze(-1), float("nan"))
+            label_lp = label_log_prob(x, y, m.squeeze(-1), log_s.squeeze(-1), temperature, temperature_scalar,
+                                      start, end)
+            row_logp = torch.where(in_range & ~bad, label_lp, float("nan"))
             out["logp"][start:end] = torch.where(ignored, 0, row_logp)
     if mask is not None:
         out = {name: None if v is None else torch.where(mask, v, 0) for name, v in out.items()}

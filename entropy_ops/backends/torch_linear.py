@@ -130,20 +130,17 @@ def _per_row_slice(t, start, end):
     return None if t is None else t[start:end]
 
 
-def _log_probs(z, t, row_max, log_norm):
-    """``log p = (z - row_max) / T - log_norm`` of ``z [rows, k]`` (kernel.py's "Row state")."""
-    return (z - row_max[:, None]) / t - log_norm[:, None]
-
-
 def gather_logp(z, labels, temperature, temperature_scalar, ignore_index, mask, row_max, log_norm):
-    """``logp_k`` for ``[rows, K]`` labels: 0 where ignored or masked, NaN where the label is out of
-    range or the row is bad (NaN log_norm)."""
+    """``logp_k = (z_{y_k} - row_max) / T - log_norm`` for ``[rows, K]`` labels, in float64 and
+    rounded once (as the row kernels' ``label_log_prob``, so K = 1 and K > 1 give the same bits): 0
+    where ignored or masked, NaN where the label is out of range or the row is bad (NaN log_norm)."""
     vocab = z.shape[1]
     y = labels.long()
     in_range = (y >= 0) & (y < vocab)
-    t = temperature_scalar if temperature is None else temperature[:, None]
-    z_y = z.gather(1, y.clamp(0, vocab - 1))
-    logp = torch.where(in_range, _log_probs(z_y, t, row_max, log_norm), float("nan"))
+    t = temperature_scalar if temperature is None else temperature.double()[:, None]
+    z_y = z.gather(1, y.clamp(0, vocab - 1)).double()
+    label_lp = ((z_y - row_max.double()[:, None]) / t - log_norm.double()[:, None]).to(z.dtype)
+    logp = torch.where(in_range, label_lp, float("nan"))
     logp = torch.where(y == ignore_index, 0, logp)
     return logp if mask is None else torch.where(mask[:, None], logp, 0)
 

@@ -150,4 +150,14 @@ EO_HOST_DEVICE inline SoftmaxStats<T> finalize(const OnlineSoftmax<T>& st, T s =
   return {st.max * s + log_s, log_s - st.sum_exp_z / st.sum_exp, log_s};
 }
 
+// log p_y = (x_y - max) / T - log S of one label, formed in double and rounded once, with T as the
+// caller holds it (the per-row value, or the Python float itself). (x_y - max) s - log S in the
+// accumulation type rounds s = 1/T and the product at the size of log p_y: an ulp of it, which at
+// low temperatures (|log p_y| in the hundreds) is beyond eager's error.
+template <typename T>
+EO_HOST_DEVICE inline T label_log_prob(T x_y, T max, double temperature, T log_norm) {
+  return static_cast<T>((static_cast<double>(x_y) - static_cast<double>(max)) / temperature -
+                        static_cast<double>(log_norm));
+}
+
 }  // namespace entropy_ops
