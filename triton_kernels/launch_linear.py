@@ -19,6 +19,7 @@ import torch
 import triton
 
 from ..backends.kernel import acc_dtype
+from ..backends.torch_backend import label_log_prob
 from ..backends.torch_linear import _mm_acc, add_mm, chunk_rows, gradient_rows
 from . import FP_FUSION
 from .linear_entropy import linear_entropy_bwd_kernel, linear_entropy_fwd_kernel
@@ -101,9 +102,8 @@ def linear_fwd_triton(a):
     inv_t = _inv_t(a, n_rows, dev)
     top, log_s, h_row = merge_split_states(part, inv_t)
     y = a.labels.long()
-    # (z_y - max) / T - log S in float64, rounded once (as the row kernels' label_log_prob).
-    t = a.temperature_scalar if a.temperature is None else a.temperature.double()[:, None]
-    label_lp = ((z_y.double() - top.double()[:, None]) / t - log_s.double()[:, None]).float()
+    t = a.temperature_scalar if a.temperature is None else a.temperature[:, None]
+    label_lp = label_log_prob(z_y, top[:, None], log_s[:, None], t)
     lp = torch.where((y >= 0) & (y < vocab), label_lp, float("nan"))
     lp = torch.where(y == a.ignore_index, 0, lp)
     if a.mask is not None:

@@ -11,11 +11,11 @@ outputs are 0 (bool outputs False) and its gradient row is 0.
 dtype) and ``log_norm = log sum_j exp((x_j - row_max) / T)``, so ``lse = row_max / T + log_norm``
 without ever rounding ``lse`` itself; the backward forms ``log p_j = (x_j - row_max) / T - log_norm``.
 A rounded float32 ``lse`` would put half its ulp (1.9e-6 just below 64) into every ``log p_j``,
-and the gradient multiplies that by ``1 / T``. A label's returned log-prob (``entropy``,
+and the gradient multiplies that by ``1 / T``. Rows without a distribution (all ``-inf``, NaN,
+``+inf``) have a NaN ``log_norm``; masked rows have 0s. A label's returned log-prob (``entropy``,
 ``min_p``, ``token_stats`` kernels) is ``(x_y - row_max) / T - log_norm`` formed in float64 with T
 as given (the Python float itself, or the per-row value) and rounded once: at low temperatures it
-is in the hundreds, where float32's ``(x_y - row_max) * (1/T)`` would be off by an ulp of it. Rows without a distribution (all ``-inf``, NaN,
-``+inf``) have a NaN ``log_norm``; masked rows have 0s.
+is in the hundreds, where float32's ``(x_y - row_max) * (1/T)`` would be off by an ulp of it.
 
 Selective ops (``top_p_*``, ``min_p_*``) decide which tokens a row keeps from the row's own values
 of ``e_j = exp((x_j - max_k x_k) / T)`` in the accumulation dtype (the shift is taken in raw-logit

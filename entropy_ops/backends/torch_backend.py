@@ -50,13 +50,20 @@ def _label_terms(labels, ignore_index, vocab, start, end):
     return y.clamp(0, vocab - 1), ignored, in_range
 
 
-def label_log_prob(x, y, row_max, log_norm, temperature, temperature_scalar, start, end):
-    """``(x_y - max) / T - log S`` of each row's label (``y`` clamped into range), in float64 and
-    rounded once, as the native kernels' ``label_log_prob``: in float32 the division and the
-    subtraction each round at the size of logp, which at low temperatures is in the hundreds."""
-    x_y = x[start:end].gather(-1, y[:, None]).squeeze(-1).double()
-    t = temperature_scalar if temperature is None else temperature[start:end].double()
-    return ((x_y - row_max.double()) / t - log_norm.double()).to(log_norm.dtype)
+def label_log_prob(x_y, row_max, log_norm, temperature):
+    """``(x_y - row_max) / T - log_norm`` in float64, rounded once to ``log_norm``'s dtype, as the
+    native kernels' ``label_log_prob``: in float32 the division and the subtraction each round at
+    the size of logp, which at low temperatures is in the hundreds. The tensors broadcast (``[rows,
+    K]`` labels against ``[rows, 1]`` states); ``temperature`` is a Python float or a tensor."""
+    t = temperature.double() if isinstance(temperature, torch.Tensor) else temperature
+    return ((x_y.double() - row_max.double()) / t - log_norm.double()).to(log_norm.dtype)
+
+
+def _chunk_label_log_prob(x, y, row_max, log_norm, temperature, temperature_scalar, start, end):
+    """:func:`label_log_prob` of each row's label in a chunk (``y`` clamped into range), ``[rows]``."""
+    x_y = x[start:end].gather(-1, y[:, None])
+    t = _temperature(temperature, temperature_scalar, start, end)
+    return label_log_prob(x_y, row_max[:, None], log_norm[:, None], t).squeeze(-1)
 
 
 def entropy_fwd_torch(x, labels, temperature, temperature_scalar, ignore_index, mask):
@@ -80,7 +87,7 @@ def entropy_fwd_torch(x, labels, temperature, temperature_scalar, ignore_index, 
         if labels is not None:
             y, ignored, in_range = _label_terms(labels, ignore_index, vocab, start, end)
             # (x_y - m) / T - log s keeps the digits that z_y - lse loses on rows shifted by 1e4.
-            label_lp = label_log_prob(x, y, m, log_s, temperature, temperature_scalar, start, end)
+            label_lp = _chunk_label_log_prob(x, y, m, log_s, temperature, temperature_scalar, start, end)
             row_logp = torch.where(in_range & ~torch.isnan(log_s), label_lp, float("nan"))
             logp[start:end] = torch.where(ignored, 0, row_logp)
     if mask is not None:
@@ -159,8 +166,8 @@ def token_stats_torch(x, labels, temperature, temperature_scalar, ignore_index, 
             out[name][start:end] = torch.where(bad, float("nan"), value)
         if labels is not None:
             y, ignored, in_range = _label_terms(labels, ignore_index, vocab, start, end)
-            label_lp = label_log_prob(x, y, m.squeeze(-1), log_s.squeeze(-1), temperature, temperature_scalar,
-                                      start, end)
+            label_lp = _chunk_label_log_prob(x, y, m.squeeze(-1), log_s.squeeze(-1), temperature,
+                                             temperature_scalar, start, end)
             row_logp = torch.where(in_range & ~bad, label_lp, float("nan"))
             out["logp"][start:end] = torch.where(ignored, 0, row_logp)
     if mask is not None:

@@ -21,6 +21,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from .kernel import RowKernel, acc_dtype
+from .torch_backend import label_log_prob
 
 _MIN_GEMM_ROWS = 16
 # Elements of one chunk of float32 logits: 16 MB on CPU (cache-friendly row kernels), 1 GB on CUDA:
@@ -137,10 +138,9 @@ def gather_logp(z, labels, temperature, temperature_scalar, ignore_index, mask, 
     vocab = z.shape[1]
     y = labels.long()
     in_range = (y >= 0) & (y < vocab)
-    t = temperature_scalar if temperature is None else temperature.double()[:, None]
-    z_y = z.gather(1, y.clamp(0, vocab - 1)).double()
-    label_lp = ((z_y - row_max.double()[:, None]) / t - log_norm.double()[:, None]).to(z.dtype)
-    logp = torch.where(in_range, label_lp, float("nan"))
+    t = temperature_scalar if temperature is None else temperature[:, None]
+    z_y = z.gather(1, y.clamp(0, vocab - 1))
+    logp = torch.where(in_range, label_log_prob(z_y, row_max[:, None], log_norm[:, None], t), float("nan"))
     logp = torch.where(y == ignore_index, 0, logp)
     return logp if mask is None else torch.where(mask[:, None], logp, 0)
 

@@ -9,7 +9,7 @@ import torch
 
 from .._backends import register_kernel
 from .kernel import MinPKernel, TopPKernel, acc_dtype
-from .torch_backend import _chunks, _label_terms, label_log_prob
+from .torch_backend import _chunk_label_log_prob, _chunks, _label_terms
 
 _DIGIT_BITS = 10
 # e <= 1, so the keys of fp32 e fit in 30 bits and those of fp64 e in 62.
@@ -158,7 +158,7 @@ def min_p_logprobs_fwd_torch(x, labels, temperature, temperature_scalar, ignore_
         kept = e >= min_p
         log_norm = torch.where(kept, e, 0).sum(-1).log()
         y, ignored, in_range = _label_terms(labels, ignore_index, vocab, start, end)
-        s_y = label_log_prob(x, y, row_max, log_norm, temperature, temperature_scalar, start, end)
+        s_y = _chunk_label_log_prob(x, y, row_max, log_norm, temperature, temperature_scalar, start, end)
         kept_y = kept.gather(-1, y[:, None]).squeeze(-1)
         row = torch.where(kept_y, s_y, float("-inf"))
         row = torch.where(in_range & ~bad, row, float("nan"))
