@@ -3,7 +3,8 @@
 #   make test      the CPU test suite, then the Triton-interpreter tests and the GPU tests (on the
 #                  GPU, else on the CUDA emulator: tests/cuda_emu), each in its own process
 #   make bench     python -m entropy_ops bench
-#   make wheel     the release wheel in dist/ (both native modules, auditwheel-repaired manylinux)
+#   make wheel     the release wheels in dist/, one per CPython in WHEEL_PYTHONS (both native
+#                  modules, auditwheel-repaired manylinux)
 #   make clean     build outputs (the next `make install` rebuilds); `make distclean` also the venv
 SHELL := /bin/bash
 .SUFFIXES:
@@ -115,17 +116,23 @@ $(WHEEL_TOOLS_STAMP): $(VENV_STAMP)
 	$(PIP) install $(WHEEL_TOOLS)
 	touch $@
 
-# The release wheel: `_C` and `_C_cuda` (a missing CUDA toolkit is an error; static cudart; SASS
-# for ENTROPY_OPS_CUDA_ARCHS, default sm80/90/100/120, + PTX of the newest). setup.py compiles
-# through build/objects/, so the objects of `make install` are reused, not compiled again.
-# build/lib.* goes first: setuptools would ship a module deleted since the last build from it.
+# The release wheels, one per CPython in WHEEL_PYTHONS (SPEC §5), each built by that interpreter
+# (.ci/find_python finds it; a missing one is an error naming the fix): `_C` and `_C_cuda` (a
+# missing CUDA toolkit is an error; static cudart; SASS for ENTROPY_OPS_CUDA_ARCHS, default
+# sm80/90/100/120, + PTX of the newest). setup.py compiles through build/objects/: the CUDA objects
+# include no Python header, so `make install` compiled them for every wheel; only the host objects
+# of `_C` and the bindings are compiled per Python. build/lib.* goes first: setuptools would ship a
+# module deleted since the last build from it.
+WHEEL_PYTHONS ?= 3.10 3.11 3.12 3.13
 wheel: $(WHEEL_TOOLS_STAMP)
 	rm -rf build/lib.* build/bdist.* build/wheel dist
-	ENTROPY_OPS_REQUIRE_CUDA=1 $(PIP) wheel --no-deps --wheel-dir build/wheel .
+	@set -e; for v in $(WHEEL_PYTHONS); do \
+	  py=$$(.ci/find_python $$v); echo "== wheel for CPython $$v: $$py"; \
+	  ENTROPY_OPS_REQUIRE_CUDA=1 "$$py" -m pip wheel --no-deps --wheel-dir build/wheel .; \
+	done
 	PATH="$(abspath $(VENV))/bin:$$PATH" auditwheel repair --plat $(WHEEL_PLAT) \
 	  --wheel-dir dist build/wheel/entropy_ops-*.whl
-	$(VENV)/bin/auditwheel show dist/entropy_ops-*.whl
-	@for w in dist/entropy_ops-*.whl; do \
+	@for w in dist/entropy_ops-*.whl; do $(VENV)/bin/auditwheel show "$$w"; \
 	  echo "wheel: $$w ($$(du -k "$$w" | cut -f1) KiB)"; done
 
 clean:

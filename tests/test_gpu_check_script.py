@@ -1,10 +1,12 @@
 """.ci/gpu_check, the prepared script of the GPU checks: it parses, refuses an unknown stage, and
 the tests its sanitizer stage names still exist (a renamed test would otherwise leave that stage
-running nothing on the one day a GPU is lent), selecting cases of both GPU backends."""
+running nothing on the one day a GPU is lent), selecting cases of both GPU backends; its wheel
+stage fails naming a missing wheel."""
 import os
 import re
 import shlex
 import subprocess
+import sys
 
 from conftest import PYTHON, REPO_ROOT, subprocess_env
 
@@ -45,3 +47,18 @@ def test_sanitizer_stage_selects_existing_tests_of_both_backends():
             assert mine, f"{tool}: -k {shlex.quote(keyword)} selects nothing of {node}"
             for backend in ("triton", "cuda"):
                 assert any(backend in s for s in mine), f"{tool}: no {backend} case of {node}"
+
+
+def test_wheel_stage_names_the_missing_wheel(tmp_path):
+    """Without `make wheel` and dist carried, the wheel stage fails and says so (not a silent pass)."""
+    tree = tmp_path / "tree"
+    (tree / ".ci").mkdir(parents=True)
+    (tree / "dist").mkdir()
+    script = tree / ".ci" / "gpu_check"
+    script.write_text(open(SCRIPT).read())
+    proc = subprocess.run(["bash", str(script), "wheel"], capture_output=True, text=True,
+                          env=subprocess_env(GPU_CHECK_OUT=str(tmp_path / "out"), PYTHON=PYTHON))
+    tag = "cp%d%d" % sys.version_info[:2]
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"no {tag} wheel in dist/" in proc.stdout
+    assert f"no {tag} wheel in dist/" in (tmp_path / "out" / "wheel.log").read_text()

@@ -1,7 +1,8 @@
 """What ships and what CI runs around the package, checked without building anything: the LICENSE
 text and its place in the wheel and sdist metadata, the whole test suite in the sdist, the wheel
 smoke test's arch list normalized as setup.py normalizes it, the smoke venv's pins (torch, Triton
-3.6), no annotation that Python 3.9 cannot evaluate, and the Makefile's message for a broken venv."""
+3.6), one wheel per CPython the metadata names and how its interpreter is found, no annotation
+that Python 3.9 cannot evaluate, and the Makefile's message for a broken venv."""
 import ast
 import importlib.util
 import os
@@ -37,8 +38,8 @@ def test_sdist_carries_the_whole_test_suite():
     assert {"graft tests", "graft .ci", "include Makefile"} <= set(lines)
 
 
-def _smoke_wheel():
-    spec = importlib.util.spec_from_file_location("smoke_wheel", os.path.join(REPO_ROOT, ".ci", "smoke_wheel.py"))
+def _smoke_native():
+    spec = importlib.util.spec_from_file_location("smoke_native", os.path.join(REPO_ROOT, ".ci", "smoke_native.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -47,7 +48,7 @@ def _smoke_wheel():
 @pytest.mark.parametrize("archs", ["", "80;90;100;120", "90,80", "sm_90", " sm_120; 100a,80 80 "])
 def test_smoke_test_expects_the_archs_setup_py_builds(archs, monkeypatch):
     monkeypatch.setenv("ENTROPY_OPS_CUDA_ARCHS", archs)
-    assert _smoke_wheel().expected_archs() == load_setup_py().cuda_archs()[0]
+    assert _smoke_native().expected_archs() == load_setup_py().cuda_archs()[0]
 
 
 def _constraints_step():
@@ -67,6 +68,52 @@ def test_ci_smoke_venv_pins_torch_and_the_oldest_triton_tested(tmp_path):
     pins = (tmp_path / "constraints.txt").read_text().split()
     assert pins == ["torch==2.13.0", "triton==3.6.0", "numpy<2.4"]
     assert "Triton 3.6" in _text("README.md"), "README's status section says which Triton versions ran"
+
+
+def _wheel_pythons():
+    """The Makefile's default WHEEL_PYTHONS."""
+    line = next(l for l in _text("Makefile").splitlines() if l.startswith("WHEEL_PYTHONS ?="))
+    return line.split("?=")[1].split()
+
+
+def test_one_wheel_per_python_the_metadata_names():
+    """SPEC §5: one wheel per CPython; the classifiers name exactly those. The GPU machines run
+    3.12; CI's smoke test with torch needs the dev venv's Python (3.11) among them."""
+    with open(os.path.join(REPO_ROOT, "pyproject.toml"), "rb") as f:
+        classifiers = tomllib.load(f)["project"]["classifiers"]
+    prefix = "Programming Language :: Python :: 3."
+    named = sorted((c[len("Programming Language :: Python :: "):] for c in classifiers
+                    if c.startswith(prefix) and c[len(prefix):].isdigit()), key=lambda v: int(v[2:]))
+    assert named == _wheel_pythons()
+    assert {"3.11", "3.12"} <= set(named)
+
+
+def _fake_python(path, version, works=True):
+    """An executable that answers as CPython ``version`` with pip, or (a pyenv shim of a version not
+    enabled) fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = (f'case "$1" in -c) echo {version} ;; -m) echo "pip 24.0" ;; esac\n' if works
+            else 'echo "pyenv: not enabled" >&2; exit 127\n')
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+
+
+def test_find_python_takes_the_newest_pyenv_build_that_runs_then_path(tmp_path):
+    root, bin_dir = tmp_path / "pyenv", tmp_path / "bin"
+    for patch in ("9", "10"):
+        _fake_python(root / "versions" / f"3.98.{patch}" / "bin" / "python3.98", "3.98")
+    _fake_python(root / "versions" / "3.98.11" / "bin" / "python3.98", "3.98", works=False)
+    _fake_python(bin_dir / "python3.97", "3.97")
+
+    def find(version):
+        env = dict(os.environ, PYENV_ROOT=str(root), PATH=f"{bin_dir}:{os.environ['PATH']}")
+        return subprocess.run(["bash", os.path.join(REPO_ROOT, ".ci", "find_python"), version],
+                              env=env, capture_output=True, text=True)
+    assert find("3.98").stdout.strip() == str(root / "versions" / "3.98.10" / "bin" / "python3.98")
+    assert find("3.97").stdout.strip() == str(bin_dir / "python3.97")
+    missing = find("3.96")
+    assert missing.returncode == 1 and "no CPython 3.96" in missing.stderr and "WHEEL_PYTHONS" in missing.stderr
+    assert find("3").returncode == 2
 
 
 def _has_pep604_annotation(tree) -> bool:
