@@ -7,7 +7,7 @@ Equal probabilities are tested on rows built exactly (``tied_rows``).
 """
 import torch
 
-from conftest import _eager_z, acc_dtype
+from conftest import eager_z, acc_dtype
 from entropy_ops import reference as R
 
 MARGIN = 1e-4
@@ -41,7 +41,7 @@ def clear_of_min_p_cut(x, min_p, temperature=1.0):
 def eager_top_p_entropy(x, top_p, temperature=1.0):
     """The yardstick: the reference's nucleus, its entropy computed eagerly with fp32 upcast."""
     kept = R.top_p_mask_ref(x, top_p, temperature, inclusive=False)
-    z = _eager_z(x, temperature)
+    z = eager_z(x, temperature)
     z = torch.where(kept, z, float("-inf"))
     lse = torch.logsumexp(z, dim=-1)
     p = torch.softmax(z, dim=-1)
@@ -49,7 +49,7 @@ def eager_top_p_entropy(x, top_p, temperature=1.0):
 
 
 def eager_min_p_logprobs(x, labels, min_p, temperature=1.0, ignore_index=-100):
-    z = _eager_z(x, temperature)
+    z = eager_z(x, temperature)
     p = torch.softmax(z, dim=-1)
     kept = p >= min_p * p.amax(-1, keepdim=True)
     lse = torch.logsumexp(torch.where(kept, z, float("-inf")), dim=-1)

@@ -35,7 +35,7 @@ def test_exp2_accumulator_matches_reference(native, vocab, temperature):
 def test_exp2_accumulator_of_finfo_masked_rows(native):
     """The GPU thread fold of a row masked with finfo.min (a first group of masked entries alone,
     rescaled to a real max when the allowed tokens come): finite, equal to the reference."""
-    from conftest import finfo_masked_rows
+    from entropy_common import finfo_masked_rows
     for vocab in (16, 1000):
         x, _ = finfo_masked_rows(vocab, torch.float32, seed=vocab)
         ours = torch.stack([_accumulate(native, row, 0.7) for row in x])

@@ -8,8 +8,6 @@ from conftest import (
     assert_neginf_grad_is_zero,
     FINITE_KINDS,
     assert_within_eager_bound,
-    check_bad_rows_get_nan_gradients,
-    check_low_temperature_grads,
     eager_entropy,
     eager_grad,
     eager_logprobs_and_entropy,
@@ -18,6 +16,7 @@ from conftest import (
     ours_grad,
     reference_grad,
 )
+from entropy_common import check_bad_rows_get_nan_gradients, check_low_temperature_grads
 from entropy_ops.reference import entropy_ref, logprobs_and_entropy_ref
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]

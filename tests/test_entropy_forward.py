@@ -11,12 +11,12 @@ from conftest import (
     FLOAT_DTYPES,
     acc_dtype,
     assert_within_eager_bound,
-    check_far_label_logps,
     eager_entropy,
     eager_logprobs_and_entropy,
     make_labels,
     make_rows,
 )
+from entropy_common import check_far_label_logps
 from entropy_ops.reference import entropy_ref, logprobs_and_entropy_ref
 
 VOCABS = [1, 2, 111, 1023, 1024, 32000, 151936]

@@ -10,12 +10,12 @@ from conftest import (
     NORMAL,
     acc_dtype,
     assert_within_eager_bound,
-    check_layouts_give_the_same_bits,
     eager_entropy,
     eager_logprobs_and_entropy,
     make_labels,
     make_rows,
 )
+from entropy_common import check_layouts_give_the_same_bits
 from entropy_ops.reference import entropy_ref, logprobs_and_entropy_ref
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

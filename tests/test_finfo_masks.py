@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import entropy_ops as eo
-from conftest import check_finfo_masked_rows, check_uniform_row_of_finfo_min
+from entropy_common import check_finfo_masked_rows, check_uniform_row_of_finfo_min
 
 
 def test_finfo_masked_rows(backend):

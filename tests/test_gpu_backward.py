@@ -6,8 +6,6 @@ import pytest
 import torch
 
 from conftest import (
-    check_bad_rows_get_nan_gradients,
-    check_low_temperature_grads,
     assert_neginf_grad_is_zero,
     eager_entropy,
     eager_grad,
@@ -17,6 +15,7 @@ from conftest import (
     ours_grad,
     reference_grad,
 )
+from entropy_common import check_bad_rows_get_nan_gradients, check_low_temperature_grads
 from entropy_ops.reference import entropy_ref, logprobs_and_entropy_ref
 from gpu_common import (  # noqa: F401, F811 (pytestmark applies the gpu marks; gpu_backend is a fixture)
     BIG_BATCH,

@@ -8,10 +8,6 @@ import torch
 from conftest import (
     FINITE_KINDS,
     NAN_KINDS,
-    check_far_label_logps,
-    check_finfo_masked_rows,
-    check_uniform_row_of_finfo_min,
-    check_layouts_give_the_same_bits,
     eager_entropy,
     eager_grad,
     eager_logprobs_and_entropy,
@@ -19,6 +15,12 @@ from conftest import (
     make_rows,
     ours_grad,
     reference_grad,
+)
+from entropy_common import (
+    check_far_label_logps,
+    check_finfo_masked_rows,
+    check_layouts_give_the_same_bits,
+    check_uniform_row_of_finfo_min,
 )
 from entropy_ops import _backends
 from entropy_ops.reference import entropy_ref, logprobs_and_entropy_ref

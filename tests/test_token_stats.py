@@ -11,7 +11,7 @@ from conftest import (
     FINITE_KINDS,
     FLOAT_DTYPES,
     NAN_KINDS,
-    _eager_z,
+    eager_z,
     acc_dtype,
     assert_within_eager_bound,
     make_labels,
@@ -25,7 +25,7 @@ STATS = ("lse", "entropy", "max_logp", "collision", "varentropy", "self_certaint
 
 def eager_token_stats(logits, labels=None, temperature=1.0, ignore_index=-100, mask=None):
     """The yardstick: each statistic by its definition in eager torch with fp32 upcast."""
-    z = _eager_z(logits, temperature)
+    z = eager_z(logits, temperature)
     lse = torch.logsumexp(z, dim=-1)
     log_p = torch.log_softmax(z, dim=-1)
     p = torch.softmax(z, dim=-1)

@@ -10,11 +10,24 @@ import entropy_ops as eo
 from entropy_ops import reference as R
 
 from conftest import (
-    FINITE_KINDS, NAN_KINDS, assert_within_eager_bound, check_bad_rows_get_nan_gradients, check_finfo_masked_rows,
-    check_far_label_logps, check_layouts_give_the_same_bits, check_low_temperature_grads,
+    FINITE_KINDS,
+    NAN_KINDS,
+    assert_within_eager_bound,
+    eager_entropy,
+    eager_grad,
+    eager_logprobs_and_entropy,
+    make_labels,
+    make_rows,
+    ours_grad,
+    reference_grad,
+)
+from entropy_common import (
+    check_bad_rows_get_nan_gradients,
+    check_far_label_logps,
+    check_finfo_masked_rows,
+    check_layouts_give_the_same_bits,
+    check_low_temperature_grads,
     check_uniform_row_of_finfo_min,
-    eager_entropy, eager_grad,
-    eager_logprobs_and_entropy, make_labels, make_rows, ours_grad, reference_grad,
 )
 
 pytestmark = [

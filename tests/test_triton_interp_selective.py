@@ -16,7 +16,7 @@ import entropy_ops as eo
 from entropy_ops import reference as R
 
 from conftest import (
-    FINITE_KINDS, NAN_KINDS, _eager_lse_entropy, _eager_z, _special_row, assert_within_eager_bound,
+    FINITE_KINDS, NAN_KINDS, _eager_lse_entropy, eager_z, _special_row, assert_within_eager_bound,
     autograd_grad, make_labels, make_rows,
 )
 
@@ -91,13 +91,13 @@ def selective_rows(n_rows, vocab, dtype, margin_fn, t, kinds=FINITE_KINDS + NAN_
 def eager_top_p_entropy(x, top_p, t):
     """The yardstick: entropy over the reference's nucleus in eager torch with fp32 upcast."""
     kept = R.top_p_mask_ref(x.detach(), top_p, t, inclusive=False)
-    z = _eager_z(x, t)
+    z = eager_z(x, t)
     _, h = _eager_lse_entropy(torch.where(kept, z, float("-inf")))
     return h
 
 
 def eager_min_p_logprobs(x, labels, min_p, t, ignore_index=-100):
-    z = _eager_z(x, t)
+    z = eager_z(x, t)
     with torch.no_grad():
         p = torch.softmax(z.double(), -1)
         kept = p >= min_p * p.amax(-1, keepdim=True)
