@@ -11,8 +11,9 @@ LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 LABEL_DTYPES = (torch.int64, torch.int32)
 
 
-def logits(x) -> Tuple[int, ...]:
-    """Check ``logits [..., V]`` and return its leading shape."""
+def logits(x, sharded: bool = False) -> Tuple[int, ...]:
+    """Check ``logits [..., V]`` and return its leading shape. ``sharded``: a vocab shard (with
+    ``process_group``), whose ``V = 0`` the layout check rejects on every rank of the group."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"logits: expected a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in LOGIT_DTYPES:
@@ -22,7 +23,7 @@ def logits(x) -> Tuple[int, ...]:
         )
     if x.dim() < 1:
         raise ValueError("logits: expected shape [..., V] with at least one dimension, got a 0-d tensor")
-    if x.shape[-1] == 0:
+    if x.shape[-1] == 0 and not sharded:
         raise ValueError(f"logits: the vocabulary dimension V is 0 (shape {tuple(x.shape)}); V must be >= 1")
     if x.shape[-1] > 1 and x.stride(-1) != 1 and x.numel() > 0:  # an empty tensor reads nothing
         raise ValueError(

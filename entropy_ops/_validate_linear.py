@@ -21,8 +21,10 @@ def _same_device(name: str, t: torch.Tensor, hidden: torch.Tensor) -> None:
         raise ValueError(f"{name}: is on {t.device} but hidden is on {hidden.device}; move it with .to(hidden.device)")
 
 
-def hidden_and_weight(hidden, weight, bias) -> Tuple[int, ...]:
-    """Check ``hidden [..., D]``, ``weight [V, D]``, ``bias [V]`` and return the leading shape."""
+def hidden_and_weight(hidden, weight, bias, sharded: bool = False) -> Tuple[int, ...]:
+    """Check ``hidden [..., D]``, ``weight [V, D]``, ``bias [V]`` and return the leading shape.
+    ``sharded``: a vocab shard of the head (with ``process_group``), whose ``V = 0`` the layout
+    check rejects on every rank of the group."""
     _tensor("hidden", hidden)
     _tensor("weight", weight)
     if hidden.dtype not in LOGIT_DTYPES:
@@ -31,7 +33,7 @@ def hidden_and_weight(hidden, weight, bias) -> Tuple[int, ...]:
         raise ValueError(f"hidden: expected shape [..., D] with D >= 1, got {list(hidden.shape)}")
     if weight.dim() != 2:
         raise ValueError(f"weight: expected shape [V, D] (the LM head, as nn.Linear stores it), got {list(weight.shape)}")
-    if weight.shape[0] == 0:
+    if weight.shape[0] == 0 and not sharded:
         raise ValueError("weight: the vocabulary dimension V is 0; V must be >= 1")
     if weight.shape[1] != hidden.shape[-1]:
         raise ValueError(

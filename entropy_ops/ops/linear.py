@@ -166,7 +166,7 @@ def linear_logprobs_and_entropy(hidden: Tensor, weight: Tensor, labels: Tensor, 
     ``grad_hidden`` (summed over the group in backward: one all-reduce of ``[N, D]``).
     See ``parallel/vocab_linear.py``.
     """
-    leading = V.hidden_and_weight(hidden, weight, bias)
+    leading = V.hidden_and_weight(hidden, weight, bias, sharded=process_group is not None)
     labels = V.labels(labels, hidden, leading)
     t, t_scalar = V.temperature(temperature, hidden, leading)
     ignore_index = integer("ignore_index", ignore_index)

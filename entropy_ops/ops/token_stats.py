@@ -86,7 +86,7 @@ def token_stats(logits: Tensor, labels: Optional[Tensor] = None, temperature=1.0
         hold NaN/+inf give NaN in every statistic of that row. Terms with ``p_j = 0`` contribute
         exactly 0. The outputs are not differentiable.
     """
-    leading = _validate.logits(logits)
+    leading = _validate.logits(logits, sharded=process_group is not None)
     if labels is not None:
         labels = _validate.labels(labels, logits, leading)
     t, t_scalar = _validate.temperature(temperature, logits, leading)

@@ -132,7 +132,7 @@ def top_p_entropy(logits: Tensor, top_p: float = 0.8, temperature=1.0, *,
         get ``-q_j (log q_j + H_K) / T`` times the upstream gradient, the others exactly 0. Rows
         that are all ``-inf`` or hold NaN/+inf give NaN.
     """
-    leading = _validate.logits(logits)
+    leading = _validate.logits(logits, sharded=process_group is not None)
     top_p = _validate.probability("top_p", top_p, open_low=True)
     t, t_scalar = _validate.temperature(temperature, logits, leading)
     mask = _validate.row_mask(mask, logits, leading)
@@ -159,7 +159,7 @@ def top_p_mask(logits: Tensor, top_p: float, temperature=1.0, inclusive: bool = 
         bool ``[..., V]``, True for kept tokens. All False in masked rows and in rows that are all
         ``-inf`` or hold NaN/+inf. Not differentiable.
     """
-    leading = _validate.logits(logits)
+    leading = _validate.logits(logits, sharded=process_group is not None)
     top_p = _validate.probability("top_p", top_p, open_low=True)
     t, t_scalar = _validate.temperature(temperature, logits, leading)
     _validate.flag("inclusive", inclusive)

@@ -5,6 +5,8 @@ Merges are done in float64 on ``[N]``-sized tensors (a few bytes per token next 
 logits per token): the between-shard moments of ``token_stats`` subtract terms of size ``H^2``,
 which float64 keeps exact; the communication cost of the wider type is negligible.
 """
+import functools
+import math
 from typing import NamedTuple, Optional
 
 import torch
@@ -13,9 +15,45 @@ from torch import Tensor
 
 from ..backends.kernel import acc_dtype
 from ..ops._rows import _values_checked, check_values, flat_temperature, per_row, rows
-from .layout import ShardLayout
+from .layout import Call, ShardLayout, shard_layout
 
 F64 = torch.float64
+
+# Eager under torch.compile (a graph break), forward and backward alike: the backward recomputes
+# what the forward decided (top-p's nucleus, min-p's kept set) and must see the same bits (inductor's
+# exp differs from ATen's by an ulp); the collectives need eager c10d calls anyway.
+eager = torch.compiler.disable
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """Passes gradients through; differentiating them again raises, naming the op."""
+    @staticmethod
+    def forward(ctx, op, anchor, *grads):
+        ctx.op = op
+        return tuple(g.view_as(g) for g in grads)
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError(f"entropy_ops: double backward through {ctx.op} (with process_group) is not supported")
+
+
+def first_order_only(op: str):
+    """Decorates an ``autograd.Function``'s backward (SPEC §1: double backward is not supported, and
+    raises, as in the single-process ops): the backward builds no graph, and under
+    ``create_graph=True`` its gradients are marked so that differentiating them raises. They hang
+    off the first saved tensor that requires grad (the backward's own results need none)."""
+    def decorate(backward):
+        @functools.wraps(backward)
+        def run(ctx, *grad_outputs):
+            with torch.no_grad():
+                grads = backward(ctx, *grad_outputs)
+            anchor = next((t for t in ctx.saved_tensors if t is not None and t.requires_grad), None)
+            if not torch.is_grad_enabled() or anchor is None:
+                return grads
+            marked = iter(_NoDoubleBackward.apply(op, anchor, *(g for g in grads if isinstance(g, Tensor))))
+            return tuple(next(marked) if isinstance(g, Tensor) else g for g in grads)
+        return run
+    return decorate
 
 
 class Shard(NamedTuple):
@@ -33,6 +71,16 @@ class Shard(NamedTuple):
     def temperature64(self):
         """Per-row temperature in float64 (or the Python float)."""
         return self.t_scalar if self.t is None else self.t.to(F64)
+
+
+def layout_of(op: str, logits: Tensor, temperature, t_scalar: float, mask, group, vocab_start,
+              *args: float) -> ShardLayout:
+    """The checked layout of this rank's shard ``logits [..., V_r]`` and the check that every rank
+    makes the same call (``args``: the op's scalars). Before any other per-rank work, so that an
+    empty shard raises on every rank."""
+    call = Call(op, math.prod(logits.shape[:-1]), logits.dtype, t_scalar, temperature is not None,
+                mask is not None, args)
+    return shard_layout(group, logits.shape[-1], vocab_start, call, logits.device)
 
 
 def make_shard(logits: Tensor, temperature, t_scalar: float, mask, ignore_index: int = -100) -> Shard:

@@ -32,8 +32,7 @@ from torch import Tensor
 
 from .. import _backends
 from ..backends.kernel import acc_dtype
-from .layout import shard_layout
-from .shard import F64, all_max, all_sum, gather_raw, localize, make_shard
+from .shard import F64, all_max, all_sum, eager, first_order_only, gather_raw, layout_of, localize, make_shard
 
 
 def _col(v, like):
@@ -152,8 +151,9 @@ def _write_label_entries(grad, t, t_scalar, h, g_h, g_l, g_k, logp, local, owned
 class _VocabParallelEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, labels, temperature, t_scalar, ignore_index, mask, group, vocab_start, backends):
+        op, args = ("entropy", ()) if labels is None else ("logprobs_and_entropy", (ignore_index,))
+        layout = layout_of(op, logits, temperature, t_scalar, mask, group, vocab_start, *args)
         shard = make_shard(logits, temperature, t_scalar, mask, ignore_index)
-        layout = shard_layout(group, shard.x.shape[-1], vocab_start, logits.device)
         y = None if labels is None else localize(labels, shard, layout, ignore_index)
         acc = acc_dtype(logits.dtype)
         st = local_state(shard, y, backends[0])
@@ -166,6 +166,7 @@ class _VocabParallelEntropy(torch.autograd.Function):
         return (h,) if logp is None else (h, logp)
 
     @staticmethod
+    @first_order_only("entropy ops")
     def backward(ctx, grad_h, grad_logp=None):
         logits, t, mask, row_max, log_norm, h, *label_state = ctx.saved_tensors
         x = logits.reshape(-1, logits.shape[-1])
@@ -174,6 +175,7 @@ class _VocabParallelEntropy(torch.autograd.Function):
         return grad.view(logits.shape), None, None, None, None, None, None, None, None
 
 
+@eager
 def entropy(logits: Tensor, temperature, t_scalar: float, mask, group, vocab_start) -> Tensor:
     """:func:`entropy_ops.entropy` over the vocab shards of ``group`` (arguments validated)."""
     backends = (_backends.resolve("entropy", logits.device, logits.dtype),
@@ -183,6 +185,7 @@ def entropy(logits: Tensor, temperature, t_scalar: float, mask, group, vocab_sta
     return h.view(logits.shape[:-1])
 
 
+@eager
 def logprobs_and_entropy(logits: Tensor, labels: Tensor, temperature, t_scalar: float,
                          ignore_index: int, mask, group, vocab_start):
     """:func:`entropy_ops.logprobs_and_entropy` over the vocab shards of ``group``."""

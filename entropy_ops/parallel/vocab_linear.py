@@ -21,8 +21,8 @@ from ..backends.kernel import acc_dtype
 from ..backends.torch_linear import (
     _chunks, _half_on_cuda, _mm_acc, add_mm, chunk_logits, chunk_rows, gradient_rows, product_weight,
 )
-from .layout import shard_layout
-from .shard import localize, make_shard
+from .layout import Call, shard_layout
+from .shard import eager, first_order_only, localize, make_shard
 from .vocab import LocalState, grad_from_state, local_state, merge, saved_log_norm
 
 
@@ -54,7 +54,9 @@ class _VocabParallelLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, a, group, vocab_start, backends):
         n, vocab = hidden.shape[0], weight.shape[0]
-        layout = shard_layout(group, vocab, vocab_start, hidden.device)
+        call = Call("linear_logprobs_and_entropy", n, hidden.dtype, a.temperature_scalar, a.temperature is not None,
+                    a.mask is not None, (a.ignore_index, hidden.shape[1], a.labels.shape[1], a.logit_scale, a.softcap))
+        layout = shard_layout(group, vocab, vocab_start, call, hidden.device)
         w = product_weight(weight)
         parts = []
         # N = 0: one empty chunk, so that the row states (and the merge's collectives) exist.
@@ -72,6 +74,7 @@ class _VocabParallelLinear(torch.autograd.Function):
         return logp, h
 
     @staticmethod
+    @first_order_only("linear_logprobs_and_entropy")
     def backward(ctx, grad_logp, grad_h):
         hidden, weight, bias, row_max, log_norm, h, logp, local, owned, valid = ctx.saved_tensors
         a = ctx.a._replace(hidden=hidden, weight=weight, bias=bias)
@@ -80,8 +83,11 @@ class _VocabParallelLinear(torch.autograd.Function):
         w = product_weight(weight)
         mm_dtype = weight.dtype if _half_on_cuda(weight) else acc
         grad_hidden = torch.empty(hidden.shape, dtype=acc, device=hidden.device)
-        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
-        grad_b = torch.zeros(vocab, dtype=acc, device=weight.device) if bias is not None else None
+        # A frozen head (LoRA) needs no grad_weight: neither its [V_r, D] buffer nor its product.
+        # grad_hidden is always formed and summed, so that every rank joins the same collective.
+        need_w, need_b = ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        grad_b = torch.zeros(vocab, dtype=acc, device=weight.device) if need_b else None
         live = gradient_rows(a, grad_logp, grad_h)
         for start, end in _chunks(n, chunk_rows(vocab, hidden.device, a.chunk_size)):
             z = chunk_logits(a, w, hidden[start:end])[:end - start]
@@ -92,8 +98,9 @@ class _VocabParallelLinear(torch.autograd.Function):
                                 _rows_of(grad_h, start, end), _rows_of(grad_logp, start, end), ctx.backend)
             g = _chain(g, z, a).to(mm_dtype)
             grad_hidden[rows] = _mm_acc(g, w.to(mm_dtype), acc)
-            h_rows = torch.where(live[rows, None], hidden[rows], 0)  # NaN x a zero gradient is NaN
-            add_mm(grad_w, g.t(), h_rows.to(mm_dtype))
+            if grad_w is not None:
+                h_rows = torch.where(live[rows, None], hidden[rows], 0)  # NaN x a zero gradient is NaN
+                add_mm(grad_w, g.t(), h_rows.to(mm_dtype))
             if grad_b is not None:
                 grad_b += g.to(acc).sum(0)
         dist.all_reduce(grad_hidden, op=dist.ReduceOp.SUM, group=ctx.group)
@@ -101,6 +108,7 @@ class _VocabParallelLinear(torch.autograd.Function):
         return grad_hidden.to(hidden.dtype), cast(grad_w), cast(grad_b), None, None, None, None
 
 
+@eager
 def linear_logprobs_and_entropy(a, group, vocab_start):
     """``(logp [N, K], H [N])`` of :func:`entropy_ops.linear_logprobs_and_entropy` over the vocab
     shards of ``group``; ``a`` the validated, flattened ``LinearArgs`` (``labels [N, K]``)."""

@@ -13,8 +13,7 @@ import torch
 
 from ..backends.kernel import acc_dtype
 from ..backends.torch_backend import _chunks
-from .layout import shard_layout
-from .shard import F64, all_sum, gather_raw, global_max, localize, make_shard
+from .shard import F64, all_sum, eager, first_order_only, gather_raw, global_max, layout_of, localize, make_shard
 
 
 def _shifted(x, m_glob, t, t_scalar, start, end):
@@ -27,8 +26,9 @@ def _shifted(x, m_glob, t, t_scalar, start, end):
 class _VocabParallelMinP(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, labels, temperature, t_scalar, ignore_index, min_p, mask, group, vocab_start):
+        layout = layout_of("min_p_logprobs", logits, temperature, t_scalar, mask, group, vocab_start, min_p,
+                           ignore_index)
         shard = make_shard(logits, temperature, t_scalar, mask, ignore_index)
-        layout = shard_layout(group, shard.x.shape[-1], vocab_start, logits.device)
         y = localize(labels, shard, layout, ignore_index)
         acc = acc_dtype(logits.dtype)
         m_glob = global_max(shard, group)
@@ -55,6 +55,7 @@ class _VocabParallelMinP(torch.autograd.Function):
         return logp.view(logits.shape[:-1])
 
     @staticmethod
+    @first_order_only("min_p_logprobs")
     def backward(ctx, grad_logp):
         logits, t, mask, m_glob, log_norm, local, owned, live_label, bad = ctx.saved_tensors
         x = logits.reshape(-1, logits.shape[-1])
@@ -78,6 +79,7 @@ class _VocabParallelMinP(torch.autograd.Function):
         return grad.view(logits.shape), None, None, None, None, None, None, None, None
 
 
+@eager
 def min_p_logprobs(logits, labels, min_p: float, temperature, t_scalar: float, ignore_index: int, mask,
                    group, vocab_start):
     """:func:`entropy_ops.min_p_logprobs` over the vocab shards of ``group`` (arguments validated)."""

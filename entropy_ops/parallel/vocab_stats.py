@@ -25,24 +25,27 @@ import torch
 from .. import _backends
 from ..backends.kernel import acc_dtype
 from ..ops._types import TokenStats
-from .layout import shard_layout
-from .shard import F64, all_sum, gather_raw, global_max, localize, make_shard, shifted_max
+from .shard import F64, all_sum, eager, gather_raw, global_max, layout_of, localize, make_shard, shifted_max
 
 
+@eager
 def token_stats(logits, labels, temperature, t_scalar: float, ignore_index: int, mask, group,
                 vocab_start) -> TokenStats:
     """:func:`entropy_ops.token_stats` over the vocab shards of ``group`` (arguments validated)."""
     backend = _backends.resolve("token_stats", logits.device, logits.dtype)
+    layout = layout_of("token_stats", logits, temperature, t_scalar, mask, group, vocab_start,
+                       float("nan") if labels is None else ignore_index)
     shard = make_shard(logits, temperature, t_scalar, mask, ignore_index)
-    layout = shard_layout(group, shard.x.shape[-1], vocab_start, logits.device)
     y = None if labels is None else localize(labels, shard, layout, ignore_index)
     local = TokenStats(*(v.to(F64) for v in torch.ops.entropy_ops.token_stats(
         shard.x, None, shard.t, t_scalar, ignore_index, shard.mask, backend)))
     m_glob = global_max(shard, group)
     a = shifted_max(shard, m_glob)
     log_s = -local.max_logp
-    present = shard.present
-    s_r = torch.where(present, torch.exp(a + log_s), 0)
+    s_r = torch.where(shard.present, torch.exp(a + log_s), 0)
+    # A shard whose mass underflows next to the global max (a finfo.min-masked shard at T < 1:
+    # a = -inf in float64 logits) adds exactly 0, never 0 * inf, as in vocab.merge.
+    present = s_r > 0
     s2 = s_r * s_r
     u_r = torch.where(present, local.entropy - log_s - a, 0)
     c_r = torch.where(present, local.collision, 0)
@@ -51,9 +54,9 @@ def token_stats(logits, labels, temperature, t_scalar: float, ignore_index: int,
         return torch.where(present, v, 0)
 
     mean_shifted = log_s - math.log(layout.local) - local.self_certainty
-    sum_z = torch.where(present, layout.local * (mean_shifted + a), 0)
+    sum_z = torch.where(shard.present, layout.local * (mean_shifted + a), 0)
     # A live shard that is all -inf still counts its V_r entries in mean_j z_j (-> +inf).
-    sum_z = torch.where(shard.live & ~shard.bad & ~present, float("-inf"), sum_z)
+    sum_z = torch.where(shard.live & ~shard.bad & ~shard.present, float("-inf"), sum_z)
     columns = [s_r, on_shard(s_r * u_r), on_shard(s_r * local.varentropy), on_shard(s_r * u_r * u_r),
                on_shard(s2 * c_r), on_shard(s2 * local.entropy_drift), on_shard(s2 * u_r * c_r),
                sum_z, shard.bad]

@@ -21,8 +21,7 @@ import torch
 from ..backends.kernel import acc_dtype
 from ..backends.torch_backend import _chunks
 from ..backends.torch_selective import _KEY_BITS, _KEY_INT, nucleus_ties_kept
-from .layout import shard_layout
-from .shard import F64, all_sum, global_max, make_shard
+from .shard import F64, all_sum, eager, first_order_only, global_max, layout_of, make_shard
 
 # 64-bin histograms: 5 rounds for float32 keys (30 bits), 512 bytes per row per round; wider
 # digits mean fewer rounds (latency) but more bytes (2^bits per row per round).
@@ -119,16 +118,18 @@ def _kept(e, cut_e, cut_index):
     return (e > cut_e[:, None]) | ((e == cut_e[:, None]) & (index <= cut_index[:, None]))
 
 
-def _prepare(logits, temperature, t_scalar, mask, group, vocab_start):
+def _prepare(call, logits, temperature, t_scalar, mask, group, vocab_start):
+    """``call``: ``(op, its scalars)`` that every rank must agree on."""
+    layout = layout_of(call[0], logits, temperature, t_scalar, mask, group, vocab_start, *call[1])
     shard = make_shard(logits, temperature, t_scalar, mask)
-    layout = shard_layout(group, shard.x.shape[-1], vocab_start, logits.device)
     return shard, layout, global_max(shard, group)
 
 
 class _VocabParallelTopP(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, temperature, t_scalar, top_p, mask, group, vocab_start):
-        shard, layout, m_glob = _prepare(logits, temperature, t_scalar, mask, group, vocab_start)
+        shard, layout, m_glob = _prepare(("top_p_entropy", (top_p,)), logits, temperature, t_scalar, mask, group,
+                                         vocab_start)
         cut_e, cut_index, bad = _nucleus(shard, layout, m_glob, top_p, False, group)
         n = shard.x.shape[0]
         kept_sum = torch.zeros(n, dtype=F64, device=logits.device)
@@ -149,6 +150,7 @@ class _VocabParallelTopP(torch.autograd.Function):
         return h.view(logits.shape[:-1])
 
     @staticmethod
+    @first_order_only("top_p_entropy")
     def backward(ctx, grad_h):
         logits, t, present, m_glob, cut_e, cut_index, log_norm, h, bad = ctx.saved_tensors
         x = logits.reshape(-1, logits.shape[-1])
@@ -167,14 +169,17 @@ class _VocabParallelTopP(torch.autograd.Function):
         return grad.view(logits.shape), None, None, None, None, None, None
 
 
+@eager
 def top_p_entropy(logits, top_p: float, temperature, t_scalar: float, mask, group, vocab_start):
     """:func:`entropy_ops.top_p_entropy` over the vocab shards of ``group`` (arguments validated)."""
     return _VocabParallelTopP.apply(logits, temperature, t_scalar, top_p, mask, group, vocab_start)
 
 
+@eager
 def top_p_mask(logits, top_p: float, temperature, t_scalar: float, inclusive: bool, mask, group, vocab_start):
     """:func:`entropy_ops.top_p_mask` over the vocab shards of ``group``: this shard's part of the mask."""
-    shard, layout, m_glob = _prepare(logits, temperature, t_scalar, mask, group, vocab_start)
+    shard, layout, m_glob = _prepare(("top_p_mask", (top_p, inclusive)), logits, temperature, t_scalar, mask,
+                                     group, vocab_start)
     cut_e, cut_index, bad = _nucleus(shard, layout, m_glob, top_p, inclusive, group)
     out = torch.empty(shard.x.shape, dtype=torch.bool, device=logits.device)
     for start, end, _, e in _e_chunks(_passes(shard), m_glob):
