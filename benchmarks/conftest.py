@@ -1,13 +1,15 @@
 """pytest-benchmark wrappers over ``entropy_ops.bench``: the ``measure`` fixture times one
 implementation on one case with the runner's own building blocks, and attaches what SPEC §4
-reports beside the time (bytes moved, exps, GB/s, G exp/s) as ``extra_info``."""
+reports beside the time (bytes moved, exps, GB/s, G exp/s) as ``extra_info``; the saved JSON's
+``machine_info`` names the device that ran (the GPU's name on CUDA) and the versions, as the CLI's
+CSV rows do."""
 import time
 
 import pytest
 import torch
 
 import entropy_ops as eo
-from entropy_ops.bench import baselines, runner
+from entropy_ops.bench import baselines, machine, runner
 from entropy_ops.bench.cases import Case, make_inputs
 
 
@@ -36,6 +38,11 @@ def _measure(benchmark, impl: str, case: Case, seconds: float = 1.0):
         gb_s=round(case.bytes_moved() / median_s / 1e9, 2), gexp_s=round(case.exps() / median_s / 1e9, 3),
         threads=torch.get_num_threads(),
     )
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    machine_info.update(device=device, device_name=machine.device_name(device), **machine.versions())
 
 
 @pytest.fixture

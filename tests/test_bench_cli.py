@@ -158,3 +158,48 @@ def _args(*argv):
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
     return parser.parse_args(argv)
+
+
+def test_bare_csv_name_gets_its_plots_beside_it(fixed_bandwidth, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--ops", "entropy", "--shapes", "4x64", "--directions", "fwd", "--impls", "eager,cpu",
+                 "--repeats", "1", "--csv", "out.csv"]) == 0
+    files = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    assert files == ["out.csv", "speedup_" + _slug() + ".png", "throughput_" + _slug() + ".png"], files
+
+
+def _slug():
+    from entropy_ops.bench import machine
+    return machine.slug(machine.device_name("cpu"))
+
+
+@pytest.mark.parametrize("where, message", [("dir", "is a directory"), ("under_a_file", "is a file, not a directory"),
+                                            ("deep_under_a_file", "cannot create the directory")])
+def test_unwritable_csv_fails_before_any_measurement(where, message, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli.timing, "copy_bandwidth_gbs", _raise(AssertionError("measured before the path check")))
+    (tmp_path / "f").write_text("")
+    path = {"dir": tmp_path, "under_a_file": tmp_path / "f" / "x.csv",
+            "deep_under_a_file": tmp_path / "f" / "d" / "x.csv"}[where]
+    with pytest.raises(SystemExit, match=f"--csv: .*{message}"):
+        main(["bench", "--ops", "entropy", "--shapes", "4x64", "--impls", "cpu", "--csv", str(path)])
+    with pytest.raises(SystemExit, match="--plots: .* is a file"):
+        main(["bench", "--ops", "entropy", "--shapes", "4x64", "--impls", "cpu", "--no-csv",
+              "--plots", str(tmp_path / "f")])
+
+
+@pytest.mark.parametrize("pair", [("--csv", "x.csv", "--no-csv"), ("--plots", "d", "--no-plots")])
+def test_contradictory_output_flags_are_refused(pair, capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", *pair])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_impls_that_apply_to_no_selected_op_are_named(fixed_bandwidth, capsys):
+    with pytest.raises(SystemExit, match="nothing to measure: --impls compile,chunked applies to none"):
+        main(["bench", "--ops", "masked_quantile,linear_logprobs_and_entropy", "--token-shapes", "4x16",
+              "--linear-shapes", "4x8x16", "--impls", "compile,chunked", "--no-csv"])
+    out = capsys.readouterr().out
+    assert "no rows for token-level ops: --impls compile,chunked has none" in out
+    assert "no rows for linear_logprobs_and_entropy" in out
+    assert main(["bench", "--ops", "entropy", "--shapes", "4x64", "--impls", "topk", "--no-csv"]) == 0
+    assert "(no row: none of --impls applies to these ops)" in capsys.readouterr().out

@@ -33,6 +33,27 @@ def test_every_token_op_measures_with_small_errors(op):
             assert "INVALID" not in r.note and "differ" not in r.note, r.note
 
 
+@pytest.mark.parametrize("which", ["kl", "clip"])
+def test_loss_checks_flag_a_wrong_selection(which):
+    """A loss that selects too few tokens (none: plain PG) is INVALID, though its loss and gradient
+    equal the float64 loss of that selection; dropping one and adding another is named a difference."""
+    op = {"kl": "kl_cov_policy_loss", "clip": "clip_cov_policy_loss"}[which]
+    check = {"kl": tokens._check_kl, "clip": tokens._check_clip}[which]
+    x = tokens.make_inputs(tokens.TokenCase(op, "fwd", 64, 1024, "cpu"))
+    none = torch.zeros_like(x.mask)
+    err, _, note = check(x, (tokens.loss_ref(which, x, none)[0].float(), none), None, {})
+    assert err < 1e-6 and note.startswith("INVALID"), note
+    if which == "kl":
+        top_k = tokens.kl_top_k(x)
+        assert check(x, (tokens.loss_ref("kl", x, top_k)[0].float(), top_k), None, {})[2] == "top-9 exact"
+        swapped = top_k.clone().view(-1)
+        swapped[top_k.view(-1).nonzero()[0]] = False
+        swapped[(x.mask & ~top_k).view(-1).nonzero()[0]] = True
+        swapped = swapped.view(x.mask.shape)
+        note = check(x, (tokens.loss_ref("kl", x, swapped)[0].float(), swapped), None, {})[2]
+        assert note == "1 of top-9 differ", note
+
+
 def test_backend_without_a_kernel_is_a_row_saying_so(monkeypatch):
     monkeypatch.setattr(tokens, "_build", lambda name, case: _raise_no_kernel)
     case = tokens.TokenCase("masked_quantile", "fwd", 4, 8, "cpu")

@@ -98,3 +98,11 @@ def test_cli_prints_the_verdict_and_writes_the_png(tmp_path, capsys):
 def test_cli_requires_pg():
     with pytest.raises(SystemExit, match="include pg"):
         main(["demo", "--methods", "clip_cov", "--no-plot"])
+
+
+def test_unwritable_plot_path_fails_before_training(tmp_path, monkeypatch):
+    import entropy_ops.demo.cli as demo_cli
+    monkeypatch.setattr(demo_cli, "train_all", lambda *a, **k: pytest.fail("trained before checking --plot"))
+    (tmp_path / "f").write_text("")
+    with pytest.raises(SystemExit, match="--plot: .*cannot create the directory"):
+        main(["demo", "--plot", str(tmp_path / "f" / "d" / "x.png"), "--no-progress"])

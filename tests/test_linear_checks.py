@@ -217,5 +217,6 @@ def test_bench_rows_are_measured_with_small_errors():
         assert [r.impl for r in rows] == ["eager", "torch", "cpu"]  # no cuBLAS row on CPU
         for r in rows:
             assert r.time_ms is not None and r.err_h < 1e-5 and r.err_logp < 1e-5, r
-            assert (r.err_grad is None) == (case.direction == "fwd")
+            assert (r.err_grad is None) == (r.rel_grad is None) == (case.direction == "fwd")
+            assert r.rel_grad is None or r.rel_grad < 1e-5, r
     assert any("cpu" in line for line in bench.summary_lines(rows))

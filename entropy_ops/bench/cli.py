@@ -6,6 +6,7 @@ import time
 import torch
 
 from . import baselines, cases, machine, runner, summary, table, timing, tokens
+from .._outputs import writable_directory, writable_file
 from .._plotting import MissingMatplotlib
 from .plots import write_plots
 from . import linear as linear_bench
@@ -50,14 +51,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=_positive_int, help="timed runs per row, at most (default 10, "
                         "--quick 3); slow rows stop after 3 once 2 s are spent")
     parser.add_argument("--threads", type=_positive_int, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--csv", help="append rows here (default benchmarks/results/bench_<device>.csv)")
-    parser.add_argument("--no-csv", action="store_true", help="print only")
+    csv = parser.add_mutually_exclusive_group()
+    csv.add_argument("--csv", help="append rows here (default benchmarks/results/bench_<device>.csv, under the "
+                     "current directory)")
+    csv.add_argument("--no-csv", action="store_true", help="print only")
     parser.add_argument("--full", action="store_true", help="every vocabulary op at every default shape "
                         "(default: " + ", ".join(SWEEP_OPS) + " at every vocabulary size, the others at the "
                         "headline shape only)")
-    parser.add_argument("--plots", metavar="DIR", help="write throughput_<device>.png and speedup_<device>.png "
-                        "here (default: next to the CSV; needs matplotlib)")
-    parser.add_argument("--no-plots", action="store_true", help="no PNG plots")
+    plots = parser.add_mutually_exclusive_group()
+    plots.add_argument("--plots", metavar="DIR", help="write throughput_<device>.png and speedup_<device>.png "
+                       "here (default: the CSV's directory; none with --no-csv; needs matplotlib)")
+    plots.add_argument("--no-plots", action="store_true", help="no PNG plots")
 
 
 def _positive_int(text: str) -> int:
@@ -143,6 +147,8 @@ def _measure(todo, measure, printer, impls, repeats, bandwidth):
         for r in case_rows:
             print(printer.line(r), flush=True)
         rows += case_rows
+    if not rows:
+        print("(no row: none of --impls applies to these ops)")
     if printer.notes:
         print(printer.footnotes())
     return rows
@@ -166,16 +172,18 @@ def run(args) -> int:
         impls, missing = baselines.default_impls(device)
         if missing and todo:
             print(f"optional baselines not installed (rows left out): {', '.join(missing)}")
+    todo, token_todo, linear_todo = _applicable(impls, todo, token_todo, linear_todo)
     repeats = args.repeats if args.repeats is not None else (3 if args.quick else 10)
 
     name, date = machine.device_name(device), machine.now()
+    csv_path, plot_dir = _outputs(args, name, bool(todo))
     bandwidth = timing.copy_bandwidth_gbs(device, repeats=3 if args.quick else 5)
     print(machine.header(device, name, torch.get_num_threads(), bandwidth, date))
     rows, token_rows = [], []
     if todo:
         rows = _measure(todo, runner.measure_case, table.Printer(), impls, repeats, bandwidth)
         print("\nspeed-up = eager time / this time; bytes and exps per SPEC §4 (algorithmic minimum);"
-              " errors: max abs vs the float64 reference")
+              " errors: max abs vs the float64 reference; rel grad: ||grad - ref|| / ||ref||")
     if token_todo:
         print("\ntoken-level ops, fp32 [B, T] with ~30% padding at the row ends:")
         token_rows = _measure(token_todo, tokens.measure_case, table.Printer(table.TOKEN_COLUMNS), impls,
@@ -187,16 +195,15 @@ def run(args) -> int:
     all_rows = rows + token_rows
     all_rows += linear_rows
 
-    if not args.no_csv:
-        path = args.csv or os.path.join("benchmarks", "results", f"bench_{machine.slug(name)}.csv")
+    if csv_path is not None:
         meta = {"device": name, "date": date, "torch": torch.__version__,
                 "threads": torch.get_num_threads(), "bandwidth_gb_s": f"{bandwidth:.2f}"}
         meta.update(machine.versions())
-        table.append_csv(path, all_rows, meta)
-        print(f"appended {len(all_rows)} rows to {path}")
+        table.append_csv(csv_path, all_rows, meta)
+        print(f"appended {len(all_rows)} rows to {csv_path}")
 
-    if rows and not args.no_plots and (args.plots or not args.no_csv):  # --no-csv alone: no files
-        _plots(args, rows, name, date, bandwidth)
+    if plot_dir is not None:
+        _plots(plot_dir, rows, name, date, bandwidth)
 
     if rows:
         print("\nSPEC §4 targets:")
@@ -223,8 +230,38 @@ def _headline_or_sweep(todo):
     return [c for c in todo if c.shape == first or c.op in SWEEP_OPS]
 
 
-def _plots(args, rows, name, date, bandwidth):
-    directory = args.plots or os.path.dirname(args.csv or "") or os.path.join("benchmarks", "results")
+def _outputs(args, name, plotted):
+    """``(CSV path or None, plot directory or None)``, absolute, checked writable before any run.
+    Plots need vocabulary rows; ``--no-csv`` alone writes no file."""
+    csv_path = None
+    if not args.no_csv:
+        csv_path = writable_file("--csv", args.csv or os.path.join("benchmarks", "results",
+                                                                   f"bench_{machine.slug(name)}.csv"))
+    plot_dir = None
+    if plotted and not args.no_plots and (args.plots or csv_path):
+        plot_dir = writable_directory("--plots", args.plots or os.path.dirname(csv_path))
+    return csv_path, plot_dir
+
+
+def _applicable(impls, todo, token_todo, linear_todo):
+    """Drop the token-level or linear cases none of ``impls`` applies to, saying so; exit when no
+    case is left. (Vocabulary ops take most implementations; a table left empty says so.)"""
+    token_impls = [i for i in impls if i == "eager" or i in tokens.BACKENDS]
+    linear_impls = [i for i in impls if i in ("eager",) + linear_bench.BACKENDS]
+    for kind, cases_, usable, takes in (
+            ("token-level ops", token_todo, token_impls, ("eager",) + tokens.BACKENDS),
+            ("linear_logprobs_and_entropy", linear_todo, linear_impls, ("eager",) + linear_bench.BACKENDS)):
+        if cases_ and not usable:
+            print(f"no rows for {kind}: --impls {','.join(impls)} has none of what they take "
+                  f"({', '.join(takes)})")
+    token_todo = token_todo if token_impls else []
+    linear_todo = linear_todo if linear_impls else []
+    if not (todo or token_todo or linear_todo):
+        raise SystemExit(f"nothing to measure: --impls {','.join(impls)} applies to none of the ops selected")
+    return todo, token_todo, linear_todo
+
+
+def _plots(directory, rows, name, date, bandwidth):
     try:
         written = write_plots(rows, directory, machine.slug(name), f"{name}, {date[:10]}", bandwidth)
     except MissingMatplotlib as e:

@@ -1,4 +1,4 @@
-"""The eager formulas trainers and papers' code run today, one per op, fp32 upcast; all with the
+"""The eager formulas trainers and papers' code run today, one per op, fp32 upcast (fp64 kept); all with the
 calling convention ``fn(logits [N, V], labels [N]) -> (logp | None, H | None, *other outputs)``.
 
 ``top_p_entropy`` is the sort-based way (softmax, a full sort of ``[N, V]``, cumsum, scatter the
@@ -17,21 +17,26 @@ MIN_P = 0.02
 TOP_K = 10000  # SIREN's top-k before its nucleus cumsum
 
 
+def _upcast(logits):
+    """fp32 for 16-bit logits (what trainers do); fp64 stays fp64, as SPEC §2 computes it."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 def _entropy(z):
     return torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1)
 
 
 def eager_entropy(logits, labels=None):
-    return None, _entropy(logits.float())
+    return None, _entropy(_upcast(logits))
 
 
 def eager_logprobs_and_entropy(logits, labels):
-    z = logits.float()
+    z = _upcast(logits)
     return torch.log_softmax(z, -1).gather(-1, labels[:, None]).squeeze(-1), _entropy(z)
 
 
 def eager_top_p_entropy(logits, labels=None):
-    z = logits.float()
+    z = _upcast(logits)
     sorted_p, order = torch.softmax(z, -1).sort(-1, descending=True)
     keep_sorted = sorted_p.cumsum(-1) < TOP_P
     keep_sorted[:, 0] = True
@@ -42,7 +47,7 @@ def eager_top_p_entropy(logits, labels=None):
 
 
 def eager_top_p_entropy_topk(logits, labels=None):
-    z = logits.float()
+    z = _upcast(logits)
     top_p, index = torch.softmax(z, -1).topk(min(TOP_K, z.shape[-1]), dim=-1)  # sorted, descending
     keep = top_p.cumsum(-1) < TOP_P
     keep[:, 0] = True
@@ -53,7 +58,7 @@ def eager_top_p_entropy_topk(logits, labels=None):
 
 
 def eager_min_p_logprobs(logits, labels):
-    z = logits.float()
+    z = _upcast(logits)
     p = torch.softmax(z, -1)
     keep = p >= MIN_P * p.amax(-1, keepdim=True)
     logp = torch.log_softmax(z.masked_fill(~keep, float("-inf")), -1)
@@ -63,7 +68,7 @@ def eager_min_p_logprobs(logits, labels):
 def eager_token_stats(logits, labels):
     """``(logp, entropy, the other six statistics)``: all are outputs, so ``torch.compile`` cannot
     drop any of them; the error columns check logp and entropy."""
-    z = logits.float()
+    z = _upcast(logits)
     lse = torch.logsumexp(z, -1)
     log_p = torch.log_softmax(z, -1)
     p = log_p.exp()

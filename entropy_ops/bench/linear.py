@@ -23,7 +23,7 @@ from entropy_ops import reference
 
 from . import timing
 from .eager import eager_logprobs_and_entropy
-from .table import Row, failure_note
+from .table import Row, failure_note, max_err, rel_err
 
 OPS = ("linear_logprobs_and_entropy",)
 DIRECTIONS = ("fwd", "fwd+bwd")
@@ -35,7 +35,7 @@ COLUMNS = (
     ("op", "op", 20, "{}"), ("direction", "dir", 7, "{}"), ("shape", "shape (NxDxV)", 18, "{}"),
     ("dtype", "dtype", 5, "{}"), ("impl", "impl", 10, "{}"), ("time_ms", "ms", 9, "{:.2f}"),
     ("speedup", "vs eager", 8, "{:.2f}x"), ("err_h", "err H", 8, "{:.1e}"), ("err_logp", "err logp", 8, "{:.1e}"),
-    ("err_grad", "err grad", 8, "{:.1e}"),
+    ("err_grad", "err grad", 8, "{:.1e}"), ("rel_grad", "rel grad", 8, "{:.1e}"),
 )
 
 
@@ -124,8 +124,9 @@ def _step(fn: Callable, case: LinearCase, h, w, y) -> Callable:
     return fwd_bwd
 
 
-def _errors(fn: Callable, case: LinearCase, h, w, y, refs) -> Tuple[float, float, Optional[float]]:
-    """Max abs errors of (H, logp, grad_hidden) on the first rows, vs float64 on the same device."""
+def _errors(fn: Callable, case: LinearCase, h, w, y, refs) -> Tuple[float, float, Optional[float], Optional[float]]:
+    """Max abs errors of (H, logp, grad_hidden) and grad_hidden's relative L2 error, on the first
+    rows, vs float64 on the same device."""
     rows = min(case.n, _ERR_ROWS)
     h, y = h[:rows], y[:rows]
     if "ref" not in refs:
@@ -135,10 +136,7 @@ def _errors(fn: Callable, case: LinearCase, h, w, y, refs) -> Tuple[float, float
         refs["ref"] = (logp.detach(), ent.detach(), gh)
     ref_logp, ref_h, ref_gh = refs["ref"]
     logp, ent, gh = _step(fn, case, h, w, y)()
-
-    def err(a, b):
-        return None if a is None or b is None else (a.double() - b).abs().max().item()
-    return err(ent, ref_h), err(logp, ref_logp), err(gh, ref_gh)
+    return max_err(ent, ref_h), max_err(logp, ref_logp), max_err(gh, ref_gh), rel_err(gh, ref_gh)
 
 
 def measure_case(case: LinearCase, impls: Sequence[str], repeats: int) -> List[Row]:
@@ -156,7 +154,7 @@ def measure_case(case: LinearCase, impls: Sequence[str], repeats: int) -> List[R
                 step = _cublas_step(case, h, w)
             else:
                 fn = _eager if name == "eager" else _backend(name)
-                row.err_h, row.err_logp, row.err_grad = _errors(fn, case, h, w, y, refs)
+                row.err_h, row.err_logp, row.err_grad, row.rel_grad = _errors(fn, case, h, w, y, refs)
                 step = _step(fn, case, h, w, y)
             step()
             row.time_ms = timing.median_ms(step, case.device, repeats=repeats, warmup=1)

@@ -13,7 +13,7 @@ from entropy_ops import reference
 from . import baselines, timing
 from .cases import Case, make_inputs
 from .eager import MIN_P, TOP_P
-from .table import Row, failure_note
+from .table import Row, failure_note, max_err, rel_err
 
 # Rows of the float64 reference per chunk: its temporaries stay near 64M doubles.
 _REF_ELEMS = 1 << 23
@@ -55,14 +55,6 @@ def _reference(case: Case, logits, labels, grad_terms: Optional[tuple]):
             logps.append(logp.detach())
     return (torch.cat(logps) if logps else None, torch.cat(hs) if hs else None,
             torch.cat(grads) if grads else None)
-
-
-def _max_err(value, ref) -> Optional[float]:
-    if value is None or ref is None:
-        return None
-    value = value.detach().double()
-    # Equal infinities (a label filtered out by min-p: -inf in both) are no error.
-    return torch.where(value == ref, 0, (value - ref).abs()).max().item()
 
 
 class Step(NamedTuple):
@@ -128,7 +120,8 @@ def run_impl(name: str, case: Case, logits, labels, refs: Dict, repeats: int) ->
         refs[grad_terms] = _reference(case, logits, labels, grad_terms)
     ref_logp, ref_h, ref_grad = refs[grad_terms]
     row = Row(case.op, case.direction, case.shape, case.dtype_name, name,
-              err_h=_max_err(h, ref_h), err_logp=_max_err(logp, ref_logp), err_grad=_max_err(grad, ref_grad))
+              err_h=max_err(h, ref_h), err_logp=max_err(logp, ref_logp), err_grad=max_err(grad, ref_grad),
+              rel_grad=rel_err(grad, ref_grad))
     if h is None:
         row.note = "log-probs only (no entropy)"
     del logp, h, grad

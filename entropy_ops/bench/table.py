@@ -7,6 +7,8 @@ import sys
 from dataclasses import asdict, dataclass, fields
 from typing import Dict, List, Optional
 
+import torch
+
 
 @dataclass
 class Row:
@@ -23,6 +25,7 @@ class Row:
     err_h: Optional[float] = None  # max |H - H_ref|, reference in float64
     err_logp: Optional[float] = None
     err_grad: Optional[float] = None
+    rel_grad: Optional[float] = None  # ||grad - ref||_2 / ||ref||_2: what max-abs hides at bf16
     note: str = ""
 
 
@@ -33,6 +36,7 @@ _COLUMNS = (
     ("gb_s", "GB/s", 7, "{:.1f}"), ("pct_bw", "% BW", 6, "{:.1f}"), ("gexp_s", "G exp/s", 7, "{:.2f}"),
     ("speedup", "vs eager", 8, "{:.2f}x"), ("err_h", "err H", 8, "{:.1e}"),
     ("err_logp", "err logp", 8, "{:.1e}"), ("err_grad", "err grad", 8, "{:.1e}"),
+    ("rel_grad", "rel grad", 8, "{:.1e}"),
 )
 # Token-level rows (bench/tokens.py): no exps; ``err_h`` holds the error of the op's output.
 TOKEN_COLUMNS = (
@@ -55,6 +59,24 @@ def failure_note(error: Exception) -> str:
     if len(message) > _FAILURE_CHARS or len(lines) > 1:
         message = message[:_FAILURE_CHARS] + " ..."
     return f"failed: {type(error).__name__}" + (f": {message}" if message else "")
+
+
+def max_err(value, ref) -> Optional[float]:
+    """``max |value - ref|`` (equal infinities, e.g. a label min-p filtered out, are no error)."""
+    if value is None or ref is None:
+        return None
+    value = value.detach().double()
+    return torch.where(value == ref, 0, (value - ref).abs()).max().item()
+
+
+def rel_err(value, ref) -> Optional[float]:
+    """``||value - ref||_2 / ||ref||_2`` (0 when both are 0). A bf16 gradient's max abs error is its
+    own rounding of the largest entries, the same whether the rest is right or zero; this is not."""
+    if value is None or ref is None:
+        return None
+    diff = torch.linalg.vector_norm(value.detach().double() - ref).item()
+    norm = torch.linalg.vector_norm(ref).item()
+    return diff / norm if norm else (0.0 if diff == 0 else float("inf"))
 
 
 def _cell(value, fmt, width, numeric) -> str:

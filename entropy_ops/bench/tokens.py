@@ -186,9 +186,14 @@ def _check_kl(x, out, grad, refs):
     selected = out[1].cpu()
     if "top_k" not in refs:
         refs["top_k"] = kl_top_k(x)
-    differ = int((selected & ~refs["top_k"]).sum())
+    top_k = refs["top_k"]
+    n_sel, k = int(selected.sum()), int(top_k.sum())
+    differ = int((selected & ~top_k).sum())
     ref, ref_grad = loss_ref("kl", x, selected)
-    note = f"top-{int(selected.sum())} exact" if differ == 0 else f"{differ} of top-k differ"
+    if n_sel != k:
+        note = f"INVALID: chose {n_sel}, k = {k}"
+    else:
+        note = f"top-{k} exact" if differ == 0 else f"{differ} of top-{k} differ"
     return _max_err(out[0], ref), _max_err(grad, ref_grad), note
 
 

@@ -5,6 +5,7 @@ import time
 
 import torch
 
+from .._outputs import writable_file
 from .methods import METHODS
 from .report import summary, table, verdict
 from .train import DemoConfig, train_all
@@ -29,6 +30,8 @@ def run(args) -> int:
                          if bad else "--methods: include pg (the demo's claims compare against it)")
     if args.steps < 3:
         raise SystemExit("--steps: need at least 3 (the law fit needs 3 points)")
+    if not args.no_plot:
+        writable_file("--plot", args.plot)  # before training, not after
     torch.manual_seed(args.seed)
     cfg = DemoConfig(steps=args.steps, seed=args.seed)
     print(f"synthetic task: {cfg.prompts} prompts x {cfg.length} answer tokens, vocabulary {cfg.vocab}, "
