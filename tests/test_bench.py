@@ -20,11 +20,23 @@ def test_every_op_measures_with_small_errors(op):
             assert r.time_ms is not None and r.time_ms > 0, (r.impl, r.note)
             errors = [e for e in (r.err_h, r.err_logp) if e is not None]
             assert errors and max(errors) < 1e-4, (r.impl, r.err_h, r.err_logp)
+            if op == "token_stats":  # the six other statistics are checked too
+                assert r.note.startswith("6 other stats: err ") and float(r.note.split()[-1]) < 1e-4, r.note
             if case.direction != "fwd":
                 assert r.err_grad is not None and r.err_grad < 1e-4, (r.impl, r.err_grad)
                 assert r.rel_grad is not None and r.rel_grad < 1e-5, (r.impl, r.rel_grad)
             else:
                 assert r.rel_grad is None
+
+
+def test_token_stats_rows_check_every_statistic(monkeypatch):
+    """A backend whose varentropy is wrong shows it in the row's note."""
+    ours = baselines._OURS["token_stats"]
+    monkeypatch.setitem(baselines._OURS, "token_stats",
+                        lambda x, y: (lambda out: (*out[:5], out[5] + 0.01, *out[6:]))(ours(x, y)))
+    case = cases.Case("token_stats", "fwd", 6, 300, torch.float32, "cpu")
+    eager, cpu = runner.measure_case(case, ["eager", "cpu"], repeats=1, bandwidth_gbs=10.0)
+    assert float(eager.note.split()[-1]) < 1e-4 and float(cpu.note.split()[-1]) > 9e-3, (eager.note, cpu.note)
 
 
 def test_forward_only_ops_get_no_backward_rows():

@@ -52,7 +52,8 @@ _OURS = {
     "logprobs_and_entropy": eo.logprobs_and_entropy,
     "top_p_entropy": lambda x, y: (None, eo.top_p_entropy(x, TOP_P)),
     "min_p_logprobs": lambda x, y: (eo.min_p_logprobs(x, y, MIN_P), None),
-    "token_stats": lambda x, y: (lambda s: (s.logp, s.entropy, *s[:2], *s[3:]))(eo.token_stats(x, y)),
+    # eager_token_stats' order: logp, entropy, then lse and the five others (TokenStats' order)
+    "token_stats": lambda x, y: (lambda s: (s.logp, s.entropy, s.lse, *s[3:]))(eo.token_stats(x, y)),
 }
 
 

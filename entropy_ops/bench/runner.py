@@ -57,9 +57,21 @@ def _reference(case: Case, logits, labels, grad_terms: Optional[tuple]):
             torch.cat(grads) if grads else None)
 
 
+def _stats_reference(case: Case, logits, labels):
+    """token_stats' other six statistics in float64 (lse, max_logp, collision, varentropy,
+    self_certainty, entropy_drift: eager_token_stats' order), row chunk by row chunk."""
+    step = max(1, _REF_ELEMS // case.v)
+    parts = []
+    for i in range(0, case.n, step):
+        s = reference.token_stats_ref(logits[i:i + step].double())
+        parts.append((s.lse, s.max_logp, s.collision, s.varentropy, s.self_certainty, s.entropy_drift))
+    return [torch.cat(column) for column in zip(*parts)]
+
+
 class Step(NamedTuple):
-    """``run()`` is timed and returns ``(logp, H, grad)``; ``setup()``, when given, runs untimed
-    before each ``run()`` (the forward of a ``bwd`` row)."""
+    """``run()`` is timed and returns ``(logp, H, grad, others)`` (``others``: a forward's further
+    outputs, token_stats' six statistics); ``setup()``, when given, runs untimed before each
+    ``run()`` (the forward of a ``bwd`` row)."""
     run: Callable
     setup: Optional[Callable] = None
 
@@ -73,14 +85,14 @@ def make_step(fn, case: Case, logits, labels) -> Step:
     if case.direction == "fwd":
         def fwd():
             with torch.no_grad():
-                logp, h, *_ = fn(logits, labels)
-            return logp, h, None
+                logp, h, *others = fn(logits, labels)
+            return logp, h, None, others
         return Step(fwd)
     x = logits.detach().clone().requires_grad_(True)
     if case.direction == "fwd+bwd":
         def fwd_bwd():
             logp, h, *_ = fn(x, labels)
-            return logp, h, torch.autograd.grad(_terms(logp, h), x)[0]
+            return logp, h, torch.autograd.grad(_terms(logp, h), x)[0], ()
         return Step(fwd_bwd)
     # bwd: a fresh forward graph before each timed backward (no retain_graph: torch.compile's
     # backward donates its buffers and refuses to run twice on one graph).
@@ -91,7 +103,7 @@ def make_step(fn, case: Case, logits, labels) -> Step:
 
     def bwd():
         logp, h = graph.pop("logp"), graph.pop("h")
-        return logp, h, torch.autograd.grad(_terms(logp, h), x)[0]
+        return logp, h, torch.autograd.grad(_terms(logp, h), x)[0], ()
     return Step(bwd, forward)
 
 
@@ -104,7 +116,7 @@ def run_impl(name: str, case: Case, logits, labels, refs: Dict, repeats: int) ->
     None when not applicable. KeyboardInterrupt still stops the run."""
     try:
         step = make_step(baselines.build(name, case), case, logits, labels)
-        logp, h, grad = step()
+        logp, h, grad, others = step()
     except baselines.NotApplicable:
         return None
     except (baselines.Skip, eo.BackendUnavailableError, eo.NoKernelError) as e:
@@ -124,7 +136,12 @@ def run_impl(name: str, case: Case, logits, labels, refs: Dict, repeats: int) ->
               rel_grad=rel_err(grad, ref_grad))
     if h is None:
         row.note = "log-probs only (no entropy)"
-    del logp, h, grad
+    if case.op == "token_stats" and others:
+        if "others" not in refs:
+            refs["others"] = _stats_reference(case, logits, labels)
+        err = max(max_err(v, r) for v, r in zip(others, refs["others"]))
+        row.note = f"6 other stats: err {err:.1e}"
+    del logp, h, grad, others
     try:
         row.time_ms = timing.median_ms(step.run, case.device, repeats=repeats, warmup=0, setup=step.setup)
     except torch.cuda.OutOfMemoryError:
