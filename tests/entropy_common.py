@@ -212,30 +212,55 @@ def _layouts(x, pad):
     return {"contiguous": x, "wide": wide[:, :v], "offset_1": flat[1:].view(n, v)}
 
 
+_COPIES = 4  # rows per sequence in the grid layouts: logits[:, :-1] of 5 positions is read in place
+
+
+def _grid_layouts(x, pad):
+    """``x``'s rows, each ``_COPIES`` times, as ``[n, _COPIES, V]`` views whose leading dims do not
+    collapse, so that the ops read them on a grid (``ops/_rows.py``): ``shifted`` is a trainer's
+    ``logits[:, :-1]`` of a NaN-filled ``[n, _COPIES + 1, V + pad]`` buffer (the NaN rows between
+    are never read), ``transposed`` a ``[_COPIES, n, V]`` buffer seen as ``[n, _COPIES, V]``."""
+    n, v = x.shape
+    shifted = torch.full((n, _COPIES + 1, v + pad), float("nan"), dtype=x.dtype, device=x.device)
+    shifted[:, :_COPIES, :v] = x[:, None]
+    transposed = x[None].expand(_COPIES, n, v).contiguous()
+    return {"shifted": shifted[:, :_COPIES, :v], "transposed": transposed.transpose(0, 1)}
+
+
+def _vocab_ops(view, y, w):
+    """Every vocabulary op's outputs and gradients on ``view`` (leading shape of ``y`` and ``w``)."""
+    leaf = view.detach().requires_grad_(True)
+    logp, h = eo.logprobs_and_entropy(leaf, y, 0.7)
+    (g_rows,) = torch.autograd.grad((w * logp + h).sum(), leaf)
+    h_top = eo.top_p_entropy(leaf, 0.8, 0.7)
+    (g_top,) = torch.autograd.grad((w * h_top).sum(), leaf)
+    lp_min = eo.min_p_logprobs(leaf, y, 0.05, 0.7)
+    (g_min,) = torch.autograd.grad((w * torch.where(torch.isfinite(lp_min), lp_min, 0)).sum(), leaf)
+    stats = list(eo.token_stats(view, y, 0.7))
+    return [logp, h, g_rows, h_top, g_top, lp_min, g_min, eo.top_p_mask(view, 0.8, 0.7), *stats]
+
+
 def check_layouts_give_the_same_bits(device="cpu", shapes=((3, 1000, 16), (2, 4099, 13)), dtype=torch.bfloat16):
     """Every vocabulary op on the current backend gives the same bits, values and gradients, for the
-    same rows in each layout of ``_layouts`` (SPEC §2: a row's results depend on its values, never
-    on where it sits in memory; a microbatch slice or a padded vocabulary must not change a bit)."""
+    same rows in each layout of ``_layouts`` and ``_grid_layouts`` (SPEC §2: a row's results depend
+    on its values, never on where it sits in memory; a microbatch slice, a padded vocabulary or a
+    shifted ``logits[:, :-1]`` must not change a bit)."""
+    from entropy_ops.ops._rows import Rows
     for n, vocab, pad in shapes:
         gen = torch.Generator().manual_seed(vocab)
         x = (torch.randn(n, vocab, generator=gen) * 3).to(dtype).to(device)
         y = torch.randint(0, vocab, (n,), generator=gen).to(device)
         w = torch.linspace(0.5, 1.5, n, device=device)
-        results = {}
+        base = _vocab_ops(x, y, w)
         for name, view in _layouts(x, pad).items():
-            leaf = view.detach().requires_grad_(True)
-            logp, h = eo.logprobs_and_entropy(leaf, y, 0.7)
-            (g_rows,) = torch.autograd.grad((w * logp + h).sum(), leaf)
-            h_top = eo.top_p_entropy(leaf, 0.8, 0.7)
-            (g_top,) = torch.autograd.grad((w * h_top).sum(), leaf)
-            lp_min = eo.min_p_logprobs(leaf, y, 0.05, 0.7)
-            (g_min,) = torch.autograd.grad((w * torch.where(torch.isfinite(lp_min), lp_min, 0)).sum(), leaf)
-            stats = list(eo.token_stats(view, y, 0.7))
-            results[name] = [logp, h, g_rows, h_top, g_top, lp_min, g_min, eo.top_p_mask(view, 0.8, 0.7), *stats]
-        base = results.pop("contiguous")
-        for name, outs in results.items():
-            for i, (a, b) in enumerate(zip(outs, base)):
+            for i, (a, b) in enumerate(zip(_vocab_ops(view, y, w), base)):
                 assert_same_bits(a, b, f"{name} layout, output {i}, V={vocab}")
+        for name, view in _grid_layouts(x, pad).items():
+            assert n == 1 or Rows(view).on_grid, name
+            outs = _vocab_ops(view, y[:, None].expand(n, _COPIES), w[:, None].expand(n, _COPIES))
+            for i, (a, b) in enumerate(zip(outs, base)):
+                for j in range(_COPIES):
+                    assert_same_bits(a[:, j], b, f"{name} layout, copy {j}, output {i}, V={vocab}")
 
 
 def check_bad_rows_get_nan_gradients(device="cpu", vocab=300):

@@ -256,3 +256,38 @@ def test_temperature_requiring_grad_gets_none(backend, per_row):
     h_only = eo.entropy(x.detach(), t)
     assert not h_only.requires_grad
     assert_within_eager_bound(h_only, entropy_ref(x, t.detach()), eager_entropy(x.detach(), t.detach()))
+
+
+def test_inplace_backward_on_a_grid_leaves_the_rows_between_alone(backend):
+    """``logits[:, :-1]`` is read in place on a grid (``ops/_rows.py``); its in-place gradient goes
+    into the view's own rows, never into the rows between (the last position of each sequence)."""
+    base = torch.randn(3, 5, 40, generator=torch.Generator().manual_seed(3))
+    grads = []
+    for inplace in (False, True):
+        leaf = base.clone().requires_grad_(True)
+        inter = leaf * 1.0
+        w = inter[:, :-1]
+        y = torch.arange(12).reshape(3, 4)
+        logp, h = eo.logprobs_and_entropy(w, y, inplace_backward=inplace)
+        grads.append(torch.autograd.grad((logp + 0.5 * h).sum(), leaf)[0])
+        assert torch.equal(inter[:, -1].detach(), base[:, -1])
+        if inplace:
+            assert torch.equal(inter[:, :-1].detach(), grads[1][:, :-1]), "the gradient lands in the view"
+    assert torch.equal(grads[1], grads[0]) and (grads[0][:, -1] == 0).all()
+
+
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+def test_inplace_backward_of_a_non_collapsible_view_compiles(backend, compiler, tmp_path, monkeypatch):
+    """Under tracing, ``view`` of a non-collapsible tensor raises ValueError (not RuntimeError): the
+    layout is decided from the strides, so the shifted and transposed views compile."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    base = torch.randn(2, 4, 33, generator=torch.Generator().manual_seed(5))
+
+    def loss(x):
+        return (eo.entropy((x * 1.0)[:, :-1], inplace_backward=True).sum()
+                + eo.entropy((x * 2.0).transpose(0, 1), inplace_backward=True).sum())
+    grads = []
+    for fn in (loss, torch.compile(loss, backend=compiler, fullgraph=True)):
+        leaf = base.clone().requires_grad_(True)
+        grads.append(torch.autograd.grad(fn(leaf), leaf)[0])
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-6, atol=1e-7)

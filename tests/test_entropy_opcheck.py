@@ -74,3 +74,27 @@ def test_opcheck_entropy_bwd_inplace(backend, dtype):
     x = args[0].clone()
     OPS.entropy_bwd_.default(x, *args[1:])
     assert torch.equal(x, expected)
+
+
+def test_opcheck_on_a_grid_of_rows(backend):
+    """``logits[:, :-1]`` is read in place on a grid and the backward's gradient keeps that layout
+    (``ops/_rows.py``): the fake implementations must give the real strides."""
+    from entropy_ops.ops._rows import Rows
+    gen = torch.Generator().manual_seed(7)
+    full = torch.randn(2, 6, 17, generator=gen)
+    x = full[:, :-1]
+    assert Rows(x).on_grid
+    y = torch.randint(17, (2, 5), generator=gen)
+    torch.library.opcheck(OPS.entropy.default, (x.detach().requires_grad_(False), None, 0.7, None, False, backend))
+    torch.library.opcheck(OPS.logprobs_and_entropy.default, (x, y, None, 1.0, -100, None, False, backend))
+    row_max = x.amax(-1)
+    log_norm = torch.logsumexp(x - row_max.unsqueeze(-1), -1)
+    args = (x, y, None, 1.0, -100, None, row_max, log_norm, torch.rand(2, 5), torch.randn(2, 5),
+            torch.randn(2, 5), backend)
+    grad = OPS.entropy_bwd.default(*args)
+    assert grad.stride() == (6 * 17, 17, 1), grad.stride()
+    torch.library.opcheck(OPS.entropy_bwd.default, args)
+    inplace = full.clone()
+    OPS.entropy_bwd_.default(inplace[:, :-1], *args[1:])
+    assert torch.equal(inplace[:, :-1], grad) and torch.equal(inplace[:, -1], full[:, -1])
+    torch.library.opcheck(OPS.entropy_bwd_.default, (full.clone()[:, :-1],) + args[1:])

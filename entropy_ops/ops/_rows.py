@@ -1,7 +1,8 @@
 """Shared plumbing of the vocabulary-row ops: flatten ``[..., V]`` to rows, value checks inside
 the op (SPEC §2: always on CPU tensors, on CUDA only under ``ENTROPY_OPS_CHECK=1``)."""
+import math
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -12,6 +13,125 @@ from ..backends.kernel import acc_dtype
 def rows(x: torch.Tensor) -> torch.Tensor:
     """``[..., V] -> [N, V]`` (a view when the leading dims collapse, a copy otherwise)."""
     return x.reshape(-1, x.shape[-1])
+
+
+# A grid of rows is read in place while it spans at most this many rows per row of the tensor.
+GRID_SLACK = 1.25
+
+
+class Rows:
+    """``logits [..., V]`` (last dim contiguous) as the ``[M, V]`` rows, with a row stride, that a
+    kernel reads:
+
+    - the leading dims collapse (contiguous rows, a padded vocab ``x[..., :V]``): ``x`` is a view,
+      ``M = N``;
+    - they do not, but every row sits on one grid of equally spaced rows, none shared
+      (``logits[:, :-1]``, ``logits[:, -L:]`` with a short prompt, a transposed ``[T, B, V]``):
+      ``x`` views the grid from the first row to the last (``M <= GRID_SLACK * N``) and ``index``
+      says where each of the N rows is; the rows between are masked out (never read), per-row
+      inputs are scattered to the grid and outputs gathered from it (O(N), no copy of the logits);
+    - otherwise (rows that share memory, rows far apart): ``x`` is a copy.
+    """
+
+    def __init__(self, logits: torch.Tensor):
+        self.leading = logits.shape[:-1]
+        self.vocab = logits.shape[-1]
+        self.n = math.prod(self.leading)
+        grid = None if _collapses(logits) else _grid(logits)
+        self.index = None
+        if grid is None:
+            self.x = logits.reshape(-1, self.vocab)
+            self.m = self.n
+            return
+        row, steps, self.m = grid
+        self.x = logits.as_strided((self.m, self.vocab), (row, 1))
+        self.steps = steps
+        index = torch.zeros((), dtype=torch.int64, device=logits.device)
+        for i, (size, step) in enumerate(zip(self.leading, steps)):
+            shape = [1] * len(self.leading)
+            shape[i] = size
+            index = index + torch.arange(size, device=logits.device).mul_(step).view(shape)
+        self.index = index.reshape(-1)
+
+    @property
+    def on_grid(self) -> bool:
+        return self.index is not None
+
+    def per_row(self, t: Optional[torch.Tensor], dtype=None, fill=0) -> Optional[torch.Tensor]:
+        """:func:`per_row` of ``t`` on the kernel's rows (``fill`` on the grid rows between)."""
+        t = per_row(t, self.n, dtype)
+        if t is None or self.index is None:
+            return t
+        return t.new_full((self.m,), fill).index_copy_(0, self.index, t)
+
+    def temperature(self, temperature) -> Optional[torch.Tensor]:
+        return self.per_row(temperature, acc_dtype(self.x.dtype), fill=1)
+
+    def mask(self, mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The row mask on the kernel's rows: on a grid, False on the rows between."""
+        if self.index is None:
+            return per_row(mask, self.n)
+        inside = torch.ones(self.n, dtype=torch.bool, device=self.x.device) if mask is None else per_row(mask, self.n)
+        return torch.zeros(self.m, dtype=torch.bool, device=self.x.device).index_copy_(0, self.index, inside)
+
+    def out(self, v: torch.Tensor) -> torch.Tensor:
+        """A kernel's ``[M]`` output as the leading shape."""
+        return (v if self.index is None else v.index_select(0, self.index)).view(self.leading)
+
+
+def _collapses(x: torch.Tensor) -> bool:
+    """Whether ``x.view(-1, V)`` works (decided from the strides: under tracing a failing ``view``
+    raises ValueError, not RuntimeError)."""
+    dims = [(size, stride) for size, stride in zip(x.shape[:-1], x.stride()[:-1]) if size != 1]
+    return all(outer == inner * size for (_, outer), (size, inner) in zip(dims, dims[1:]))
+
+
+def _grid(x: torch.Tensor, slack: float = GRID_SLACK):
+    """``(row stride, per-dim steps in rows, M)`` when the rows of ``x`` sit on one grid of rows
+    ``row`` elements apart, no two rows on one grid row, spanning ``M <= slack * N`` rows; else
+    None."""
+    vocab = x.shape[-1]
+    dims = [(size, stride) for size, stride in zip(x.shape[:-1], x.stride()[:-1]) if size != 1]
+    n = math.prod(x.shape[:-1])
+    if not dims or n == 0:
+        return None
+    row = min(stride for _, stride in dims)
+    if row < vocab or any(stride % row for _, stride in dims):
+        return None  # rows overlap, or are not on one grid
+    span = 1  # grid rows spanned by the dims seen, smallest stride first
+    for size, stride in sorted(dims, key=lambda d: d[1]):
+        if stride // row < span:
+            return None  # two rows on one grid row
+        span += (size - 1) * (stride // row)
+    if span > slack * n:
+        return None
+    steps = tuple(0 if size == 1 else stride // row for size, stride in zip(x.shape[:-1], x.stride()[:-1]))
+    return row, steps, span
+
+
+def distinct_rows(x: torch.Tensor) -> bool:
+    """Whether every row of ``x`` has its own memory (no expanded or unfolded rows), decided from
+    the strides; ``torch._debug_has_internal_overlap`` answers "too hard" for padded rows."""
+    if _collapses(x):
+        flat = x.reshape(-1, x.shape[-1])
+        return flat.shape[0] <= 1 or flat.stride(0) >= x.shape[-1]
+    return _grid(x, slack=math.inf) is not None or torch._debug_has_internal_overlap(x) == 0
+
+
+def full_empty(logits: torch.Tensor, dtype=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(out, out_rows)``: an uninitialized tensor of ``logits.shape`` and the ``[M, V]`` rows a
+    kernel writes it through, row for row with :class:`Rows`' ``x``. On a grid, ``out`` views a
+    fresh ``[M, V]`` buffer with the logits' layout (the rows between hold whatever the kernel
+    writes to masked rows). The fake (meta) implementations call this too: same strides."""
+    dtype = logits.dtype if dtype is None else dtype
+    vocab = logits.shape[-1]
+    grid = None if _collapses(logits) else _grid(logits)
+    if grid is None:
+        out = torch.empty(logits.shape, dtype=dtype, device=logits.device)
+        return out, out.view(-1, vocab)
+    _, steps, m = grid
+    buf = torch.empty((m, vocab), dtype=dtype, device=logits.device)
+    return buf.as_strided(logits.shape, tuple(step * vocab for step in steps) + (1,)), buf
 
 
 def leading_empty(logits: torch.Tensor) -> torch.Tensor:

@@ -19,21 +19,16 @@ from torch import Tensor
 from .. import _backends, _validate, _validate_vocab
 from ..backends.kernel import acc_dtype
 from ..parallel import vocab as _vocab_parallel
-from ._rows import check_values, flat_temperature, leading_empty, per_row, rows
+from ._rows import Rows, check_values, distinct_rows, full_empty, leading_empty
 
 
 def _forward(logits, labels, temperature, temperature_scalar, ignore_index, mask, backend):
-    x = rows(logits)
-    n_rows = x.shape[0]
-    y = per_row(labels, n_rows)
-    t = flat_temperature(temperature, x, n_rows)
-    m = per_row(mask, n_rows)
-    check_values(x, y, t, ignore_index, m)
+    r = Rows(logits)
+    y, t, m = r.per_row(labels), r.temperature(temperature), r.mask(mask)
+    check_values(r.x, y, t, ignore_index, m)
     kernel = _backends.get_kernel(backend, "entropy")
-    row_max, log_norm, h, logp = kernel.fwd(x, y, t, temperature_scalar, ignore_index, m)
-    leading = logits.shape[:-1]
-    return (row_max.view(leading), log_norm.view(leading), h.view(leading),
-            None if logp is None else logp.view(leading))
+    row_max, log_norm, h, logp = kernel.fwd(r.x, y, t, temperature_scalar, ignore_index, m)
+    return r.out(row_max), r.out(log_norm), r.out(h), None if logp is None else r.out(logp)
 
 
 # ---- forward ops ---------------------------------------------------------------------------------
@@ -69,17 +64,16 @@ def _(logits, labels, temperature, temperature_scalar, ignore_index, mask, inpla
 
 # ---- backward ops --------------------------------------------------------------------------------
 
-def _backward_into(out2d, logits, labels, temperature, temperature_scalar, ignore_index, mask,
+def _backward_into(out_rows, logits, labels, temperature, temperature_scalar, ignore_index, mask,
                    row_max, log_norm, entropy, grad_entropy, grad_logp, backend):
-    x = rows(logits)
-    n_rows = x.shape[0]
+    """The gradient into ``out_rows``, row for row with ``Rows(logits).x``."""
+    r = Rows(logits)
     acc = acc_dtype(logits.dtype)
     kernel = _backends.get_kernel(backend, "entropy")
     kernel.bwd(
-        x, per_row(labels, n_rows), flat_temperature(temperature, x, n_rows), temperature_scalar,
-        ignore_index, per_row(mask, n_rows), per_row(row_max, n_rows), per_row(log_norm, n_rows),
-        per_row(entropy, n_rows),
-        per_row(grad_entropy, n_rows, acc), per_row(grad_logp, n_rows, acc), out2d,
+        r.x, r.per_row(labels), r.temperature(temperature), temperature_scalar, ignore_index,
+        r.mask(mask), r.per_row(row_max), r.per_row(log_norm), r.per_row(entropy),
+        r.per_row(grad_entropy, acc), r.per_row(grad_logp, acc), out_rows,
     )
 
 
@@ -88,8 +82,8 @@ def _entropy_bwd_op(logits: Tensor, labels: Optional[Tensor], temperature: Optio
                     temperature_scalar: float, ignore_index: int, mask: Optional[Tensor],
                     row_max: Tensor, log_norm: Tensor, entropy: Tensor, grad_entropy: Optional[Tensor],
                     grad_logp: Optional[Tensor], backend: str) -> Tensor:
-    grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-    _backward_into(rows(grad), logits, labels, temperature, temperature_scalar, ignore_index, mask,
+    grad, grad_rows = full_empty(logits)
+    _backward_into(grad_rows, logits, labels, temperature, temperature_scalar, ignore_index, mask,
                    row_max, log_norm, entropy, grad_entropy, grad_logp, backend)
     return grad
 
@@ -97,7 +91,7 @@ def _entropy_bwd_op(logits: Tensor, labels: Optional[Tensor], temperature: Optio
 @_entropy_bwd_op.register_fake
 def _(logits, labels, temperature, temperature_scalar, ignore_index, mask, row_max, log_norm, entropy,
       grad_entropy, grad_logp, backend):
-    return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    return full_empty(logits)[0]  # the real op's strides
 
 
 @torch.library.custom_op("entropy_ops::entropy_bwd_", mutates_args=("logits",))
@@ -106,15 +100,12 @@ def _entropy_bwd_inplace_op(logits: Tensor, labels: Optional[Tensor], temperatur
                             row_max: Tensor, log_norm: Tensor, entropy: Tensor,
                             grad_entropy: Optional[Tensor], grad_logp: Optional[Tensor],
                             backend: str) -> None:
-    try:
-        out2d = logits.view(-1, logits.shape[-1])
-    except RuntimeError:  # leading dims that do not collapse: compute aside, then copy back
-        out2d = None
     args = (logits, labels, temperature, temperature_scalar, ignore_index, mask, row_max, log_norm,
             entropy, grad_entropy, grad_logp, backend)
-    if out2d is not None:
-        _backward_into(out2d, *args)
-    else:
+    r = Rows(logits)
+    if not r.on_grid and r.x.data_ptr() == logits.data_ptr():  # its own rows: written over as read
+        _backward_into(r.x, *args)
+    else:  # a grid (its rows between are not the op's to write) or a copy: compute aside, copy back
         logits.copy_(_entropy_bwd_op(*args))
 
 
@@ -129,18 +120,6 @@ def _no_double_backward_setup(ctx, inputs, output):
 _entropy_bwd_op.register_autograd(_no_double_backward, setup_context=_no_double_backward_setup)
 
 
-def _holds_its_gradient(logits: Tensor) -> bool:
-    """Whether the gradient can be written over ``logits``: every element has its own memory.
-    Rows that share memory (an ``expand``-ed or ``unfold``-ed view) cannot hold one gradient each.
-    (``_debug_has_internal_overlap`` alone answers "too hard" for ordinary padded rows.)"""
-    vocab = logits.shape[-1]
-    try:
-        flat = logits.view(-1, vocab)
-    except RuntimeError:  # leading dims that do not collapse: the op copies back, which needs no overlap
-        return torch._debug_has_internal_overlap(logits) == 0
-    return flat.shape[0] <= 1 or flat.stride(0) >= vocab
-
-
 def _grad_logits(ctx, grad_entropy, grad_logp):
     if grad_entropy is None and grad_logp is None:
         return None
@@ -149,7 +128,7 @@ def _grad_logits(ctx, grad_entropy, grad_logp):
             entropy, grad_entropy, grad_logp, ctx.backend)
     # In place only in a plain backward: under create_graph the returned buffer would carry the
     # logits' own history as its graph (a wrong double backward instead of the error below).
-    if ctx.inplace_backward and not torch.is_grad_enabled() and _holds_its_gradient(logits):
+    if ctx.inplace_backward and not torch.is_grad_enabled() and distinct_rows(logits):
         _entropy_bwd_inplace_op(logits, *args)
         return logits
     return _entropy_bwd_op(logits, *args)

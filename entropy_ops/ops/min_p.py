@@ -13,17 +13,14 @@ from torch import Tensor
 
 from .. import _backends, _validate, _validate_vocab
 from ..parallel import vocab_min_p as _vocab_parallel
-from ._rows import check_values, flat_temperature, leading_empty, per_row, rows
+from ._rows import Rows, check_values, full_empty, leading_empty
 
 
 def _row_inputs(logits, labels, temperature, ignore_index, mask):
-    x = rows(logits)
-    n_rows = x.shape[0]
-    y = per_row(labels, n_rows)
-    t = flat_temperature(temperature, x, n_rows)
-    m = per_row(mask, n_rows)
-    check_values(x, y, t, ignore_index, m)
-    return x, y, t, m
+    r = Rows(logits)
+    y, t, m = r.per_row(labels), r.temperature(temperature), r.mask(mask)
+    check_values(r.x, y, t, ignore_index, m)
+    return r, y, t, m
 
 
 @torch.library.custom_op("entropy_ops::min_p_logprobs", mutates_args=())
@@ -31,10 +28,9 @@ def _min_p_logprobs_op(logits: Tensor, labels: Tensor, temperature: Optional[Ten
                        temperature_scalar: float, ignore_index: int, min_p: float,
                        mask: Optional[Tensor], backend: str) -> Tuple[Tensor, Tensor, Tensor]:
     """``(logp, row_max, log_norm)``, each of the leading shape."""
-    x, y, t, m = _row_inputs(logits, labels, temperature, ignore_index, mask)
-    out = _backends.get_kernel(backend, "min_p_logprobs").fwd(x, y, t, temperature_scalar, ignore_index, min_p, m)
-    leading = logits.shape[:-1]
-    return tuple(v.view(leading) for v in out)
+    r, y, t, m = _row_inputs(logits, labels, temperature, ignore_index, mask)
+    out = _backends.get_kernel(backend, "min_p_logprobs").fwd(r.x, y, t, temperature_scalar, ignore_index, min_p, m)
+    return tuple(r.out(v) for v in out)
 
 
 @_min_p_logprobs_op.register_fake
@@ -47,19 +43,18 @@ def _min_p_logprobs_bwd_op(logits: Tensor, labels: Tensor, temperature: Optional
                            temperature_scalar: float, ignore_index: int, min_p: float,
                            mask: Optional[Tensor], row_max: Tensor, log_norm: Tensor,
                            grad_logp: Tensor, backend: str) -> Tensor:
-    x, y, t, m = _row_inputs(logits, labels, temperature, ignore_index, mask)
-    n_rows = x.shape[0]
-    grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    r, y, t, m = _row_inputs(logits, labels, temperature, ignore_index, mask)
+    grad, grad_rows = full_empty(logits)
     _backends.get_kernel(backend, "min_p_logprobs").bwd(
-        x, y, t, temperature_scalar, ignore_index, min_p, m, per_row(row_max, n_rows),
-        per_row(log_norm, n_rows), per_row(grad_logp, n_rows, log_norm.dtype), rows(grad))
+        r.x, y, t, temperature_scalar, ignore_index, min_p, m, r.per_row(row_max), r.per_row(log_norm),
+        r.per_row(grad_logp, log_norm.dtype), grad_rows)
     return grad
 
 
 @_min_p_logprobs_bwd_op.register_fake
 def _(logits, labels, temperature, temperature_scalar, ignore_index, min_p, mask, row_max, log_norm,
       grad_logp, backend):
-    return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    return full_empty(logits)[0]
 
 
 def _no_double_backward(ctx, *grads):

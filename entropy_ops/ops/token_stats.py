@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .. import _backends, _validate, _validate_vocab
 from ..parallel import vocab_stats as _vocab_parallel
-from ._rows import check_values, flat_temperature, leading_empty, per_row, rows
+from ._rows import Rows, check_values, leading_empty
 from ._types import TokenStats
 
 _N_OUT = len(TokenStats._fields)
@@ -26,17 +26,13 @@ def _token_stats_op(logits: Tensor, labels: Optional[Tensor], temperature: Optio
                     temperature_scalar: float, ignore_index: int, mask: Optional[Tensor],
                     backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The fields of :class:`TokenStats` in order; ``logp`` is zeros when ``labels`` is None."""
-    x = rows(logits)
-    n_rows = x.shape[0]
-    y = per_row(labels, n_rows)
-    t = flat_temperature(temperature, x, n_rows)
-    m = per_row(mask, n_rows)
-    check_values(x, y, t, ignore_index, m)
-    stats = _backends.get_kernel(backend, "token_stats")(x, y, t, temperature_scalar, ignore_index, m)
+    r = Rows(logits)
+    y, t, m = r.per_row(labels), r.temperature(temperature), r.mask(mask)
+    check_values(r.x, y, t, ignore_index, m)
+    stats = _backends.get_kernel(backend, "token_stats")(r.x, y, t, temperature_scalar, ignore_index, m)
     if stats.logp is None:
         stats = stats._replace(logp=torch.zeros_like(stats.lse))
-    leading = logits.shape[:-1]
-    return tuple(v.view(leading) for v in stats)
+    return tuple(r.out(v) for v in stats)
 
 
 @_token_stats_op.register_fake

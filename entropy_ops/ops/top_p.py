@@ -17,16 +17,14 @@ from torch import Tensor
 
 from .. import _backends, _validate, _validate_vocab
 from ..parallel import vocab_top_p as _vocab_parallel
-from ._rows import check_values, flat_temperature, leading_empty, per_row, rows
+from ._rows import Rows, check_values, full_empty, leading_empty
 
 
 def _row_inputs(logits, temperature, mask):
-    x = rows(logits)
-    n_rows = x.shape[0]
-    t = flat_temperature(temperature, x, n_rows)
-    m = per_row(mask, n_rows)
-    check_values(x, None, t, -100, m)
-    return x, t, m
+    r = Rows(logits)
+    t, m = r.temperature(temperature), r.mask(mask)
+    check_values(r.x, None, t, -100, m)
+    return r, t, m
 
 
 @torch.library.custom_op("entropy_ops::top_p_entropy", mutates_args=())
@@ -34,10 +32,9 @@ def _top_p_entropy_op(logits: Tensor, temperature: Optional[Tensor], temperature
                       top_p: float, mask: Optional[Tensor], backend: str
                       ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(entropy, row_max, cut_e, cut_index, log_norm)``, each of the leading shape."""
-    x, t, m = _row_inputs(logits, temperature, mask)
-    out = _backends.get_kernel(backend, "top_p_entropy").fwd(x, t, temperature_scalar, top_p, m)
-    leading = logits.shape[:-1]
-    return tuple(v.view(leading) for v in out)
+    r, t, m = _row_inputs(logits, temperature, mask)
+    out = _backends.get_kernel(backend, "top_p_entropy").fwd(r.x, t, temperature_scalar, top_p, m)
+    return tuple(r.out(v) for v in out)
 
 
 @_top_p_entropy_op.register_fake
@@ -52,19 +49,18 @@ def _top_p_entropy_bwd_op(logits: Tensor, temperature: Optional[Tensor], tempera
                           mask: Optional[Tensor], entropy: Tensor, row_max: Tensor, cut_e: Tensor,
                           cut_index: Tensor, log_norm: Tensor, grad_entropy: Tensor,
                           backend: str) -> Tensor:
-    x, t, m = _row_inputs(logits, temperature, mask)
-    n_rows = x.shape[0]
-    grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-    saved = (per_row(v, n_rows) for v in (entropy, row_max, cut_e, cut_index, log_norm))
+    r, t, m = _row_inputs(logits, temperature, mask)
+    grad, grad_rows = full_empty(logits)
+    saved = (r.per_row(v) for v in (entropy, row_max, cut_e, cut_index, log_norm))
     _backends.get_kernel(backend, "top_p_entropy").bwd(
-        x, t, temperature_scalar, m, *saved, per_row(grad_entropy, n_rows, entropy.dtype), rows(grad))
+        r.x, t, temperature_scalar, m, *saved, r.per_row(grad_entropy, entropy.dtype), grad_rows)
     return grad
 
 
 @_top_p_entropy_bwd_op.register_fake
 def _(logits, temperature, temperature_scalar, mask, entropy, row_max, cut_e, cut_index, log_norm,
       grad_entropy, backend):
-    return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    return full_empty(logits)[0]
 
 
 def _no_double_backward(ctx, *grads):
@@ -96,15 +92,15 @@ _top_p_entropy_op.register_autograd(_backward, setup_context=_setup)
 @torch.library.custom_op("entropy_ops::top_p_mask", mutates_args=())
 def _top_p_mask_op(logits: Tensor, temperature: Optional[Tensor], temperature_scalar: float,
                    top_p: float, inclusive: bool, mask: Optional[Tensor], backend: str) -> Tensor:
-    x, t, m = _row_inputs(logits, temperature, mask)
-    out = torch.empty(logits.shape, dtype=torch.bool, device=logits.device)
-    _backends.get_kernel(backend, "top_p_mask").mask(x, t, temperature_scalar, top_p, inclusive, m, rows(out))
+    r, t, m = _row_inputs(logits, temperature, mask)
+    out, out_rows = full_empty(logits, torch.bool)
+    _backends.get_kernel(backend, "top_p_mask").mask(r.x, t, temperature_scalar, top_p, inclusive, m, out_rows)
     return out
 
 
 @_top_p_mask_op.register_fake
 def _(logits, temperature, temperature_scalar, top_p, inclusive, mask, backend):
-    return torch.empty(logits.shape, dtype=torch.bool, device=logits.device)
+    return full_empty(logits, torch.bool)[0]
 
 
 def top_p_entropy(logits: Tensor, top_p: float = 0.8, temperature=1.0, *,
