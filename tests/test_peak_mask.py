@@ -142,6 +142,52 @@ def test_threshold_compile_fullgraph():
     assert torch.equal(compiled_module.initialized, eager.initialized)
 
 
+@pytest.mark.parametrize("cast", ["bfloat16", "half", "to_bf16"])
+def test_threshold_state_stays_float32_under_a_16bit_cast(cast):
+    """A model-wide cast to a 16-bit dtype must not freeze the EMA (0.01 * step is below half a
+    bf16 ulp): the state stays float32 and follows an unconverted module exactly."""
+    plain = eo.EntropyThreshold(q=0.9, momentum=0.99)
+    module = eo.EntropyThreshold(q=0.9, momentum=0.99)
+    module = {"bfloat16": module.bfloat16, "half": module.half,
+              "to_bf16": lambda: module.to(torch.bfloat16)}[cast]()
+    assert module.value.dtype == torch.float32 and module.initialized.dtype == torch.bool
+    values = []
+    for step in range(40):
+        x, mask = make_batch(4, 20, seed=step)
+        x = x - step / 10  # entropy falling by 4 nats
+        values.append(module(x, mask))
+        assert torch.equal(values[-1], plain(x, mask))
+    assert values[-1] < values[0] - 0.5  # the EMA moved
+    assert eo.EntropyThreshold().double().value.dtype == torch.float64
+
+
+class _Uncopyable:
+    """Stands in for a ProcessGroup: deepcopy and pickle raise."""
+
+    def __reduce__(self):
+        raise TypeError("cannot pickle '_Uncopyable' object")
+
+
+def test_threshold_deepcopy_shares_the_process_group():
+    import copy
+    module = eo.EntropyThreshold(q=0.9)
+    module(*make_batch(3, 10, seed=1))
+    group = _Uncopyable()
+    module.process_group = group
+    with pytest.raises(TypeError):
+        copy.deepcopy(group)
+    twin = copy.deepcopy(module)
+    assert twin.process_group is group
+    assert torch.equal(twin.value, module.value) and twin.value.data_ptr() != module.value.data_ptr()
+    assert twin.q == module.q and twin.training == module.training
+
+
+def test_threshold_inputs_on_another_device_name_it():
+    module = eo.EntropyThreshold().to("meta")
+    with pytest.raises(ValueError, match=r"entropy: is on cpu but this EntropyThreshold's state is on meta"):
+        module(*make_batch(3, 10, seed=1))
+
+
 @pytest.mark.parametrize("call, error, name", [
     (lambda x, m: eo.peak_entropy_mask(x, m, 1.5), ValueError, "q"),
     (lambda x, m: eo.peak_entropy_mask(x, m, torch.tensor([0.5, 0.6])), ValueError, "q"),

@@ -95,3 +95,11 @@ def test_bad_arguments_name_themselves(call, error, name):
     x, mask = _batch(B=2, T=4, V=10)
     with pytest.raises(error, match=f"^{name}:"):
         call(x, mask)
+
+
+def test_float64_anchor_keeps_a_float32_loss(backend):
+    logits = torch.randn(2, 6, 40, generator=torch.Generator().manual_seed(4))
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    loss = eo.selective_entropy_loss(logits, mask, torch.tensor(0.5, dtype=torch.float64))
+    assert loss.dtype == torch.float32
+    assert torch.equal(loss, eo.selective_entropy_loss(logits, mask, 0.5))

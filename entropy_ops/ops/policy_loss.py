@@ -134,6 +134,8 @@ def clip_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mas
         generator: a ``torch.Generator`` on ``logp``'s device for the random choice: one seed
             ``torch.randint(0, 2**62, (1,), generator=generator)`` is drawn, and the key of the
             token of flat index ``i`` is ``splitmix64(seed, i) >> 2`` (``backends/token_kernel.py``).
+            Not under activation checkpointing: the recompute would draw again and choose other
+            tokens (checkpoint restores the global RNG only); use the global RNG or ``random_keys``.
         random_keys: instead of ``generator``, the keys themselves: int64 ``[B, T]`` in
             ``[0, 2**62)``, e.g. ``torch.randint(0, 2**62, logp.shape, generator=g)``; the
             candidates with the largest keys are chosen. ``torch.compile`` cannot trace a

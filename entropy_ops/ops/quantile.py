@@ -11,6 +11,7 @@ SIREN's peak mask is ``entropy > quantile`` on valid tokens (ARES's high-window-
 16M-element cap (``backends/token_kernel.py`` has their rules; ``backends/torch_tokens.py`` why
 the torch path sorts per sequence but selects over the batch).
 """
+import copy
 from typing import Optional
 
 import torch
@@ -158,7 +159,9 @@ class EntropyThreshold(torch.nn.Module):
         value = momentum * value + (1 - momentum) * new    afterwards
         value unchanged                                    when every sequence is empty (new is NaN)
 
-    computed in float64 and stored in ``value``'s dtype (float32 unless the module is converted).
+    computed in float64 and stored in ``value``'s dtype: float32, or float64 after ``.double()``;
+    a conversion to a 16-bit dtype (``model.to(torch.bfloat16)``, ``.half()``) keeps it float32,
+    since a bf16 EMA at momentum 0.99 cannot move (``0.01 * step`` is below half its ulp).
     ``value`` starts as NaN (no threshold yet); in eval mode ``forward`` only returns it.
 
     Args:
@@ -166,8 +169,8 @@ class EntropyThreshold(torch.nn.Module):
         momentum: Python float in [0, 1], the weight kept by the old value.
         process_group: a ``torch.distributed`` data-parallel group: the median is over the
             sequences of all its ranks (exact), so ``value`` is the same on every rank and equals
-            the single-process value on the batches concatenated. The module then holds the group
-            (it pickles through ``state_dict`` only).
+            the single-process value on the batches concatenated. The module then holds the group:
+            ``copy.deepcopy`` shares it with the copy; pickling goes through ``state_dict`` only.
     """
 
     def __init__(self, q: float = 0.95, momentum: float = 0.99, process_group=None):
@@ -181,11 +184,30 @@ class EntropyThreshold(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"q={self.q}, momentum={self.momentum}"
 
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.value.dtype in (torch.float16, torch.bfloat16):
+            self.value = self.value.float()
+        return self
+
+    def __deepcopy__(self, memo):
+        """A copy whose tensors are copied and whose process group is shared (a ``ProcessGroup``
+        cannot be copied; ``copy.deepcopy`` of a module that holds one would raise)."""
+        if self.process_group is not None:
+            memo.setdefault(id(self.process_group), self.process_group)
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
+
     def forward(self, entropy: Tensor, mask: Optional[Tensor] = None,
                 cu_seqlens: Optional[Tensor] = None) -> Tensor:
         """``entropy`` (and ``mask``, ``cu_seqlens``) as in :func:`masked_quantile`; returns the
         threshold after this step's update, a 0-d tensor of ``value``'s dtype."""
         mask, cu_seqlens = _checked(entropy, mask, cu_seqlens, True, "entropy")
+        if entropy.device != self.value.device:
+            raise ValueError(f"entropy: is on {entropy.device} but this EntropyThreshold's state is on "
+                             f"{self.value.device}; move the module with .to({str(entropy.device)!r})")
         if self.training:
             per_sequence = _quantile64(entropy, mask, None, self.q, True, cu_seqlens)
             if self.process_group is None:

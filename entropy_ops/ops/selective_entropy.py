@@ -49,6 +49,8 @@ def selective_entropy_loss(logits: Tensor, mask: Tensor, anchor, *, top_p: float
     else:
         anchor = _validate_losses.number("anchor", anchor)
     h = top_p_entropy(logits, top_p, temperature, mask=mask)
+    if isinstance(anchor, torch.Tensor):
+        anchor = anchor.to(h.dtype)  # a float64 anchor must not promote a float32 loss
     peak = peak_entropy_mask(h.detach(), mask, peak_q, per_sequence=True, cu_seqlens=cu_seqlens)
     n_peak = peak.sum()
     mean_peak = torch.where(peak, h, 0).sum() / n_peak.clamp(min=1)
