@@ -264,3 +264,14 @@ def test_double_backward_is_refused():
 def test_bad_arguments_name_themselves(call, error, name):
     with pytest.raises(error, match=f"^{name}:"):
         call(torch.randn(3, 8))
+
+
+@pytest.mark.parametrize("layout", ["shifted", "transposed"])
+def test_mask_of_a_grid_view_is_contiguous(backend, layout):
+    """Logits read in place on a grid (``logits[:, :-1]``, a transpose) still give a contiguous
+    mask, equal to the one of the contiguous copy."""
+    base = torch.randn(3, 6, 40, generator=torch.Generator().manual_seed(2))
+    x = base[:, :-1] if layout == "shifted" else base.transpose(0, 1)
+    out = eo.top_p_mask(x, 0.7)
+    assert out.is_contiguous() and torch.equal(out, eo.top_p_mask(x.contiguous(), 0.7))
+    torch.library.opcheck(torch.ops.entropy_ops.top_p_mask.default, (x, None, 1.0, 0.7, True, None, backend))

@@ -86,10 +86,11 @@ def _collapses(x: torch.Tensor) -> bool:
     return all(outer == inner * size for (_, outer), (size, inner) in zip(dims, dims[1:]))
 
 
-def _grid(x: torch.Tensor, slack: float = GRID_SLACK):
+def _grid(x: torch.Tensor, slack: Optional[float] = GRID_SLACK):
     """``(row stride, per-dim steps in rows, M)`` when the rows of ``x`` sit on one grid of rows
-    ``row`` elements apart, no two rows on one grid row, spanning ``M <= slack * N`` rows; else
-    None."""
+    ``row`` elements apart, no two rows on one grid row, spanning ``M <= slack * N`` rows (any M
+    with ``slack=None``: no ``inf * N``, which symbolic sizes under torch.compile turn into NaN);
+    else None."""
     vocab = x.shape[-1]
     dims = [(size, stride) for size, stride in zip(x.shape[:-1], x.stride()[:-1]) if size != 1]
     n = math.prod(x.shape[:-1])
@@ -103,7 +104,7 @@ def _grid(x: torch.Tensor, slack: float = GRID_SLACK):
         if stride // row < span:
             return None  # two rows on one grid row
         span += (size - 1) * (stride // row)
-    if span > slack * n:
+    if slack is not None and span > slack * n:
         return None
     steps = tuple(0 if size == 1 else stride // row for size, stride in zip(x.shape[:-1], x.stride()[:-1]))
     return row, steps, span
@@ -115,7 +116,7 @@ def distinct_rows(x: torch.Tensor) -> bool:
     if _collapses(x):
         flat = x.reshape(-1, x.shape[-1])
         return flat.shape[0] <= 1 or flat.stride(0) >= x.shape[-1]
-    return _grid(x, slack=math.inf) is not None or torch._debug_has_internal_overlap(x) == 0
+    return _grid(x, slack=None) is not None or torch._debug_has_internal_overlap(x) == 0
 
 
 def full_empty(logits: torch.Tensor, dtype=None) -> Tuple[torch.Tensor, torch.Tensor]:

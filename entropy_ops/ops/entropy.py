@@ -184,7 +184,9 @@ def entropy(logits: Tensor, temperature=1.0, *, mask: Optional[Tensor] = None,
         inplace_backward: write the gradient into ``logits``' own buffer (saves one ``[N, V]``
             allocation; ``logits`` must not be needed afterwards). Not with ``process_group``.
             Written out of place instead where rows share memory (an expanded or unfolded view)
-            and under ``create_graph=True``.
+            and under ``create_graph=True``. On a view whose rows do not collapse
+            (``logits[:, :-1]``, a transpose) the gradient ends in the view's own rows but is
+            computed aside and copied there: no allocation is saved.
         process_group: vocab parallel (SPEC §3.3): ``logits`` is this rank's shard ``[..., V_r]`` of
             the vocabulary (Megatron layout) and every rank gets the unsharded result; all ranks
             call with the same leading shape, temperature and mask. See ``parallel/vocab.py``.

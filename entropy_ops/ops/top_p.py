@@ -95,12 +95,12 @@ def _top_p_mask_op(logits: Tensor, temperature: Optional[Tensor], temperature_sc
     r, t, m = _row_inputs(logits, temperature, mask)
     out, out_rows = full_empty(logits, torch.bool)
     _backends.get_kernel(backend, "top_p_mask").mask(r.x, t, temperature_scalar, top_p, inclusive, m, out_rows)
-    return out
+    return out.contiguous()  # a mask is contiguous, whatever the logits' layout (on a grid: a gather)
 
 
 @_top_p_mask_op.register_fake
 def _(logits, temperature, temperature_scalar, top_p, inclusive, mask, backend):
-    return full_empty(logits, torch.bool)[0]
+    return torch.empty(logits.shape, dtype=torch.bool, device=logits.device)
 
 
 def top_p_entropy(logits: Tensor, top_p: float = 0.8, temperature=1.0, *,
