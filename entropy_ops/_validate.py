@@ -120,8 +120,12 @@ def integer(name: str, v) -> int:
 
 
 def flag(name: str, v) -> bool:
+    """A Python bool, or NumPy's ``bool_`` (from a config) as a Python bool; never an int."""
+    if type(v).__module__ == "numpy" and type(v).__name__ in ("bool", "bool_"):  # NumPy 2 / 1
+        return bool(v)
     if not isinstance(v, bool):
-        raise TypeError(f"{name}: expected a bool, got {type(v).__name__}")
+        kind = type(v).__name__ if type(v).__module__ == "builtins" else f"{type(v).__module__}.{type(v).__name__}"
+        raise TypeError(f"{name}: expected a bool (True or False), got {kind}")
     return v
 
 

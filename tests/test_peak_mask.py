@@ -159,6 +159,8 @@ def test_threshold_state_stays_float32_under_a_16bit_cast(cast):
         assert torch.equal(values[-1], plain(x, mask))
     assert values[-1] < values[0] - 0.5  # the EMA moved
     assert eo.EntropyThreshold().double().value.dtype == torch.float64
+    again = {"bfloat16": plain.bfloat16, "half": plain.half, "to_bf16": lambda: plain.to(torch.bfloat16)}[cast]()
+    assert torch.equal(again.value, values[-1]), "the cast must not round the state to 16 bits on the way"
 
 
 class _Uncopyable:

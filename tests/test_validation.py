@@ -220,3 +220,19 @@ def test_numpy_scalars_act_as_python_numbers(backend):
         for a, b in zip(want if isinstance(want, tuple) else (want,), got if isinstance(got, tuple) else (got,)):
             assert torch.equal(a, b), f"{name}: NumPy scalars give other results than Python numbers"
     raises_naming(TypeError, "temperature", lambda: eo.entropy(x, np.bool_(True)))
+
+
+@pytest.mark.parametrize("flag", ["inplace_backward", "inclusive", "per_sequence"])
+def test_flags_take_numpy_bools_but_not_ints(backend, flag):
+    np = pytest.importorskip("numpy")
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 50, generator=gen)
+    h, mask = torch.rand(2, 8, generator=gen), torch.rand(2, 8, generator=gen) > 0.2
+    call = {
+        "inplace_backward": lambda v: eo.entropy(x, inplace_backward=v),
+        "inclusive": lambda v: eo.top_p_mask(x, 0.5, inclusive=v),
+        "per_sequence": lambda v: eo.masked_quantile(h, mask, 0.5, per_sequence=v),
+    }[flag]
+    for value in (False, True):
+        assert torch.equal(call(np.bool_(value)), call(value))
+    raises_naming(TypeError, flag, lambda: call(1))

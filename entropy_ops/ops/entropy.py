@@ -200,7 +200,7 @@ def entropy(logits: Tensor, temperature=1.0, *, mask: Optional[Tensor] = None,
     leading = _validate.logits(logits, sharded=process_group is not None)
     t, t_scalar = _validate.temperature(temperature, logits, leading)
     mask = _validate.row_mask(mask, logits, leading)
-    _validate.flag("inplace_backward", inplace_backward)
+    inplace_backward = _validate.flag("inplace_backward", inplace_backward)
     if process_group is not None or vocab_start is not None:
         group, vocab_start = _validate_vocab.vocab_parallel(process_group, vocab_start, inplace_backward)
         return _vocab_parallel.entropy(logits, t, t_scalar, mask, group, vocab_start)
@@ -232,7 +232,7 @@ def logprobs_and_entropy(logits: Tensor, labels: Tensor, temperature=1.0, ignore
     t, t_scalar = _validate.temperature(temperature, logits, leading)
     ignore_index = _validate.integer("ignore_index", ignore_index)
     mask = _validate.row_mask(mask, logits, leading)
-    _validate.flag("inplace_backward", inplace_backward)
+    inplace_backward = _validate.flag("inplace_backward", inplace_backward)
     if process_group is not None or vocab_start is not None:
         group, vocab_start = _validate_vocab.vocab_parallel(process_group, vocab_start, inplace_backward)
         return _vocab_parallel.logprobs_and_entropy(logits, labels, t, t_scalar, ignore_index, mask,

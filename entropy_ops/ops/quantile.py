@@ -61,7 +61,6 @@ _masked_quantile_op.register_autograd(_no_grad, setup_context=_setup_no_grad)
 
 
 def _checked(values, mask, cu_seqlens, per_sequence, name, process_group=None):
-    _validate.flag("per_sequence", per_sequence)
     if process_group is not None:
         _validate_tokens.process_group(process_group)
     _validate_tokens.tokens(name, values, cu_seqlens, allow_flat=not per_sequence)
@@ -110,6 +109,7 @@ def masked_quantile(values: Tensor, mask: Optional[Tensor], q, per_sequence: boo
         valid entries upcast to float64, then rounded); NaN where ``n = 0``. No element-count cap.
         Not differentiable.
     """
+    per_sequence = _validate.flag("per_sequence", per_sequence)
     mask, cu_seqlens = _checked(values, mask, cu_seqlens, per_sequence, "values", process_group)
     q, q_scalar = _validate_tokens.quantile(q, values, allow_vector=True)
     if process_group is not None and not per_sequence:
@@ -133,6 +133,7 @@ def peak_entropy_mask(entropy: Tensor, mask: Optional[Tensor], q=0.8, per_sequen
         ``mask``, compared in float64 against the unrounded quantile of the token's own sequence
         (or of the batch); all False in a sequence without valid tokens (NaN quantile).
     """
+    per_sequence = _validate.flag("per_sequence", per_sequence)
     mask, cu_seqlens = _checked(entropy, mask, cu_seqlens, per_sequence, "entropy", process_group)
     q, q_scalar = _validate_tokens.quantile(q, entropy, allow_vector=False)
     if process_group is not None and not per_sequence:
@@ -185,9 +186,10 @@ class EntropyThreshold(torch.nn.Module):
         return f"q={self.q}, momentum={self.momentum}"
 
     def _apply(self, fn, recurse=True):
+        value = self.value
         super()._apply(fn, recurse)
-        if self.value.dtype in (torch.float16, torch.bfloat16):
-            self.value = self.value.float()
+        if self.value.dtype in (torch.float16, torch.bfloat16):  # the old value, never rounded to 16 bits
+            self.value = value.to(device=self.value.device, dtype=torch.float32)
         return self
 
     def __deepcopy__(self, memo):

@@ -158,7 +158,7 @@ def top_p_mask(logits: Tensor, top_p: float, temperature=1.0, inclusive: bool = 
     leading = _validate.logits(logits, sharded=process_group is not None)
     top_p = _validate.probability("top_p", top_p, open_low=True)
     t, t_scalar = _validate.temperature(temperature, logits, leading)
-    _validate.flag("inclusive", inclusive)
+    inclusive = _validate.flag("inclusive", inclusive)
     mask = _validate.row_mask(mask, logits, leading)
     if process_group is not None or vocab_start is not None:
         group, vocab_start = _validate_vocab.vocab_parallel(process_group, vocab_start)

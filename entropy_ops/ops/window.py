@@ -88,9 +88,11 @@ def window_entropy(entropy: Tensor, mask: Optional[Tensor] = None, window: int =
         float32 (float64 for float64 input) of ``entropy``'s shape: ``out_t`` = mean of the valid
         ``entropy_j``, ``j in [t + offset, min(t + offset + window, end_t))`` with ``end_t`` the end
         of ``t``'s sequence; 0 where that window holds no valid token (e.g. at a sequence's last
-        ``offset`` tokens). Differentiable wrt ``entropy`` (masked tokens get exactly 0). Each
-        window is summed on its own (never as a difference of prefix sums), so the error does not
-        grow with the sequence length.
+        ``offset`` tokens). Differentiable wrt ``entropy`` (masked tokens get exactly 0). Never a
+        difference of running prefix sums: each window is summed from its own terms (term by term
+        on ``triton``/``cuda``, by doubling blocks on ``torch``; on ``cpu`` windows over 16 as one
+        block's suffix plus the next one's prefix, compensated), so the error is that of the
+        window's own sum and does not grow with the sequence length.
     """
     _validate_tokens.tokens("entropy", entropy, cu_seqlens)
     cu_seqlens = _validate_tokens.cu_seqlens(cu_seqlens, "entropy", entropy)
