@@ -45,7 +45,6 @@ class Rows:
             return
         row, steps, self.m = grid
         self.x = logits.as_strided((self.m, self.vocab), (row, 1))
-        self.steps = steps
         index = torch.zeros((), dtype=torch.int64, device=logits.device)
         for i, (size, step) in enumerate(zip(self.leading, steps)):
             shape = [1] * len(self.leading)
