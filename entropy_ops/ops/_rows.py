@@ -37,7 +37,7 @@ class Rows:
         self.leading = logits.shape[:-1]
         self.vocab = logits.shape[-1]
         self.n = math.prod(self.leading)
-        grid = None if _collapses(logits) else _grid(logits)
+        grid = grid_of(logits)
         self.index = None
         if grid is None:
             self.x = logits.reshape(-1, self.vocab)
@@ -68,17 +68,22 @@ class Rows:
 
     def mask(self, mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """The row mask on the kernel's rows: on a grid, False on the rows between."""
-        if self.index is None:
-            return per_row(mask, self.n)
-        inside = torch.ones(self.n, dtype=torch.bool, device=self.x.device) if mask is None else per_row(mask, self.n)
-        return torch.zeros(self.m, dtype=torch.bool, device=self.x.device).index_copy_(0, self.index, inside)
+        if self.index is not None and mask is None:
+            mask = torch.ones(self.n, dtype=torch.bool, device=self.x.device)
+        return self.per_row(mask, fill=False)
 
     def out(self, v: torch.Tensor) -> torch.Tensor:
         """A kernel's ``[M]`` output as the leading shape."""
         return (v if self.index is None else v.index_select(0, self.index)).view(self.leading)
 
 
-def _collapses(x: torch.Tensor) -> bool:
+def grid_of(x: torch.Tensor):
+    """:func:`_grid` of ``x`` when its leading dims do not collapse, else None: the layout
+    :class:`Rows` and :func:`full_empty` agree on."""
+    return None if collapses(x) else _grid(x)
+
+
+def collapses(x: torch.Tensor) -> bool:
     """Whether ``x.view(-1, V)`` works (decided from the strides: under tracing a failing ``view``
     raises ValueError, not RuntimeError)."""
     dims = [(size, stride) for size, stride in zip(x.shape[:-1], x.stride()[:-1]) if size != 1]
@@ -112,7 +117,7 @@ def _grid(x: torch.Tensor, slack: Optional[float] = GRID_SLACK):
 def distinct_rows(x: torch.Tensor) -> bool:
     """Whether every row of ``x`` has its own memory (no expanded or unfolded rows), decided from
     the strides; ``torch._debug_has_internal_overlap`` answers "too hard" for padded rows."""
-    if _collapses(x):
+    if collapses(x):
         flat = x.reshape(-1, x.shape[-1])
         return flat.shape[0] <= 1 or flat.stride(0) >= x.shape[-1]
     return _grid(x, slack=None) is not None or torch._debug_has_internal_overlap(x) == 0
@@ -125,7 +130,7 @@ def full_empty(logits: torch.Tensor, dtype=None) -> Tuple[torch.Tensor, torch.Te
     writes to masked rows). The fake (meta) implementations call this too: same strides."""
     dtype = logits.dtype if dtype is None else dtype
     vocab = logits.shape[-1]
-    grid = None if _collapses(logits) else _grid(logits)
+    grid = grid_of(logits)
     if grid is None:
         out = torch.empty(logits.shape, dtype=dtype, device=logits.device)
         return out, out.view(-1, vocab)

@@ -19,7 +19,7 @@ from torch import Tensor
 from .. import _backends, _validate, _validate_vocab
 from ..backends.kernel import acc_dtype
 from ..parallel import vocab as _vocab_parallel
-from ._rows import Rows, check_values, distinct_rows, full_empty, leading_empty
+from ._rows import Rows, check_values, collapses, distinct_rows, full_empty, leading_empty
 
 
 def _forward(logits, labels, temperature, temperature_scalar, ignore_index, mask, backend):
@@ -102,9 +102,8 @@ def _entropy_bwd_inplace_op(logits: Tensor, labels: Optional[Tensor], temperatur
                             backend: str) -> None:
     args = (logits, labels, temperature, temperature_scalar, ignore_index, mask, row_max, log_norm,
             entropy, grad_entropy, grad_logp, backend)
-    r = Rows(logits)
-    if not r.on_grid and r.x.data_ptr() == logits.data_ptr():  # its own rows: written over as read
-        _backward_into(r.x, *args)
+    if collapses(logits):  # its own rows: written over as they are read
+        _backward_into(logits.view(-1, logits.shape[-1]), *args)
     else:  # a grid (its rows between are not the op's to write) or a copy: compute aside, copy back
         logits.copy_(_entropy_bwd_op(*args))
 
