@@ -158,7 +158,7 @@ EO_AVX2 void bwd_row(const void* row, void* grad, int64_t vocab, const BwdRowArg
 
 }  // namespace
 
-const RowKernels kAvx2Kernels = {
+constexpr RowKernels kAvx2Kernels = {
     "avx2",
     {fwd_row<kFloat32>, fwd_row<kBFloat16>, fwd_row<kFloat16>},
     {bwd_row<kFloat32>, bwd_row<kBFloat16>, bwd_row<kFloat16>},

@@ -156,7 +156,7 @@ EO_AVX512 void bwd_row(const void* row, void* grad, int64_t vocab, const BwdRowA
 
 }  // namespace
 
-const RowKernels kAvx512Kernels = {
+constexpr RowKernels kAvx512Kernels = {
     "avx512",
     {fwd_row<kFloat32>, fwd_row<kBFloat16>, fwd_row<kFloat16>},
     {bwd_row<kFloat32>, bwd_row<kBFloat16>, bwd_row<kFloat16>},

@@ -82,7 +82,7 @@ void bwd_row(const void* row, void* grad, int64_t vocab,
 
 }  // namespace
 
-const RowKernels kScalarKernels = {
+constexpr RowKernels kScalarKernels = {
     "scalar",
     {fwd_row<kFloat32>, fwd_row<kBFloat16>, fwd_row<kFloat16>},
     {bwd_row<kFloat32>, bwd_row<kBFloat16>, bwd_row<kFloat16>},

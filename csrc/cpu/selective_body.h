@@ -189,8 +189,11 @@ StatsSums stats_sums_row(const void* row, int64_t n, typename S::Acc max, typena
           S::any(neg) ? -static_cast<double>(INFINITY) : sum_s * static_cast<double>(inv_t)};
 }
 
+// constexpr, and so are the tables built from it: they are constant-initialized (data in the
+// library, no initializer run at load). A dynamic initializer would be compiled for the ISA of its
+// file, and run at import on CPUs without that ISA (SIGILL in `import entropy_ops._C`).
 template <class S, int Code>
-SelectiveRowOps<typename S::Acc> make_selective_ops() {
+constexpr SelectiveRowOps<typename S::Acc> make_selective_ops() {
   return {top_p_cut_row<S, Code>, top_p_sums_row<S, Code>, top_p_mask_row<S>,
           top_p_bwd_row<S, Code>, min_p_sums_row<S, Code>, e_at<S>,
           min_p_bwd_row<S, Code>, stats_sums_row<S, Code>};

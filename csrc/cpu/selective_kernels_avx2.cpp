@@ -23,7 +23,7 @@
 namespace entropy_ops {
 namespace cpu {
 
-const SelectiveKernels kSelectiveAvx2 = {
+constexpr SelectiveKernels kSelectiveAvx2 = {
     "avx2",
     {make_selective_ops<SimdAvx2, kFloat32>(), make_selective_ops<SimdAvx2, kBFloat16>(),
      make_selective_ops<SimdAvx2, kFloat16>()},

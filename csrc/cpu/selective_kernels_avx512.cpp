@@ -23,7 +23,7 @@
 namespace entropy_ops {
 namespace cpu {
 
-const SelectiveKernels kSelectiveAvx512 = {
+constexpr SelectiveKernels kSelectiveAvx512 = {
     "avx512",
     {make_selective_ops<SimdAvx512, kFloat32>(), make_selective_ops<SimdAvx512, kBFloat16>(),
      make_selective_ops<SimdAvx512, kFloat16>()},

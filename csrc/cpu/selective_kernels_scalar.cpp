@@ -9,14 +9,14 @@
 namespace entropy_ops {
 namespace cpu {
 
-const SelectiveKernels kSelectiveScalar = {
+constexpr SelectiveKernels kSelectiveScalar = {
     "scalar",
     {make_selective_ops<SimdScalar<float>, kFloat32>(),
      make_selective_ops<SimdScalar<float>, kBFloat16>(),
      make_selective_ops<SimdScalar<float>, kFloat16>()},
 };
 
-const SelectiveRowOps<double> kSelectiveF64 = make_selective_ops<SimdScalar<double>, kFloat64>();
+constexpr SelectiveRowOps<double> kSelectiveF64 = make_selective_ops<SimdScalar<double>, kFloat64>();
 
 // Follows isa.h's choice (ENTROPY_OPS_CPU_ISA, set_isa), so one switch covers every op.
 const SelectiveRowOps<float>& selective_ops(int dtype) {
