@@ -53,8 +53,12 @@ struct RowKernels {
 };
 
 extern const RowKernels kScalarKernels;
+// The AVX2 and AVX-512 kernels exist on x86-64 only: elsewhere their files compile to nothing and
+// the scalar kernels are the one ISA (isa.h).
+#if defined(__x86_64__)
 extern const RowKernels kAvx2Kernels;
 extern const RowKernels kAvx512Kernels;
+#endif
 
 OnlineSoftmax<double> entropy_fwd_row_f64(const void* row, int64_t vocab, double inv_t);
 void entropy_bwd_row_f64(const void* row, void* grad, int64_t vocab, const BwdRowArgs<double>& a);

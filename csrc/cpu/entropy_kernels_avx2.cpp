@@ -1,6 +1,9 @@
 // AVX2 + FMA + F16C row kernels for fp32/bf16/fp16 rows. See entropy_kernels.h.
 // AVX2 has no masked 16-bit loads/stores, so row tails go through ElemIO (exact widening, RNE
 // narrowing: the same values the vector paths produce).
+// x86-64 only: on other targets this file compiles to nothing (entropy_kernels.h).
+#if defined(__x86_64__)
+
 #include <immintrin.h>
 
 #include <algorithm>
@@ -166,3 +169,5 @@ constexpr RowKernels kAvx2Kernels = {
 
 }  // namespace cpu
 }  // namespace entropy_ops
+
+#endif  // defined(__x86_64__)

@@ -1,4 +1,7 @@
 // AVX-512 row kernels (F + BW + VL + DQ) for fp32/bf16/fp16 rows. See entropy_kernels.h.
+// x86-64 only: on other targets this file compiles to nothing (entropy_kernels.h).
+#if defined(__x86_64__)
+
 #include <immintrin.h>
 
 #include <algorithm>
@@ -164,3 +167,5 @@ constexpr RowKernels kAvx512Kernels = {
 
 }  // namespace cpu
 }  // namespace entropy_ops
+
+#endif  // defined(__x86_64__)

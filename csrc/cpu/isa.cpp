@@ -8,6 +8,9 @@ namespace entropy_ops {
 namespace cpu {
 namespace {
 
+// The AVX2 and AVX-512 kernels are compiled on x86-64 only (entropy_kernels.h); elsewhere
+// "scalar" is the one ISA.
+#if defined(__x86_64__)
 // __builtin_cpu_supports also checks that the OS saves the wider registers (XCR0).
 bool cpu_has_avx512() {
   __builtin_cpu_init();
@@ -20,10 +23,13 @@ bool cpu_has_avx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
          __builtin_cpu_supports("f16c");
 }
+#endif
 
 const RowKernels* kernels_for(const std::string& name) {
+#if defined(__x86_64__)
   if (name == "avx512") return cpu_has_avx512() ? &kAvx512Kernels : nullptr;
   if (name == "avx2") return cpu_has_avx2() ? &kAvx2Kernels : nullptr;
+#endif
   if (name == "scalar") return &kScalarKernels;
   if (name == "auto") return kernels_for(supported_isas().front());
   return nullptr;
@@ -51,8 +57,10 @@ std::atomic<const RowKernels*>& active() {
 
 std::vector<std::string> supported_isas() {
   std::vector<std::string> out;
+#if defined(__x86_64__)
   if (cpu_has_avx512()) out.push_back("avx512");
   if (cpu_has_avx2()) out.push_back("avx2");
+#endif
   out.push_back("scalar");
   return out;
 }

@@ -1,6 +1,7 @@
 // Runtime choice of the CPU kernel set: CPUID says what the machine supports; the initial choice
 // comes from ENTROPY_OPS_CPU_ISA (avx512|avx2|scalar) or is the best supported; set_isa switches
-// at runtime so one test process covers every path.
+// at runtime so one test process covers every path. Only x86-64 builds carry avx512 and avx2;
+// elsewhere (aarch64, ...) "scalar" is the one ISA.
 #pragma once
 
 #include <string>

@@ -96,8 +96,10 @@ struct SelectiveKernels {
 };
 
 extern const SelectiveKernels kSelectiveScalar;
+#if defined(__x86_64__)  // as kAvx2Kernels (entropy_kernels.h)
 extern const SelectiveKernels kSelectiveAvx2;
 extern const SelectiveKernels kSelectiveAvx512;
+#endif
 extern const SelectiveRowOps<double> kSelectiveF64;  // fp64 rows on every ISA
 
 // The kernels of the ISA in use (isa.h's choice: ENTROPY_OPS_CPU_ISA, set_isa).

@@ -1,6 +1,9 @@
 // The selective row kernels (selective_kernels.h) compiled for AVX-512 (F + BW + VL + DQ).
 // Every project and standard header is included before the target region, so that only this
 // file's own code (the bodies, instantiated on SimdAvx512) is compiled for the wider ISA.
+// x86-64 only: on other targets this file compiles to nothing (entropy_kernels.h).
+#if defined(__x86_64__)
+
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -33,3 +36,5 @@ constexpr SelectiveKernels kSelectiveAvx512 = {
 }  // namespace entropy_ops
 
 #pragma GCC pop_options
+
+#endif  // defined(__x86_64__)

@@ -20,11 +20,15 @@ constexpr SelectiveRowOps<double> kSelectiveF64 = make_selective_ops<SimdScalar<
 
 // Follows isa.h's choice (ENTROPY_OPS_CPU_ISA, set_isa), so one switch covers every op.
 const SelectiveRowOps<float>& selective_ops(int dtype) {
+#if defined(__x86_64__)
   const RowKernels* active = &active_kernels();
   const SelectiveKernels& k = active == &kAvx512Kernels ? kSelectiveAvx512
                               : active == &kAvx2Kernels ? kSelectiveAvx2
                                                         : kSelectiveScalar;
   return k.ops[dtype];
+#else
+  return kSelectiveScalar.ops[dtype];
+#endif
 }
 
 }  // namespace cpu
