@@ -18,6 +18,7 @@ Environment knobs:
 import glob
 import hashlib
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -33,6 +34,14 @@ from setuptools.command.build_ext import build_ext
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CUDA_ARCHS = "80;90;100;120"
 CXX_FLAGS = ["-O3", "-std=c++17", "-fPIC", "-pthread", "-fvisibility=hidden"]
+# Off x86-64 the CPU module holds only the scalar kernels (the AVX files compile to nothing, see
+# csrc/cpu/isa.h). There g++ would fuse a * b + c into one fma wherever the target has one
+# (aarch64 always does; g++'s default for C++ is -ffp-contract=fast), rounding the scalar kernels
+# differently from x86-64, whose baseline has no fma to fuse into: off, they compute as written,
+# the bits of the x86-64 scalar path. Not on x86-64, where the AVX2/AVX-512 files' plain
+# expressions are fused (measured: those objects change with the flag, the others do not).
+PORTABLE_CXX_FLAGS = ["-ffp-contract=off"]
+X86_64_MACHINES = ("x86_64", "amd64")
 NVCC_FLAGS = [
     "-O3",
     "-std=c++17",
@@ -65,6 +74,12 @@ def _env_flag(name):
 
 def _jobs():
     return max(1, int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1))
+
+
+def host_cxx_flags(machine=None):
+    """The host compiler's flags for a machine (as platform.machine() names it), default this one."""
+    machine = (machine or platform.machine()).lower()
+    return list(CXX_FLAGS) + ([] if machine in X86_64_MACHINES else PORTABLE_CXX_FLAGS)
 
 
 def _cuda_lib_dir(root):
@@ -312,7 +327,7 @@ def cpu_extension():
         "entropy_ops._C",
         sources=sources,
         include_dirs=["csrc/include", "csrc", pybind11.get_include()],
-        extra_compile_args=[*CXX_FLAGS, "-include", compat_header()],
+        extra_compile_args=[*host_cxx_flags(), "-include", compat_header()],
         language="c++",
     )
 
@@ -337,7 +352,7 @@ def cuda_extension():
         sources=["csrc/cuda_bindings.cpp", "csrc/cuda_token_bindings.cpp"],
         include_dirs=["csrc/include", "csrc", os.path.join(root, "include"), pybind11.get_include()],
         define_macros=[("ENTROPY_OPS_CUDA_ARCHS", f'"{archs}"')],
-        extra_compile_args=[*CXX_FLAGS, "-include", compat_header()],
+        extra_compile_args=[*host_cxx_flags(), "-include", compat_header()],
         library_dirs=[lib_dir],
         libraries=CUDA_LINK_LIBS,
         language="c++",
