@@ -82,9 +82,21 @@ def host_cxx_flags(machine=None):
     return list(CXX_FLAGS) + ([] if machine in X86_64_MACHINES else PORTABLE_CXX_FLAGS)
 
 
+def cuda_targets(machine=None):
+    """The toolkit's targets/ directory names for a host machine: arm64 servers (Grace, GH200) are
+    sbsa-linux, Jetson is aarch64-linux."""
+    machine = (machine or platform.machine()).lower()
+    if machine in X86_64_MACHINES:
+        return ["x86_64-linux"]
+    if machine in ("aarch64", "arm64"):
+        return ["sbsa-linux", "aarch64-linux"]
+    return []
+
+
 def _cuda_lib_dir(root):
     """The directory holding libcudart_static.a under a toolkit root, or None."""
-    for sub in ("lib64", "lib", os.path.join("targets", "x86_64-linux", "lib")):
+    subs = ["lib64", "lib"] + [os.path.join("targets", t, "lib") for t in cuda_targets()]
+    for sub in subs:
         if os.path.isfile(os.path.join(root, sub, "libcudart_static.a")):
             return os.path.join(root, sub)
     return None
