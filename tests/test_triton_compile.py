@@ -13,7 +13,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from entropy_ops.triton_kernels import entropy as kernels  # noqa: E402
-from entropy_ops.triton_kernels import launch, launch_selective, min_p, token_stats, top_p  # noqa: E402
+from entropy_ops.triton_kernels import FP_FUSION, launch, launch_selective, min_p, token_stats, top_p  # noqa: E402
 
 ARCHS = (80, 90, 100, 120)
 ROW_FLAGS = ("HAS_TEMP", "HAS_LABELS", "HAS_MASK")
@@ -33,7 +33,8 @@ def _compile(fn, signature, constexprs, arch, num_warps):
     names = fn.arg_names
     sig = {name: signature.get(name, "constexpr") for name in names}
     src = ASTSource(fn=fn, signature=sig, constexprs=constexprs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+    options = {"num_warps": num_warps, "enable_fp_fusion": FP_FUSION}  # as every launch pins it
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
     assert compiled.asm  # produced code for the target
 
 

@@ -16,6 +16,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from entropy_ops.triton_kernels import FP_FUSION  # noqa: E402
 from entropy_ops.triton_kernels import launch_linear as launch  # noqa: E402
 from entropy_ops.triton_kernels import linear_entropy as kernels  # noqa: E402
 
@@ -56,7 +57,8 @@ def _compile(fn, dtype, constexprs, arch):
                       BLOCK_N=launch.BLOCK_N, BLOCK_K=block_k)
     compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs),
                               target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": launch.NUM_WARPS, "num_stages": num_stages})
+                              options={"num_warps": launch.NUM_WARPS, "num_stages": num_stages,
+                                       "enable_fp_fusion": FP_FUSION})
     assert compiled.asm["cubin"]
     spilled = _spilled_bytes(compiled.asm["ptx"], arch)
     assert spilled == 0, f"{fn.__name__} sm{arch} {dtype}: ptxas spills {spilled} bytes"

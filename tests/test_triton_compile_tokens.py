@@ -13,6 +13,7 @@ triton = pytest.importorskip("triton")
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from entropy_ops.triton_kernels import FP_FUSION  # noqa: E402
 from entropy_ops.triton_kernels import launch_tokens as L  # noqa: E402
 from entropy_ops.triton_kernels import masked_quantile as M  # noqa: E402
 from entropy_ops.triton_kernels import random_keys as RK  # noqa: E402
@@ -57,7 +58,9 @@ def _assert_no_spills(report: str, what: str):
 def _compile(fn, constexprs, arch, tmp_path, num_warps=4, maxnreg=None, **types):
     sig = {name: types.get(name, SIGNATURE.get(name, "constexpr")) for name in fn.arg_names}
     src = ASTSource(fn=fn, signature=sig, constexprs=constexprs)
-    options = {"num_warps": num_warps} if maxnreg is None else {"num_warps": num_warps, "maxnreg": maxnreg}
+    options = {"num_warps": num_warps, "enable_fp_fusion": FP_FUSION}  # as every launch pins it
+    if maxnreg is not None:
+        options["maxnreg"] = maxnreg
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
     assert compiled.metadata.shared <= SHARED_LIMIT
     _assert_no_spills(_ptxas_report(compiled.asm["ptx"], tmp_path), f"{fn.__name__} on sm{arch}")
