@@ -8,8 +8,15 @@ import torch
 
 
 def device_name(device: str) -> str:
+    """The GPU's name; for the CPU its model and the ISA path of the `cpu` backend ("AMD EPYC
+    (avx2)"): one model name covers CPUs with and without AVX-512, whose timings differ by 2x, so
+    their rows go to different CSV files."""
     if device == "cuda":
         return torch.cuda.get_device_name()
+    return f"{_cpu_model()} ({_cpu_isa()})"
+
+
+def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -18,6 +25,12 @@ def device_name(device: str) -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "cpu"
+
+
+def _cpu_isa() -> str:
+    from .._native import cpu_module
+    module, _ = cpu_module()
+    return "no _C" if module is None else module.get_isa()
 
 
 def slug(name: str) -> str:
