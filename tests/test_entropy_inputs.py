@@ -9,13 +9,15 @@ import entropy_ops as eo
 from conftest import (
     NORMAL,
     acc_dtype,
+    assert_same_bits,
     assert_within_eager_bound,
     eager_entropy,
     eager_logprobs_and_entropy,
     make_labels,
     make_rows,
 )
-from entropy_common import check_layouts_give_the_same_bits
+from entropy_common import _vocab_ops, check_layouts_give_the_same_bits
+from entropy_ops.ops._rows import GRID_SLACK, Rows
 from entropy_ops.reference import entropy_ref, logprobs_and_entropy_ref
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -168,3 +170,51 @@ def test_masked_row_of_1d_logits(backend):
 
 def test_layouts_give_the_same_bits(backend):
     check_layouts_give_the_same_bits()
+
+
+def test_grid_rows_several_vocab_widths_apart(backend):
+    """A grid whose row stride is a few times V (``buf[:, :4, :V]`` of rows ``3 V + 5`` wide) is
+    read in place, each row found at its own stride (not at a multiple of V): every vocabulary op
+    gives the bits of the same rows stored contiguously."""
+    n, vocab = 3, 40
+    gen = torch.Generator().manual_seed(8)
+    x = (torch.randn(n, 4, vocab, generator=gen) * 3).to(torch.bfloat16)
+    buf = torch.full((n, 5, 3 * vocab + 5), float("nan"), dtype=x.dtype)
+    buf[:, :4, :vocab] = x
+    view = buf[:, :4, :vocab]
+    assert Rows(view).on_grid
+    y = torch.randint(0, vocab, (n, 4), generator=gen)
+    w = torch.linspace(0.5, 1.5, n * 4).view(n, 4)
+    for i, (got, want) in enumerate(zip(_vocab_ops(view, y, w), _vocab_ops(x, y, w))):
+        assert_same_bits(got, want, f"output {i}")
+
+
+@pytest.mark.parametrize("positions", [slice(0, 2), slice(10, 13)], ids=["first_2", "3_in_the_middle"])
+def test_far_apart_rows_are_not_read_on_a_wide_grid(backend, positions):
+    """A few positions of each sequence (``logits[:, :2]``) lie on one grid, but spanning far more
+    than ``GRID_SLACK * N`` grid rows: they are copied instead, so the gradient holds ``N * V``
+    values, not one row per grid row of the span (about 14x and 9x here)."""
+    base = torch.randn(3, 40, 24, generator=torch.Generator().manual_seed(2))
+    inter = base.clone().requires_grad_(True) * 1.0
+    view = inter[:, positions]
+    rows = view.numel() // 24
+    labels = torch.zeros(view.shape[:-1], dtype=torch.long)
+    logp, h = eo.logprobs_and_entropy(view, labels)
+    (g,) = torch.autograd.grad((logp + h).sum(), view)
+    held = g.untyped_storage().nbytes() // g.element_size()
+    assert held <= GRID_SLACK * rows * 24, f"the gradient holds {held} values for {rows} rows of 24"
+    assert not Rows(view).on_grid
+    dense = view.detach().contiguous().requires_grad_(True)
+    logp, h = eo.logprobs_and_entropy(dense, labels)
+    assert_same_bits(g, torch.autograd.grad((logp + h).sum(), dense)[0], "gradient")
+
+
+def test_rows_between_grid_rows_are_masked_out():
+    """On a grid the kernels get a row mask that is False on the rows between the tensor's own
+    rows (``ops/_rows.py``: never read), with the caller's mask on the tensor's rows. A white-box
+    check: reading those rows changes no output, only the work done."""
+    rows = Rows(torch.randn(2, 5, 8)[:, :-1])  # grid rows 0-3 and 5-8; row 4 lies between
+    assert rows.on_grid and rows.m == 9
+    assert rows.mask(None).tolist() == [True] * 4 + [False] + [True] * 4
+    user = torch.tensor([[True, False, True, True], [False, True, True, False]])
+    assert rows.mask(user).tolist() == [True, False, True, True, False, False, True, True, False]
