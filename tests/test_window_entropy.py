@@ -214,6 +214,20 @@ def test_compile_fullgraph():
         assert all(torch.equal(a, b) for a, b in zip(grads_c, grads_e))
 
 
+
+@pytest.mark.parametrize("window, offset", [(33, 1), (40, 3), (64, 0)])
+def test_gradient_of_long_windows_matches_reference(window, offset):
+    """Windows of more than 32 tokens (the torch backend's doubling blocks, the cpu kernel's block
+    sums) in sequences longer than ``window + offset``: each token is read by at most ``window``
+    outputs, and by none of another sequence."""
+    x, mask, cu = make_packed([150, 0, 70, 3, 41], torch.float64, seed=5)
+    g_out = torch.randn(x.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    xg = x.clone().requires_grad_(True)
+    (ours,) = torch.autograd.grad(eo.window_entropy(xg, mask, window, offset, cu), xg, g_out)
+    x64 = x.clone().requires_grad_(True)
+    (ref,) = torch.autograd.grad(R.window_entropy_ref(x64, mask, window, offset, cu), x64, g_out)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+
 def test_double_backward_is_refused():
     # The op is linear: its gradient depends on the upstream gradient only, so that is what a
     # second differentiation would go through.
