@@ -54,6 +54,15 @@ def _token_inputs(shapes, seed, dtype=torch.float32, no_valid_rank=None):
     return out
 
 
+def _attained_window(inputs):
+    """``(lb, ub)``: two covariances that valid tokens of the concatenated batch take exactly (every
+    rank computes the same bits: the means are exact), so a Clip-Cov window with these bounds
+    checks that both are strict on the data-parallel path too."""
+    cat = _concat(inputs)
+    cov = eo.token_covariance(cat["logp"], cat["adv"], cat["mask"])[cat["mask"]].unique()
+    return float(cov[len(cov) // 4]), float(cov[3 * len(cov) // 4])
+
+
 def _cases(rows, T):
     """``(op, kwargs, per-rank tensors)`` for a world whose ranks hold ``rows[r]`` rows."""
     P = len(rows)
@@ -68,6 +77,8 @@ def _cases(rows, T):
                   ("clip", dict(clip_cov_ratio=ratio, clip_cov_lb=-1.0, clip_cov_ub=5.0), ties)]
     cases += [("kl", dict(kl_cov_ratio=0.1, loss_agg_mode="seq-mean-token-sum-norm", loss_scale_factor=7), base),
               ("clip", dict(clip_cov_ratio=0.1, loss_agg_mode="seq-mean-token-sum-norm", loss_scale_factor=7), base)]
+    lb, ub = _attained_window(base)
+    cases.append(("clip", dict(clip_cov_ratio=1.0, clip_cov_lb=lb, clip_cov_ub=ub), base))
     for mode in MODES:
         cases += [("kl", dict(kl_cov_ratio=0.1, loss_agg_mode=mode, weighted=True), base),
                   ("clip", dict(clip_cov_ratio=0.1, loss_agg_mode=mode, weighted=True), base),
