@@ -8,7 +8,7 @@ import torch
 
 import entropy_ops as eo
 
-from conftest import skip_unless_available
+from conftest import assert_same_bits, skip_unless_available
 
 THREADS = (1, 3, 16, 64)
 
@@ -77,9 +77,7 @@ def _same_bits_on_any_thread_count(compute):
         torch.set_num_threads(threads)
         got = compute()
         for name, a in want.items():
-            assert torch.equal(a, got[name]) or (a.is_floating_point() and torch.equal(a.isnan(), got[name].isnan())
-                                                 and torch.equal(a.nan_to_num(), got[name].nan_to_num())), \
-                f"{name}: {threads} threads differ from 1"
+            assert_same_bits(got[name], a, f"{name}: {threads} threads vs 1")
 
 
 @pytest.mark.parametrize("n, vocab", [(1, 5000), (5, 300), (70, 4099), (257, 64)])
