@@ -3,7 +3,7 @@ CPU processes: ``token_covariance``, ``kl_cov_policy_loss``, ``clip_cov_policy_l
 ``masked_quantile`` and ``peak_entropy_mask`` (``per_sequence=False``), ``EntropyThreshold`` and
 ``agg_loss`` with global counts, each rank's outputs and gradients against one process on the batch
 concatenated in rank order. Uneven ranks (one with no row, one with no valid token), ties across
-ranks, k = 1 and k beyond the candidates, every dtype. Loss inputs are multiples of 1/16, so every
+ranks, k = 1 and k beyond the candidates, every dtype, NaN and -inf padding. Loss inputs are multiples of 1/16, so every
 sum is exact and the global means are bit-identical to the single-process ones: selections then
 compare exactly. One world checks every case (a world costs seconds to start)."""
 import pytest
@@ -37,6 +37,19 @@ def _loss_inputs(rows, T, seed, dtype=torch.float32, no_valid_rank=None, ties=Fa
         out.append(dict(logp=logp.to(dtype), old=old.to(dtype), adv=adv.to(dtype), mask=mask,
                         weights=(torch.randint(1, 5, (B, T), generator=gen) / 4.0).to(dtype),
                         keys=torch.randint(0, 2**62 if not ties else 3, (B, T), generator=gen)))
+    return out
+
+
+def _padded_with_garbage(inputs):
+    """Padding as trainers leave it: -inf and NaN old log-probs, NaN advantages and NaN weights at
+    the masked tokens (each rank's, so the global means and the loss must never read them)."""
+    out = []
+    for t in inputs:
+        pad = ~t["mask"]
+        old = t["old"].masked_fill(pad, float("-inf"))
+        old[:, ::2] = old[:, ::2].masked_fill(pad[:, ::2], float("nan"))
+        out.append(dict(t, old=old, adv=t["adv"].masked_fill(pad, float("nan")),
+                        weights=t["weights"].masked_fill(pad, float("nan"))))
     return out
 
 
@@ -77,6 +90,11 @@ def _cases(rows, T):
                   ("clip", dict(clip_cov_ratio=ratio, clip_cov_lb=-1.0, clip_cov_ub=5.0), ties)]
     cases += [("kl", dict(kl_cov_ratio=0.1, loss_agg_mode="seq-mean-token-sum-norm", loss_scale_factor=7), base),
               ("clip", dict(clip_cov_ratio=0.1, loss_agg_mode="seq-mean-token-sum-norm", loss_scale_factor=7), base)]
+    garbage = _padded_with_garbage(base)
+    cases.append(("cov", {}, garbage))
+    for mode in ("token-mean", "seq-mean-token-mean"):
+        cases += [("kl", dict(kl_cov_ratio=0.3, loss_agg_mode=mode, weighted=True), garbage),
+                  ("clip", dict(clip_cov_ratio=0.3, loss_agg_mode=mode, weighted=True), garbage)]
     lb, ub = _attained_window(base)
     cases.append(("clip", dict(clip_cov_ratio=1.0, clip_cov_lb=lb, clip_cov_ub=ub), base))
     for mode in MODES:
@@ -194,6 +212,8 @@ def test_each_rank_equals_one_process_on_the_concatenated_batch(rows):
     per_rank = run_world(_world, P, cases)
     for i, (op, kw, tensors) in enumerate(cases):
         want = _call(op, kw, _concat(tensors), None)
+        if op in ("cov", "kl", "clip"):  # valid tokens are finite: NaN on both sides would compare equal
+            assert all(w.isfinite().all() for w in want.values() if w.is_floating_point()), f"case {i} {op} {kw}"
         expected = _expected_collectives(op, kw, tensors[0])
         assert [per_rank[r][i]["collectives"] for r in range(P)] == [expected] * P, f"case {i} {op} {kw}"
         for name, w in want.items():

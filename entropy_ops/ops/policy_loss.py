@@ -23,42 +23,22 @@ from torch import Tensor
 
 from .. import _backends, _validate_losses as V
 from ._types import PolicyLossOutput
+from ._policy_terms import (centred_product, clip_cov_loss_matrix, clip_cov_terms, count_k, kl_cov_loss_matrix,
+                            masked_inputs, selected_frac)
+from .agg_loss import MODES, aggregate_masked, mask_count, masked_mean
 from .random_keys import clip_cov_keys
 from .select import top_k_mask
-from .agg_loss import MODES, aggregate_masked, mask_count, masked_mean
 
 
-def _count_k(ratio: float, n_valid: Tensor) -> Tensor:
-    # Python's int(ratio * n) on a float64 product, as verl computes it, then at least 1.
-    return torch.floor(n_valid.double() * ratio).clamp(min=1).long()
-
-
-def policy_terms(logp: Tensor, old_logp: Tensor, advantages: Tensor, weights: Optional[Tensor], mask: Tensor):
-    """``(logp - old_logp, advantages, weights)`` of the policy losses, made 0 at the masked tokens
-    before any ``exp`` or product: the loss matrix's final ``where`` sends a 0 gradient there, and
-    ``0 * d(exp(nan))`` would still be NaN (padded ``old_logp`` of -inf or NaN, NaN advantages or
-    weights). SPEC §2: masked entries contribute exactly 0 to every value and gradient."""
-    log_ratio = torch.where(mask, logp - old_logp, 0)
-    advantages = torch.where(mask, advantages, 0)
-    return log_ratio, advantages, None if weights is None else torch.where(mask, weights, 0)
-
-
-def _raw_covariance(logp: Tensor, advantages: Tensor, mask: Tensor, n_valid: Tensor) -> Tensor:
-    # Any value at the masked tokens: the losses only read cov where mask is True (their top-k
-    # eligibility and Clip-Cov's candidates include the mask), so they skip the where below.
-    logp, advantages = logp.detach(), advantages.detach()
-    return (advantages - masked_mean(advantages, mask, n_valid)) * (logp - masked_mean(logp, mask, n_valid))
-
-
-def _covariance(logp: Tensor, advantages: Tensor, mask: Tensor) -> Tensor:
-    return torch.where(mask, _raw_covariance(logp, advantages, mask, mask_count(mask)), 0)
+def _covariance(logp: Tensor, advantages: Tensor, mask: Tensor, n_valid: Tensor) -> Tensor:
+    """``cov`` with this batch's masked means (any value at the masked tokens)."""
+    return centred_product(logp, advantages, masked_mean(logp.detach(), mask, n_valid),
+                           masked_mean(advantages.detach(), mask, n_valid))
 
 
 def _outputs(loss: Tensor, ppo_kl: Tensor, selected: Tensor, n_valid: Tensor, dtype) -> PolicyLossOutput:
-    # selected_frac: the selection lies inside the mask, so its masked mean is its count over
-    # n_valid, the count converted to ``dtype`` as the sum of 0/1 values in ``dtype`` rounds it.
-    frac = mask_count(selected).to(dtype) / n_valid.clamp(min=1)
-    return PolicyLossOutput(loss, ppo_kl, selected, frac)
+    # The selection lies inside the mask: selected_frac is its count over n_valid.
+    return PolicyLossOutput(loss, ppo_kl, selected, selected_frac(mask_count(selected), n_valid, dtype))
 
 
 def _data_parallel():
@@ -84,7 +64,8 @@ def token_covariance(logp: Tensor, advantages: Tensor, mask: Tensor, process_gro
     V.like("advantages", advantages, logp, "logp")
     if process_group is not None:
         return _data_parallel().token_covariance(logp, advantages, V.binary_mask(mask), process_group)
-    return _covariance(logp, advantages, V.binary_mask(mask))
+    mask = V.binary_mask(mask)
+    return torch.where(mask, _covariance(logp, advantages, mask, mask_count(mask)), 0)
 
 
 def _losses_args(logp, old_logp, advantages, mask, loss_agg_mode, weights, dp_size, batch_num_tokens,
@@ -181,23 +162,16 @@ def clip_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mas
             process_group=process_group, loss_scale_factor=loss_scale_factor)
 
     n_valid = mask_count(mask)
-    log_ratio, advantages, weights = policy_terms(logp, old_logp, advantages, weights, mask)
-    ratio = torch.exp(log_ratio)
-    neg_advantages = -advantages
-    l1 = neg_advantages * ratio
-    l2 = neg_advantages * torch.clamp(ratio, 1 - low, 1 + high)
-    cov = _raw_covariance(logp, advantages, mask, n_valid)
-    candidate = mask & ~(l2 > l1).detach() & (cov > lb) & (cov < ub)
-    # Uniform choice of k candidates: the k largest of independent random keys (non-candidates -1).
+    log_ratio, advantages, weights = masked_inputs(logp, old_logp, advantages, weights, mask)
+    cov = _covariance(logp, advantages, mask, n_valid)
+    pg, candidate = clip_cov_terms(log_ratio, advantages, cov, mask, low, high, lb, ub)
+    # Uniform choice of k candidates: the k largest of independent random keys.
     keys = random_keys
     if keys is None:
         keys = clip_cov_keys(generator, torch.zeros(1, dtype=torch.int64, device=logp.device), logp)
     backend = _backends.resolve("top_k", logp.device, logp.dtype)
-    selected = top_k_mask(keys, candidate, _count_k(clip_cov_ratio, n_valid), backend)
-    if weights is None:  # one where for both masks (selected lies inside mask): the same values
-        masked = torch.where(mask & ~selected, torch.maximum(l1, l2), 0)
-    else:  # 0 * weight at the selected tokens, as verl multiplies (a NaN weight stays NaN)
-        masked = torch.where(mask, torch.where(selected, 0, torch.maximum(l1, l2)) * weights, 0)
+    selected = top_k_mask(keys, candidate, count_k(clip_cov_ratio, n_valid), backend)
+    masked = clip_cov_loss_matrix(pg, selected, mask, weights)
     loss = aggregate_masked(masked, mask, loss_agg_mode, **agg, count=n_valid)
     return _outputs(loss, masked_mean(-log_ratio.detach(), mask, n_valid), selected, n_valid, logp.dtype)
 
@@ -235,14 +209,11 @@ def kl_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask:
             loss_scale_factor=loss_scale_factor)
 
     n_valid = mask_count(mask)
-    log_ratio, advantages, weights = policy_terms(logp, old_logp, advantages, weights, mask)
+    log_ratio, advantages, weights = masked_inputs(logp, old_logp, advantages, weights, mask)
     abs_kl = log_ratio.abs()
-    l = -advantages * torch.exp(log_ratio)
-    cov = _raw_covariance(logp, advantages, mask, n_valid)
+    cov = _covariance(logp, advantages, mask, n_valid)
     backend = _backends.resolve("top_k", logp.device, logp.dtype)
-    selected = top_k_mask(cov, mask, _count_k(kl_cov_ratio, n_valid), backend)
-    losses = torch.where(selected, l + kl_coef * abs_kl, l)
-    if weights is not None:
-        losses = losses * weights
-    loss = aggregate_masked(torch.where(mask, losses, 0), mask, loss_agg_mode, **agg, count=n_valid)
+    selected = top_k_mask(cov, mask, count_k(kl_cov_ratio, n_valid), backend)
+    masked = kl_cov_loss_matrix(log_ratio, abs_kl, advantages, selected, kl_coef, mask, weights)
+    loss = aggregate_masked(masked, mask, loss_agg_mode, **agg, count=n_valid)
     return _outputs(loss, masked_mean(abs_kl.detach(), mask, n_valid), selected, n_valid, logp.dtype)

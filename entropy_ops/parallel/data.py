@@ -35,8 +35,9 @@ from ..backends.token_kernel import quantile_lerp, quantile_rank
 from ..backends.torch_select import order_keys
 from ..ops._tokens import check_offsets, check_quantiles
 from ..ops._types import PolicyLossOutput
-from ..ops.agg_loss import agg_loss
-from ..ops.policy_loss import policy_terms
+from ..ops._policy_terms import (centred_product, clip_cov_loss_matrix, clip_cov_terms, count_k, kl_cov_loss_matrix,
+                                 masked_inputs, selected_frac)
+from ..ops.agg_loss import aggregate_masked
 from ..ops.random_keys import clip_cov_keys
 
 _DIGIT_BITS = 11  # 2048 bins: 16 KB of int64 counts per round, 3 rounds for fp32 keys
@@ -171,33 +172,32 @@ class _Stats:
         self.n_valid, self.n_seqs = sums[-2].long(), sums[-1].long()
         self.means = [(s / self.n_valid.clamp(min=1)).to(t.dtype) for s, t in zip(sums, means)]
 
-    def covariance(self, logp, advantages, mask):
-        cov = (advantages.detach() - self.means[0]) * (logp.detach() - self.means[1])
-        return torch.where(mask, cov, 0)
-
-    def k(self, ratio: float) -> Tensor:
-        # Python's int(ratio * n) on a float64 product, as verl computes it, then at least 1.
-        return torch.floor(self.n_valid.double() * ratio).clamp(min=1).long()
-
-    def frac(self, n_selected, dtype):
-        return n_selected.to(dtype) / self.n_valid.clamp(min=1)
+    def covariance(self, logp, advantages):
+        """``cov`` with the global means (any value at the masked tokens)."""
+        return centred_product(logp, advantages, self.means[1], self.means[0])
 
 
 def token_covariance(logp: Tensor, advantages: Tensor, mask: Tensor, process_group) -> Tensor:
     """``(A - mean A)(logp - mean logp)`` with the means over the valid tokens of all ranks; one
     all-reduce of 4 + P float64 values."""
     _validate_tokens.process_group(process_group)
-    return _Stats(logp, advantages, mask, None, process_group).covariance(logp, advantages, mask)
+    return torch.where(mask, _Stats(logp, advantages, mask, None, process_group).covariance(logp, advantages), 0)
 
 
-def _loss(losses, mask, mode, stats, group, loss_scale_factor):
-    """The single-process loss of the concatenated batch as the value on every rank; backward
-    gives ``world_size x`` the gradient of this rank's share of it, so that the gradient average of
-    DDP / FSDP over the group is the single-process gradient (verl's ``dp_size`` factor)."""
-    share = agg_loss(losses, mask, mode, batch_num_tokens=stats.n_valid, global_batch_size=stats.n_seqs,
-                     loss_scale_factor=loss_scale_factor)
+def _loss(masked, mask, mode, stats, group, loss_scale_factor):
+    """The single-process loss of the concatenated batch (``masked``: this rank's loss matrix, 0 at
+    the masked tokens) as the value on every rank; backward gives ``world_size x`` the gradient of
+    this rank's share of it, so that the gradient average of DDP / FSDP over the group is the
+    single-process gradient (verl's ``dp_size`` factor)."""
+    share = aggregate_masked(masked, mask, mode, batch_num_tokens=stats.n_valid, global_batch_size=stats.n_seqs,
+                             loss_scale_factor=loss_scale_factor)
     total = _all_reduce(share.detach(), "sum", group)
     return total + (share - share.detach()) * dist.get_world_size(group)
+
+
+def _outputs(masked, mask, selected, n_selected, stats, mode, group, loss_scale_factor, dtype) -> PolicyLossOutput:
+    loss = _loss(masked, mask, mode, stats, group, loss_scale_factor)
+    return PolicyLossOutput(loss, stats.means[2], selected, selected_frac(n_selected, stats.n_valid, dtype))
 
 
 def _random_keys(logp, stats, generator, group):
@@ -222,20 +222,13 @@ def clip_cov_policy_loss(logp, old_logp, advantages, mask, *, low, high, clip_co
 
     Collectives: the packed sums, 6 histogram rounds of the int64 keys, the tie counts, the loss."""
     group = _validate_tokens.process_group(process_group)
-    log_ratio, advantages, weights = policy_terms(logp, old_logp, advantages, weights, mask)
+    log_ratio, advantages, weights = masked_inputs(logp, old_logp, advantages, weights, mask)
     stats = _Stats(logp, advantages, mask, -log_ratio, group)
-    ratio = torch.exp(log_ratio)
-    l1 = -advantages * ratio
-    l2 = -advantages * torch.clamp(ratio, 1 - low, 1 + high)
-    cov = stats.covariance(logp, advantages, mask)
-    candidate = mask & ~(l2 > l1).detach() & (cov > lb) & (cov < ub)
+    pg, candidate = clip_cov_terms(log_ratio, advantages, stats.covariance(logp, advantages), mask, low, high, lb, ub)
     keys = random_keys if random_keys is not None else _random_keys(logp, stats, generator, group)
-    selected, n_selected = top_k(keys, candidate, stats.k(clip_cov_ratio), group)
-    losses = torch.where(selected, 0, torch.maximum(l1, l2))
-    if weights is not None:
-        losses = losses * weights
-    return PolicyLossOutput(_loss(losses, mask, loss_agg_mode, stats, group, loss_scale_factor), stats.means[2], selected,
-                            stats.frac(n_selected, logp.dtype))
+    selected, n_selected = top_k(keys, candidate, count_k(clip_cov_ratio, stats.n_valid), group)
+    return _outputs(clip_cov_loss_matrix(pg, selected, mask, weights), mask, selected, n_selected, stats,
+                    loss_agg_mode, group, loss_scale_factor, logp.dtype)
 
 
 def kl_cov_policy_loss(logp, old_logp, advantages, mask, *, kl_cov_ratio, kl_coef, loss_agg_mode, weights,
@@ -244,18 +237,13 @@ def kl_cov_policy_loss(logp, old_logp, advantages, mask, *, kl_cov_ratio, kl_coe
     sums, the histogram rounds of ``cov`` (2 for 16-bit, 3 for 32-bit, 6 for 64-bit logp), the tie
     counts, the loss."""
     group = _validate_tokens.process_group(process_group)
-    log_ratio, advantages, weights = policy_terms(logp, old_logp, advantages, weights, mask)
+    log_ratio, advantages, weights = masked_inputs(logp, old_logp, advantages, weights, mask)
     abs_kl = log_ratio.abs()
     stats = _Stats(logp, advantages, mask, abs_kl, group)
-    l = -advantages * torch.exp(log_ratio)
-    cov = stats.covariance(logp, advantages, mask)
-    # Non-valid tokens hold cov = 0 and are not eligible; valid ones have no NaN unless the inputs do.
-    selected, n_selected = top_k(cov, mask, stats.k(kl_cov_ratio), group)
-    losses = torch.where(selected, l + kl_coef * abs_kl, l)
-    if weights is not None:
-        losses = losses * weights
-    return PolicyLossOutput(_loss(losses, mask, loss_agg_mode, stats, group, loss_scale_factor), stats.means[2], selected,
-                            stats.frac(n_selected, logp.dtype))
+    # Non-valid tokens are not eligible; valid ones have no NaN cov unless the inputs do.
+    selected, n_selected = top_k(stats.covariance(logp, advantages), mask, count_k(kl_cov_ratio, stats.n_valid), group)
+    masked = kl_cov_loss_matrix(log_ratio, abs_kl, advantages, selected, kl_coef, mask, weights)
+    return _outputs(masked, mask, selected, n_selected, stats, loss_agg_mode, group, loss_scale_factor, logp.dtype)
 
 
 def masked_quantile(values: Tensor, mask: Optional[Tensor], q: Optional[Tensor], q_scalar: float,
