@@ -3,8 +3,9 @@
 there, the CPU sources linked into one shared object that must leave no symbol undefined (a
 reference to the x86-only AVX tables would), and, where an aarch64 emulator is installed, a small
 driver (tests/portable_driver.cpp) runs six row ops on it: its bytes must equal this machine's
-scalar path (`ENTROPY_OPS_CPU_ISA=scalar`) bit for bit. And setup.py finds the CUDA runtime of an
-aarch64 toolkit (targets/sbsa-linux).
+scalar path (`ENTROPY_OPS_CPU_ISA=scalar`) bit for bit; a second one (tests/fp_mode_driver.cpp)
+checks that the thread pool's workers compute in the caller's FPCR. And setup.py finds the CUDA
+runtime of an aarch64 toolkit (targets/sbsa-linux).
 
 Skipped without the tools, saying which: `apt-get install g++-aarch64-linux-gnu` (the cross
 compiler; `ENTROPY_OPS_AARCH64_CXX` names another) and `apt-get install qemu-user-static`."""
@@ -32,6 +33,8 @@ CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.float64: 3
 needs_cxx = pytest.mark.skipif(
     CXX is None, reason="no aarch64 cross compiler: apt-get install g++-aarch64-linux-gnu "
     "(or set ENTROPY_OPS_AARCH64_CXX)")
+needs_qemu = pytest.mark.skipif(
+    QEMU is None, reason="no aarch64 emulator: apt-get install qemu-user-static")
 
 
 def _run(cmd):
@@ -66,6 +69,15 @@ def aarch64(tmp_path_factory):
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         objects = list(pool.map(compile_one, sources))
     return flags, out, objects[:-1]
+
+
+def _driver(aarch64, source):
+    """tests/SOURCE linked, static, with the aarch64 CPU objects: the path of the executable."""
+    flags, out, objects = aarch64
+    exe = str(out / os.path.splitext(source)[0])
+    if not os.path.exists(exe):
+        _run([CXX, *flags, "-static", os.path.join("tests", source), *objects, "-o", exe])
+    return exe
 
 
 @needs_cxx
@@ -125,14 +137,11 @@ def _host_scalar(x, labels, temperature):
 
 
 @needs_cxx
-@pytest.mark.skipif(QEMU is None, reason="no aarch64 emulator: apt-get install qemu-user-static")
+@needs_qemu
 def test_scalar_kernels_on_aarch64_match_x86_scalar_bits(aarch64, tmp_path):
     from entropy_ops import _C
 
-    flags, out, objects = aarch64
-    driver = str(out / "driver")
-    if not os.path.exists(driver):
-        _run([CXX, *flags, "-static", "tests/portable_driver.cpp", *objects, "-o", driver])
+    driver = _driver(aarch64, "portable_driver.cpp")
     isa = _C.get_isa()
     _C.set_isa("scalar")
     try:
@@ -155,6 +164,18 @@ def test_scalar_kernels_on_aarch64_match_x86_scalar_bits(aarch64, tmp_path):
                     f"{sum(a != b for a, b in zip(got, want))} of {len(want)} bytes")
     finally:
         _C.set_isa(isa)
+
+
+@needs_cxx
+@needs_qemu
+@pytest.mark.parametrize("fz_at_start", [0, 1])
+def test_thread_pool_carries_fpcr_to_workers(aarch64, fz_at_start):
+    """The aarch64 twin of test_entropy_batch_invariance's flush-denormal test: the calling
+    thread's FPCR.FZ travels with each job to the pool's threads, whichever mode they started in,
+    so a row's gradient bits (denormal unless flushed) do not depend on the thread (SPEC §2)."""
+    said = _run([QEMU, _driver(aarch64, "fp_mode_driver.cpp"), str(fz_at_start)])
+    assert said.splitlines()[0] == "FZ changes one thread's bits: 1", said  # else proves nothing
+    assert said.splitlines()[1] == "rows unlike one thread's: 0", said
 
 
 def test_cuda_runtime_is_found_in_an_aarch64_toolkit(tmp_path, monkeypatch):

@@ -18,16 +18,28 @@ namespace {
 
 constexpr int kMaxWorkers = 256;
 
-// The caller's rounding / flush-to-zero / denormals-are-zero modes (MXCSR, which
-// torch.set_flush_denormal sets on the calling thread only) travel with each job: otherwise a
-// row's bits would depend on which thread computed it (batch invariance). The sticky exception
-// flags (low 6 bits) stay each thread's own.
+// The caller's rounding / flush-to-zero / denormals-are-zero modes (MXCSR on x86, FPCR on
+// aarch64, which torch.set_flush_denormal sets on the calling thread only) travel with each job:
+// otherwise a row's bits would depend on which thread computed it (batch invariance). The sticky
+// exception flags stay each thread's own: MXCSR's low 6 bits; aarch64 keeps them in FPSR.
 #if defined(__x86_64__) || defined(__i386__)
 constexpr unsigned kFlagBits = 0x3F;
 unsigned fp_mode() { return _mm_getcsr() & ~kFlagBits; }
 void set_fp_mode(unsigned mode) {
   const unsigned csr = _mm_getcsr();
   if ((csr & ~kFlagBits) != mode) _mm_setcsr((csr & kFlagBits) | mode);
+}
+#elif defined(__aarch64__)
+// All of FPCR (FZ, FZ16, DN, RMode, AH/FIZ where present) is control; its defined bits lie in the
+// low 32, the rest are RES0. Inline asm rather than gcc's __builtin_aarch64_get_fpcr64, which
+// clang lacks.
+unsigned fp_mode() {
+  uint64_t fpcr;
+  asm volatile("mrs %0, fpcr" : "=r"(fpcr));
+  return static_cast<unsigned>(fpcr);
+}
+void set_fp_mode(unsigned mode) {
+  if (fp_mode() != mode) asm volatile("msr fpcr, %0" : : "r"(uint64_t{mode}));
 }
 #else
 unsigned fp_mode() { return 0; }
