@@ -6,6 +6,7 @@ import numbers
 from typing import Optional, Tuple
 
 import torch
+from torch.autograd import forward_ad
 
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 LABEL_DTYPES = (torch.int64, torch.int32)
@@ -31,6 +32,20 @@ def logits(x, sharded: bool = False) -> Tuple[int, ...]:
             f"call logits.contiguous()"
         )
     return tuple(x.shape[:-1])
+
+
+def reverse_mode_only(op: str, *tensors) -> None:
+    """Raise under forward-mode AD (``torch.func.jvp`` / ``jacfwd``, ``torch.autograd.forward_ad``)
+    of a differentiable op's inputs: torch.library custom ops have no forward-mode rule, and torch
+    drops their tangent without a word (the output's tangent is 0 or None, a silently wrong
+    derivative). Skipped under torch.compile."""
+    if torch.compiler.is_compiling():
+        return
+    if any(t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors):
+        raise NotImplementedError(
+            f"{op}: forward-mode AD (torch.func.jvp, torch.func.jacfwd, torch.autograd.forward_ad) is not "
+            f"supported: the custom op has no forward-mode rule and torch would drop the tangent silently; "
+            f"differentiate in reverse mode (loss.backward(), torch.autograd.grad)")
 
 
 def _same_device(name: str, t: torch.Tensor, ref: torch.Tensor) -> None:

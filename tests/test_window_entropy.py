@@ -214,7 +214,6 @@ def test_compile_fullgraph():
         assert all(torch.equal(a, b) for a, b in zip(grads_c, grads_e))
 
 
-
 @pytest.mark.parametrize("window, offset", [(33, 1), (40, 3), (64, 0)])
 def test_gradient_of_long_windows_matches_reference(window, offset):
     """Windows of more than 32 tokens (the torch backend's doubling blocks, the cpu kernel's block
@@ -227,6 +226,7 @@ def test_gradient_of_long_windows_matches_reference(window, offset):
     x64 = x.clone().requires_grad_(True)
     (ref,) = torch.autograd.grad(R.window_entropy_ref(x64, mask, window, offset, cu), x64, g_out)
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+
 
 def test_double_backward_is_refused():
     # The op is linear: its gradient depends on the upstream gradient only, so that is what a

@@ -197,6 +197,7 @@ def entropy(logits: Tensor, temperature=1.0, *, mask: Optional[Tensor] = None,
         ``H = lse - sum_j p_j z_j`` with ``z = logits / T``, ``p = softmax(z)``.
     """
     leading = _validate.logits(logits, sharded=process_group is not None)
+    _validate.reverse_mode_only("entropy", logits)
     t, t_scalar = _validate.temperature(temperature, logits, leading)
     mask = _validate.row_mask(mask, logits, leading)
     inplace_backward = _validate.flag("inplace_backward", inplace_backward)
@@ -227,6 +228,7 @@ def logprobs_and_entropy(logits: Tensor, labels: Tensor, temperature=1.0, ignore
         ``(logp [...], H [...])`` float32 (float64 for float64 logits), ``logp = z_y - lse``.
     """
     leading = _validate.logits(logits, sharded=process_group is not None)
+    _validate.reverse_mode_only("logprobs_and_entropy", logits)
     labels = _validate.labels(labels, logits, leading)
     t, t_scalar = _validate.temperature(temperature, logits, leading)
     ignore_index = _validate.integer("ignore_index", ignore_index)

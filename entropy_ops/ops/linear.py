@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .. import _backends, _validate_vocab
 from .. import _validate_linear as V
-from .._validate import integer
+from .._validate import integer, reverse_mode_only
 from ..backends.kernel import acc_dtype
 from ..backends.torch_linear import LinearArgs
 from ..parallel import vocab_linear as _vocab_parallel
@@ -167,6 +167,7 @@ def linear_logprobs_and_entropy(hidden: Tensor, weight: Tensor, labels: Tensor, 
     See ``parallel/vocab_linear.py``.
     """
     leading = V.hidden_and_weight(hidden, weight, bias, sharded=process_group is not None)
+    reverse_mode_only("linear_logprobs_and_entropy", hidden, weight, bias)
     labels = V.labels(labels, hidden, leading)
     t, t_scalar = V.temperature(temperature, hidden, leading)
     ignore_index = integer("ignore_index", ignore_index)

@@ -109,6 +109,7 @@ def min_p_logprobs(logits: Tensor, labels: Tensor, min_p: float = 0.02, temperat
         Rows that are all ``-inf`` or hold NaN/+inf give NaN.
     """
     leading = _validate.logits(logits, sharded=process_group is not None)
+    _validate.reverse_mode_only("min_p_logprobs", logits)
     labels = _validate.labels(labels, logits, leading)
     min_p = _validate.probability("min_p", min_p, open_low=False)
     t, t_scalar = _validate.temperature(temperature, logits, leading)

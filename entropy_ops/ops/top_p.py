@@ -129,6 +129,7 @@ def top_p_entropy(logits: Tensor, top_p: float = 0.8, temperature=1.0, *,
         that are all ``-inf`` or hold NaN/+inf give NaN.
     """
     leading = _validate.logits(logits, sharded=process_group is not None)
+    _validate.reverse_mode_only("top_p_entropy", logits)
     top_p = _validate.probability("top_p", top_p, open_low=True)
     t, t_scalar = _validate.temperature(temperature, logits, leading)
     mask = _validate.row_mask(mask, logits, leading)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import _backends, _validate_tokens
+from .._validate import reverse_mode_only
 from ..backends.kernel import acc_dtype
 from ._tokens import flat_tokens
 
@@ -95,6 +96,7 @@ def window_entropy(entropy: Tensor, mask: Optional[Tensor] = None, window: int =
         window's own sum and does not grow with the sequence length.
     """
     _validate_tokens.tokens("entropy", entropy, cu_seqlens)
+    reverse_mode_only("window_entropy", entropy)
     cu_seqlens = _validate_tokens.cu_seqlens(cu_seqlens, "entropy", entropy)
     mask = _validate_tokens.mask(mask, "entropy", entropy)
     window = _validate_tokens.window(window)
