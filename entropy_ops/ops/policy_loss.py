@@ -9,12 +9,17 @@ uniformly at random get no gradient; KL-Cov: the ``k`` valid tokens of largest `
 
 Everything stays on the device: the selections are the top ``k`` by selection of the k-th largest
 (the ``entropy_ops::top_k_mask`` custom op on the resolved backend's ``top_k`` kernel, contract in
-``backends/token_kernel.py``; ties by lowest flat index), with a ``k`` that is itself a tensor, so there is no ``.item()``, ``nonzero`` or data-dependent shape, and the losses compile
-with ``fullgraph=True``. Clip-Cov's
-random choice uses int64 keys: the ``k`` candidates with the largest keys are chosen, a uniform
-choice. The keys are a counter-based SplitMix64 stream (``ops/random_keys.py``) whose seed is drawn
-with ``torch.randint(generator=...)``, so the choice is reproducible with the generator, and a
-data-parallel rank computes its slice of the keys of the whole batch without a host sync.
+``backends/token_kernel.py``; ties by lowest flat index), with a ``k`` that is itself a tensor, so
+there is no ``.item()``, ``nonzero`` or data-dependent shape, and the losses compile with
+``fullgraph=True``. Clip-Cov's random choice uses int64 keys: the ``k`` candidates with the largest
+keys are chosen, a uniform choice. The keys are a counter-based SplitMix64 stream
+(``ops/random_keys.py``) whose seed is drawn with ``torch.randint(generator=...)``, so the choice is
+reproducible with the generator, and a data-parallel rank computes its slice of the keys of the
+whole batch without a host sync.
+
+The per-token formulas (loss terms, candidates, weights) are in ``ops/_policy_terms.py``, shared
+with the data-parallel paths (``parallel/data.py``); this module adds this batch's means, counts
+and top ``k``.
 """
 from typing import Optional
 
@@ -22,9 +27,9 @@ import torch
 from torch import Tensor
 
 from .. import _backends, _validate_losses as V
-from ._types import PolicyLossOutput
 from ._policy_terms import (centred_product, clip_cov_loss_matrix, clip_cov_terms, count_k, kl_cov_loss_matrix,
                             masked_inputs, selected_frac)
+from ._types import PolicyLossOutput
 from .agg_loss import MODES, aggregate_masked, mask_count, masked_mean
 from .random_keys import clip_cov_keys
 from .select import top_k_mask
