@@ -130,6 +130,11 @@ def test_masked_rows_are_zero_and_never_read():
     assert h[1] == 0 and h[4] == 0
     assert torch.isfinite(h).all()
     assert (base.grad[1] == 0).all() and (base.grad[4] == 0).all()
+    # With labels: a masked row's label term (1[j=y] - p_j) must not reach its gradient either.
+    base.grad = None
+    logp, h = eo.logprobs_and_entropy(base, make_labels(5, 9000, n_ignored=0), mask=mask)
+    (logp + h).sum().backward()
+    assert (base.grad[~mask] == 0).all() and torch.isfinite(base.grad[mask]).all()
 
 
 def test_labels_at_split_edges():
