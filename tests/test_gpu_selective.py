@@ -185,6 +185,21 @@ def test_gradients_match_reference(sel_backend, dtype, vocab):
     assert (g[~finite] == 0).all(), "a filtered label gives a zero gradient row"
 
 
+def test_top_p_one_keeps_neginf_tokens_at_a_zero_gradient(sel_backend):
+    """top_p = 1 keeps every token, the e = 0 ones (-inf logits) too: their gradient is exactly 0,
+    never -g q (log q + H) = 0 * -inf; the other tokens' within the eager bound."""
+    x, _ = make_rows(2, 300, kinds=(), seed=9)
+    x[:, ::3] = float("-inf")
+    w = torch.tensor([0.7, -1.3])
+    xd = x.to(DEVICE).requires_grad_(True)
+    (g,) = torch.autograd.grad(eo.top_p_entropy(xd, 1.0), xd, w.to(DEVICE))
+    g = _cpu(g)
+    assert (g[:, ::3] == 0).all(), "a -inf logit gets an exactly zero gradient"
+    finite = torch.isfinite(x)
+    within(g[finite], reference_grad(R.top_p_entropy_ref, x, 1.0, weights=(w,))[finite],
+           eager_grad(eager_top_p_entropy, x, 1.0, weights=(w,))[finite])
+
+
 def test_min_p_filtered_label_gets_a_zero_gradient_row(sel_backend):
     """A label that min-p filters (logp = -inf, a constant) under a nonzero upstream gradient: an
     exactly zero gradient row, its kept tokens included. test_gradients_match_reference zeroes the
