@@ -7,7 +7,8 @@ SPEC §2's eager bound:
 - ``check_low_temperature_grads`` / ``check_far_label_logps``: low temperatures, where a rounded
   lse or ``1/T`` would show;
 - ``check_layouts_give_the_same_bits``: a row's bits do not depend on its memory layout;
-- ``check_bad_rows_get_nan_gradients``: NaN stays in its row, gradients included.
+- ``check_bad_rows_get_nan_gradients``: NaN stays in its row, gradients included;
+- ``check_labels_at_chunk_edges``: labels on the first and last token of a backend's chunks.
 """
 import torch
 
@@ -18,6 +19,7 @@ from conftest import (
     eager_grad,
     eager_logprobs_and_entropy,
     eager_z,
+    make_rows,
     ours_grad,
     reference_grad,
 )
@@ -293,3 +295,30 @@ def check_bad_rows_get_nan_gradients(device="cpu", vocab=300):
     _, h = eo.linear_logprobs_and_entropy(hidden, weight, y[[0, 1, 2, 3, 4, 0]])
     (grad,) = torch.autograd.grad(h.sum(), hidden)
     assert grad[2].isnan().all() and torch.isfinite(grad[[0, 1, 3, 4, 5]]).all()
+
+
+# ---- labels at the edges of a row's chunks --------------------------------------------------------
+
+def check_labels_at_chunk_edges(vocab, chunk, device="cpu", temperature=0.7):
+    """Log-probs and the gradient of ``w_H H + w_logp logp`` with each row's label on the first or
+    the last token of one of the backend's chunks of ``chunk`` elements (a row split over programs
+    or blocks), against the float64 reference within the eager bound: the label's logit is read by
+    one chunk only in the forward, and its ``1[j=y]`` term is written by one chunk in the backward.
+    Random labels almost never land there."""
+    from entropy_ops.reference import logprobs_and_entropy_ref
+
+    edges = sorted({j for start in range(0, vocab, chunk) for j in (start, min(start + chunk, vocab) - 1)})
+    y = torch.tensor(edges)
+    x, _ = make_rows(len(edges), vocab, kinds=(), seed=vocab)
+    gen = torch.Generator().manual_seed(vocab + 1)
+    weights = (torch.randn(len(edges), generator=gen), torch.randn(len(edges), generator=gen))
+    logp, h = eo.logprobs_and_entropy(x.to(device), y.to(device), temperature)
+    ref_logp, ref_h = logprobs_and_entropy_ref(x, y, temperature)
+    eager_logp, eager_h = eager_logprobs_and_entropy(x, y, temperature)
+    assert_within_eager_bound(logp.cpu(), ref_logp, eager_logp, what=f"logp, labels {edges}")
+    assert_within_eager_bound(h.cpu(), ref_h, eager_h, what="entropy")
+    w_dev = tuple(w.to(device) for w in weights)
+    grad = ours_grad(eo.logprobs_and_entropy, x.to(device), y.to(device), temperature, weights=w_dev).cpu()
+    ref = reference_grad(logprobs_and_entropy_ref, x, y, temperature, weights=weights)
+    eager = eager_grad(eager_logprobs_and_entropy, x, y, temperature, weights=weights)
+    assert_within_eager_bound(grad, ref, eager, what=f"grad, labels {edges}")

@@ -15,7 +15,7 @@ from conftest import (
     ours_grad,
     reference_grad,
 )
-from entropy_common import check_bad_rows_get_nan_gradients, check_low_temperature_grads
+from entropy_common import check_bad_rows_get_nan_gradients, check_labels_at_chunk_edges, check_low_temperature_grads
 from entropy_ops.reference import entropy_ref, logprobs_and_entropy_ref
 from gpu_common import (  # noqa: F401, F811 (pytestmark applies the gpu marks; gpu_backend is a fixture)
     BIG_BATCH,
@@ -137,6 +137,13 @@ def test_bad_rows_get_nan_gradients(gpu_backend):
     """All -inf, NaN and +inf rows: NaN gradient rows where the upstream is nonzero (not 0), exactly
     0 where it is 0, other rows untouched; the fused head with a NaN hidden state alike."""
     check_bad_rows_get_nan_gradients(DEVICE)
+
+
+def test_labels_at_chunk_edges(gpu_backend):
+    """Labels on the first and last token of each chunk of a 40000-token row: the cuda backend's
+    chunk_plan (entropy_rows.cuh) cuts it into 3 chunks of 13336, the triton launcher into splits
+    of 8192."""
+    check_labels_at_chunk_edges(40000, {"cuda": 13336, "triton": 8192}[gpu_backend], DEVICE)
 
 
 def test_grad_at_low_temperatures(gpu_backend):

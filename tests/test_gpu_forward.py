@@ -83,10 +83,12 @@ def test_forward_matches_reference(gpu_backend, dtype, vocab, layout):
 
 @pytest.mark.parametrize("label_dtype", [torch.int64, torch.int32], ids=str)
 @pytest.mark.parametrize("temperature", TEMPERATURES)
-@pytest.mark.parametrize("vocab", [2, 1023, 151936])
+@pytest.mark.parametrize("vocab", [2, 1023, 5000, 151936])
 @pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
 def test_forward_temperature_labels_mask(gpu_backend, dtype, vocab, temperature, label_dtype):
-    """Per-row / 0-d / float temperature, ignore_index=-1, a row mask that hides a NaN row."""
+    """Per-row / 0-d / float temperature, ignore_index=-1, a row mask that hides a NaN row. On the
+    cuda backend the vocabularies take each kernel: a warp per row (2, 1023), one block that
+    finalizes its row (5000), chunks merged by the combine kernel (151936)."""
     leading = (3, 5) if vocab < 32000 else (2, 5)
     n = math.prod(leading)
     x, kinds = make_rows(n, vocab, dtype, kinds=FINITE_KINDS + NAN_KINDS, seed=vocab + 11)

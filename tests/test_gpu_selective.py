@@ -185,6 +185,38 @@ def test_gradients_match_reference(sel_backend, dtype, vocab):
     assert (g[~finite] == 0).all(), "a filtered label gives a zero gradient row"
 
 
+def test_top_p_one_keeps_neginf_tokens_at_a_zero_gradient(sel_backend):
+    """top_p = 1 keeps every token, the e = 0 ones (-inf logits) too: their gradient is exactly 0,
+    never -g q (log q + H) = 0 * -inf; the other tokens' within the eager bound."""
+    x, _ = make_rows(2, 300, kinds=(), seed=9)
+    x[:, ::3] = float("-inf")
+    w = torch.tensor([0.7, -1.3])
+    xd = x.to(DEVICE).requires_grad_(True)
+    (g,) = torch.autograd.grad(eo.top_p_entropy(xd, 1.0), xd, w.to(DEVICE))
+    g = _cpu(g)
+    assert (g[:, ::3] == 0).all(), "a -inf logit gets an exactly zero gradient"
+    finite = torch.isfinite(x)
+    within(g[finite], reference_grad(R.top_p_entropy_ref, x, 1.0, weights=(w,))[finite],
+           eager_grad(eager_top_p_entropy, x, 1.0, weights=(w,))[finite])
+
+
+def test_min_p_filtered_label_gets_a_zero_gradient_row(sel_backend):
+    """A label that min-p filters (logp = -inf, a constant) under a nonzero upstream gradient: an
+    exactly zero gradient row, its kept tokens included. test_gradients_match_reference zeroes the
+    upstream gradient of filtered rows, so only this test reaches that branch of the backward."""
+    x, _ = make_rows(2, 300, kinds=(), seed=7)
+    y = torch.stack([x[0].argmin(), x[1].argmax()])  # row 0 filtered, row 1 kept
+    w = torch.tensor([0.7, -1.3])
+    xd = x.to(DEVICE).requires_grad_(True)
+    logp = eo.min_p_logprobs(xd, y.to(DEVICE), 0.05)
+    (g,) = torch.autograd.grad(logp, xd, w.to(DEVICE))
+    g, logp = _cpu(g), _cpu(logp)
+    assert logp[0] == float("-inf") and torch.isfinite(logp[1])
+    assert (g[0] == 0).all(), "a filtered label gives a zero gradient row"
+    ref = reference_grad(R.min_p_logprobs_ref, x[1:], y[1:], 0.05, weights=(w[1:],))
+    within(g[1:], ref, eager_grad(eager_min_p_logprobs, x[1:], y[1:], 0.05, weights=(w[1:],)))
+
+
 @pytest.mark.parametrize("vocab", [5000, 151936])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_forward_backward_mask_agree(sel_backend, dtype, vocab):

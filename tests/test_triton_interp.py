@@ -24,6 +24,7 @@ from conftest import (
 from entropy_common import (
     check_bad_rows_get_nan_gradients,
     check_far_label_logps,
+    check_labels_at_chunk_edges,
     check_finfo_masked_rows,
     check_layouts_give_the_same_bits,
     check_low_temperature_grads,
@@ -129,6 +130,16 @@ def test_masked_rows_are_zero_and_never_read():
     assert h[1] == 0 and h[4] == 0
     assert torch.isfinite(h).all()
     assert (base.grad[1] == 0).all() and (base.grad[4] == 0).all()
+    # With labels: a masked row's label term (1[j=y] - p_j) must not reach its gradient either.
+    base.grad = None
+    logp, h = eo.logprobs_and_entropy(base, make_labels(5, 9000, n_ignored=0), mask=mask)
+    (logp + h).sum().backward()
+    assert (base.grad[~mask] == 0).all() and torch.isfinite(base.grad[mask]).all()
+
+
+def test_labels_at_split_edges():
+    """Labels on the first and last token of each split (launch.py's 8192 elements) of a row."""
+    check_labels_at_chunk_edges(20000, 8192)
 
 
 def test_grad_at_low_temperatures():
