@@ -71,6 +71,23 @@ def _restore_backend_state():
     eo.set_backend(before)
 
 
+@pytest.fixture(autouse=True)
+def _unwritten_outputs_read_as_nan():
+    """Where the GPU kernels run on CPU tensors (the Triton interpreter, the CUDA emulator), torch's
+    deterministic mode fills every ``torch.empty`` (NaN for floats, True / the maximum for bool and
+    integers): an output a kernel fails to write then reads as NaN, never as leftover memory that
+    happens to hold the expected 0. ``warn_only``: no op is refused."""
+    if os.environ.get("TRITON_INTERPRET") != "1" and not os.environ.get("ENTROPY_OPS_CUDA_EMULATOR"):
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
 def subprocess_env(**overrides):
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

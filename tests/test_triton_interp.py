@@ -24,8 +24,8 @@ from conftest import (
 from entropy_common import (
     check_bad_rows_get_nan_gradients,
     check_far_label_logps,
-    check_labels_at_chunk_edges,
     check_finfo_masked_rows,
+    check_labels_at_chunk_edges,
     check_layouts_give_the_same_bits,
     check_low_temperature_grads,
     check_uniform_row_of_finfo_min,
