@@ -11,8 +11,6 @@ from torch.autograd import forward_ad
 import entropy_ops as eo
 
 V = 11
-
-
 LOGITS = torch.randn(3, 4, V, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
 LABELS = torch.randint(0, V, (3, 4), generator=torch.Generator().manual_seed(1))
 HIDDEN = LOGITS[..., :5]

@@ -3,9 +3,10 @@ CPU processes: ``token_covariance``, ``kl_cov_policy_loss``, ``clip_cov_policy_l
 ``masked_quantile`` and ``peak_entropy_mask`` (``per_sequence=False``), ``EntropyThreshold`` and
 ``agg_loss`` with global counts, each rank's outputs and gradients against one process on the batch
 concatenated in rank order. Uneven ranks (one with no row, one with no valid token), ties across
-ranks, k = 1 and k beyond the candidates, every dtype, NaN and -inf padding. Loss inputs are multiples of 1/16, so every
-sum is exact and the global means are bit-identical to the single-process ones: selections then
-compare exactly. One world checks every case (a world costs seconds to start)."""
+ranks, k = 1 and k beyond the candidates, every dtype, NaN and -inf padding. Loss inputs are
+multiples of 1/16, so every sum is exact and the global means are bit-identical to the
+single-process ones: selections then compare exactly. One world checks every case (a world costs
+seconds to start)."""
 import pytest
 import torch
 import torch.distributed as dist
