@@ -13,6 +13,23 @@
 namespace entropy_ops {
 namespace cpu {
 
+// For each 8-bit lane mask, the indices of its set lanes in ascending order, one per nibble from
+// the lowest (the unused high nibbles 0): compress_store's permutation.
+struct CompressLanes {
+  uint32_t at[256];
+  constexpr CompressLanes() : at() {
+    for (uint32_t b = 0; b < 256; ++b) {
+      uint32_t packed = 0;
+      int k = 0;
+      for (uint32_t i = 0; i < 8; ++i) {
+        if ((b >> i) & 1u) packed |= i << (4 * k++);
+      }
+      at[b] = packed;
+    }
+  }
+};
+inline constexpr CompressLanes kCompressLanes{};
+
 struct SimdAvx2 {
   using Acc = float;
   using V = __m256;
@@ -70,18 +87,18 @@ struct SimdAvx2 {
   static V mask_min(V acc, M m, V a) { return blend(m, min(acc, a), acc); }
   static V mask_max(V acc, M m, V a) { return blend(m, max(acc, a), acc); }
 
-  // Writes the selected lanes packed to out[0..count), branch-free; writes stay within
-  // out[0..W) (in place is safe with out <= the lanes' source, since v is already loaded).
+  // Writes the selected lanes packed to out[0..count), branch-free: one permutation (AVX2 has no
+  // vcompressps) and one store of all W lanes, so writes stay within out[0..W) (in place is safe
+  // with out <= the lanes' source, since v is already loaded). Measured on top_p_entropy at
+  // 512 x 151936 (one AMD EPYC core): a per-lane store loop took half of the cut search.
   static int compress_store(float* out, M m, V v) {
-    alignas(32) float t[W];
-    _mm256_store_ps(t, v);
     const uint32_t b = bits(m);
-    int k = 0;
-    for (int i = 0; i < W; ++i) {
-      out[k] = t[i];
-      k += (b >> i) & 1u;
-    }
-    return k;
+    const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+    const __m256i lanes = _mm256_and_si256(
+        _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(kCompressLanes.at[b])), shifts),
+        _mm256_set1_epi32(7));
+    _mm256_storeu_ps(out, _mm256_permutevar8x32_ps(v, lanes));
+    return __builtin_popcount(b);
   }
 
   static void store_bool(uint8_t* out, M m) {
