@@ -1,12 +1,11 @@
 """Entry checks of the token-level losses: shapes, dtypes, devices and Python scalars, each error
 naming the argument and the fix. Value checks (a float mask holding only 0 and 1) run inside, on
 CPU tensors only or under ``ENTROPY_OPS_CHECK=1`` as device asserts (no host sync)."""
-import os
 from typing import Optional, Sequence, Tuple
 
 import torch
 
-from . import _validate
+from . import _validate, _value_checks
 
 
 def _float_tensor(name: str, t) -> torch.Tensor:
@@ -48,14 +47,9 @@ def binary_mask(mask: torch.Tensor) -> torch.Tensor:
     tensors under ``ENTROPY_OPS_CHECK=1`` (a device assert: no host sync)."""
     if mask.dtype == torch.bool:
         return mask
-    on_cpu = mask.device.type == "cpu"
-    if on_cpu or os.environ.get("ENTROPY_OPS_CHECK", "0") == "1":
-        ok = ((mask == 0) | (mask == 1)).all()
-        if on_cpu and not torch.compiler.is_compiling():
-            if not bool(ok):
-                raise ValueError("mask: a floating point mask must hold only 0 and 1; pass a bool mask for selections")
-        else:
-            torch._assert_async(ok, "mask: a floating point mask must hold only 0 and 1")
+    if _value_checks.enabled(mask.device):
+        _value_checks.require(((mask == 0) | (mask == 1)).all(),
+                              "mask: a floating point mask must hold only 0 and 1; pass a bool mask for selections")
     return mask != 0
 
 

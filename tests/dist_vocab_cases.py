@@ -292,6 +292,51 @@ def _nccl_worker(rank, world):
     return out
 
 
+def _sync_free(rank, world):
+    """Every vocab-parallel op, forward and backward, on each CPU backend: a first call (the layout
+    check, which reads the gathered shard sizes on the host once per group on a GPU), then the same
+    call under the host-sync detector must give the same bits."""
+    from host_sync import gpu_code_paths, no_host_sync
+
+    inp = _inputs(torch.float32, 0)
+    x, start = _local(inp["x"], _sizes(world, True), rank)
+    lin = _linear_inputs(torch.float32)
+    shard = slice(start, start + x.shape[-1])
+    kw = dict(process_group=dist.group.WORLD, vocab_start=start)
+    t, mask, y = inp["temperature"], inp["mask"], inp["y"]
+    calls = {
+        "logprobs_and_entropy": lambda: _grad(lambda v: eo.logprobs_and_entropy(v, y, t, mask=mask, **kw), x,
+                                              inp["weights"][:2]),
+        "entropy": lambda: _grad(lambda v: eo.entropy(v, 0.7, mask=mask, **kw), x, inp["weights"][:1]),
+        "top_p_entropy": lambda: _grad(lambda v: eo.top_p_entropy(v, 0.8, t, mask=mask, **kw), x, inp["weights"][:1]),
+        "min_p_logprobs": lambda: _grad(lambda v: eo.min_p_logprobs(v, y, 0.05, t, mask=mask, **kw), x,
+                                        inp["weights"][:1]),
+        "top_p_mask": lambda: (eo.top_p_mask(x, 0.8, t, mask=mask, **kw),),
+        "token_stats": lambda: tuple(eo.token_stats(x, y, t, mask=mask, **kw)),
+        "linear": lambda: _linear_grads(
+            lambda h, w, b: eo.linear_logprobs_and_entropy(h, w, lin["k3"], b, t, mask=mask, softcap=5.0, **kw),
+            lin["hidden"], lin["weight"][shard].contiguous(), lin["bias"][shard].contiguous(), inp["weights"][:2]),
+    }
+    for backend in BACKENDS:
+        with eo.use_backend(backend):
+            for name, call in calls.items():
+                with gpu_code_paths():
+                    want = call()
+                with no_host_sync():
+                    got = call()
+                for a, b in zip(_flatten(got), _flatten(want)):
+                    assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num()), \
+                        f"{backend} {name}: changed under the host-sync detector"
+
+
+def _flatten(out):
+    for o in out:
+        if isinstance(o, (tuple, list)):
+            yield from _flatten(o)
+        elif isinstance(o, torch.Tensor):
+            yield o
+
+
 def _sleeper(rank, world):
     """Rank 0 never finishes in time: the stand-in for a rank stuck in a collective."""
     import time

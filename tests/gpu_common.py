@@ -24,6 +24,7 @@ from conftest import (  # noqa: F401 (assert_same_bits: re-exported for the GPU 
     skip_unless_available,
 )
 from entropy_ops import _backends
+from host_sync import no_host_sync
 
 # Under ENTROPY_OPS_CUDA_EMULATOR and without a GPU (tests/cuda_emu: `make test` runs these tests
 # so), the cuda backend's kernels, compiled for the CPU, run on CPU tensors: DEVICE is "cpu", the
@@ -56,10 +57,12 @@ UNSHIFTED_KINDS = tuple(k for k in FINITE_KINDS if not k.startswith("shift"))
 
 @contextlib.contextmanager
 def sync_debug_error():
-    """Any host sync inside raises (``torch.cuda.set_sync_debug_mode("error")``); nothing under the
-    emulator, whose tensors live on the host."""
+    """Any host sync inside raises (``torch.cuda.set_sync_debug_mode("error")``); under the emulator,
+    whose tensors live on the host, the block fails on the ops that would sync on a GPU
+    (``host_sync.no_host_sync``)."""
     if EMULATED:
-        yield
+        with no_host_sync():
+            yield
         return
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

@@ -277,6 +277,37 @@ def test_process_group_must_be_a_group():
         eo.EntropyThreshold(process_group=object())
 
 
+def _sync_free_calls(t, x):
+    return {"kl": lambda g: _call("kl", dict(kl_cov_ratio=0.2, loss_agg_mode="seq-mean-token-mean"), t, g),
+            "clip": lambda g: _call("clip", dict(clip_cov_ratio=0.3, clip_cov_lb=-1.0, weighted=True), t, g),
+            "clip, global RNG": lambda g: _call("clip", dict(clip_cov_ratio=0.3, clip_cov_lb=-1.0, global_seed=8), t, g),
+            "clip, generator": lambda g: _call("clip", dict(clip_cov_ratio=0.3, clip_cov_lb=-1.0, seed=7), t, g),
+            "cov": lambda g: _call("cov", {}, t, g),
+            "agg": lambda g: _call("agg", dict(mode="seq-mean-token-sum"), t, g),
+            "quantile": lambda g: _call("quantile", dict(q=torch.tensor([0.2, 0.9], device=x["x"].device)), x, g),
+            "peak": lambda g: _call("peak", dict(q=0.8), x, g)}
+
+
+def _sync_free_world(rank, world_size, inputs, tokens):
+    from host_sync import gpu_code_paths, no_host_sync
+
+    group = dist.group.WORLD
+    for name, call in _sync_free_calls(inputs[rank], tokens[rank]).items():
+        with gpu_code_paths():
+            want = call(group)
+        with no_host_sync():
+            got = call(group)
+        for key in want:
+            _same(got[key], want[key], f"{name}: {key} under the host-sync detector", exact=True)
+
+
+def test_data_parallel_paths_are_free_of_host_syncs():
+    """Every op with a group (gloo, 2 ranks, CPU tensors down the GPU's code paths: host_sync.py)
+    makes no host sync, and gives the same values as outside the detector."""
+    run_world(_sync_free_world, 2, _loss_inputs([3, 2], 16, seed=3, ties=True),
+              _token_inputs([(3, 16), (2, 16)], seed=4))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
 def test_world_of_one_on_nccl_is_sync_free():

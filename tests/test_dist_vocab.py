@@ -18,7 +18,7 @@ import entropy_ops as eo
 from dist_common import run_world
 from dist_vocab_cases import (
     BACKENDS, N, V, _emulated_cuda_worker, _grad, _inputs, _linear_cases, _linear_grads, _linear_inputs,
-    _nccl_worker, _row_cases, _temperature, _triton_worker, _worker,
+    _nccl_worker, _row_cases, _sync_free, _temperature, _triton_worker, _worker,
 )
 from entropy_ops import reference as R
 from gpu_common import EMULATED
@@ -248,6 +248,12 @@ def test_bad_arguments_without_a_group():
         eo.top_p_entropy(x, process_group=object(), vocab_start=1.5)
     with pytest.raises(ValueError, match="vocab_start: must be >= 0"):
         eo.min_p_logprobs(x, torch.zeros(2, dtype=torch.long), process_group=object(), vocab_start=-1)
+
+
+def test_vocab_parallel_paths_are_free_of_host_syncs():
+    """Every vocab-parallel op, forward and backward, on the cpu and torch backends in a gloo world
+    of 2 (uneven shards), after its first call: no host sync (host_sync.py), same bits."""
+    run_world(_sync_free, 2)
 
 
 @pytest.mark.triton_interp

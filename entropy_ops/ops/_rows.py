@@ -1,11 +1,11 @@
 """Shared plumbing of the vocabulary-row ops: flatten ``[..., V]`` to rows, value checks inside
 the op (SPEC §2: always on CPU tensors, on CUDA only under ``ENTROPY_OPS_CHECK=1``)."""
 import math
-import os
 from typing import Optional, Tuple
 
 import torch
 
+from .. import _value_checks
 from .._validate import normal_range
 from ..backends.kernel import acc_dtype
 
@@ -158,13 +158,9 @@ def flat_temperature(temperature, x: torch.Tensor, n_rows: int):
     return per_row(temperature, n_rows, acc_dtype(x.dtype))
 
 
-def _values_checked(device: torch.device) -> bool:
-    return device.type == "cpu" or os.environ.get("ENTROPY_OPS_CHECK", "0") == "1"
-
-
 def check_values(x, labels, temperature, ignore_index: int, mask) -> None:
     """Checks that read tensor values; on CUDA they run as device-side asserts (no host sync)."""
-    if not _values_checked(x.device):
+    if not _value_checks.enabled(x.device):
         return
     vocab = x.shape[-1]
     checks = []
@@ -183,8 +179,4 @@ def check_values(x, labels, temperature, ignore_index: int, mask) -> None:
             bad = bad & mask
         checks.append((~bad.any(), f"labels: every label must be in [0, {vocab}) or equal ignore_index={ignore_index}"))
     for ok, message in checks:
-        if x.device.type == "cpu":
-            if not bool(ok):
-                raise ValueError(message)
-        else:
-            torch._assert_async(ok, message)
+        _value_checks.require(ok, message)

@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._rows import _values_checked
+from .. import _value_checks
 
 
 def row_offsets(n_rows: int, row_len: int, device) -> torch.Tensor:
@@ -47,23 +47,15 @@ def segment_ids(cu: torch.Tensor, n_tokens: int) -> torch.Tensor:
     return torch.searchsorted(cu[1:], pos, right=True).clamp(max=max(cu.shape[0] - 2, 0))
 
 
-def _check(ok: torch.Tensor, message: str) -> None:
-    if ok.device.type == "cpu":
-        if not bool(ok):
-            raise ValueError(message)
-    else:
-        torch._assert_async(ok, message)
-
-
 def check_offsets(cu: torch.Tensor, n_tokens: int) -> None:
-    if not _values_checked(cu.device):
+    if not _value_checks.enabled(cu.device):
         return
     ok = (cu[0] == 0) & (cu[-1] == n_tokens) & (cu[1:] >= cu[:-1]).all()
-    _check(ok, f"cu_seqlens: must start at 0, be non-decreasing and end at N={n_tokens} (the number of "
+    _value_checks.require(ok, f"cu_seqlens: must start at 0, be non-decreasing and end at N={n_tokens} (the number of "
                f"packed tokens)")
 
 
 def check_quantiles(q: Optional[torch.Tensor]) -> None:
-    if q is None or not _values_checked(q.device):
+    if q is None or not _value_checks.enabled(q.device):
         return
-    _check(((q >= 0) & (q <= 1)).all(), "q: every quantile must be in [0, 1]")
+    _value_checks.require(((q >= 0) & (q <= 1)).all(), "q: every quantile must be in [0, 1]")

@@ -28,6 +28,8 @@ from typing import Dict, NamedTuple, Optional, Tuple
 import torch
 import torch.distributed as dist
 
+from .. import _value_checks
+
 OPS = ("entropy", "logprobs_and_entropy", "token_stats", "top_p_entropy", "top_p_mask", "min_p_logprobs",
        "linear_logprobs_and_entropy")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -154,7 +156,7 @@ def shard_layout(group, local: int, vocab_start: Optional[int], call: Call, devi
     rows = [tuple(row) for row in gathered.tolist()]
     _check_calls(rows, call)
     layout = _check(rows, dist.get_rank(group))
-    if pairs.device.type != "cpu":  # on CPU the host check costs no sync: done every call
+    if not _value_checks.host_reads(pairs.device):  # where the host check costs no sync: every call
         _CACHE[key] = (group, layout, pairs)
     return layout
 

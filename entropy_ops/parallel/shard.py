@@ -14,7 +14,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..backends.kernel import acc_dtype
-from ..ops._rows import _values_checked, check_values, flat_temperature, per_row, rows
+from .. import _value_checks
+from ..ops._rows import check_values, flat_temperature, per_row, rows
 from .layout import Call, ShardLayout, shard_layout
 
 F64 = torch.float64
@@ -114,14 +115,9 @@ def localize(labels: Tensor, shard: Shard, layout: ShardLayout, ignore_index: in
     live = shard.live[:, None] if k_labels else shard.live
     ignored = y == ignore_index
     in_range = (y >= 0) & (y < layout.total)
-    if _values_checked(y.device):
-        bad = ~ignored & ~in_range & live
-        message = f"labels: every label must be in [0, {layout.total}) or equal ignore_index={ignore_index}"
-        if y.device.type == "cpu":
-            if bool(bad.any()):
-                raise ValueError(message)
-        else:
-            torch._assert_async(~bad.any(), message)
+    if _value_checks.enabled(y.device):
+        _value_checks.require(~(~ignored & ~in_range & live).any(),
+                              f"labels: every label must be in [0, {layout.total}) or equal ignore_index={ignore_index}")
     local = y - layout.start
     valid = live & ~ignored & in_range
     owned = valid & (local >= 0) & (local < layout.local)
