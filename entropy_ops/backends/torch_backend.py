@@ -113,7 +113,7 @@ def entropy_bwd_torch(x, labels, temperature, temperature_scalar, ignore_index, 
             g = g + torch.where(g_h != 0, g_h * d_h, 0)
         if labels is not None and grad_logp is not None:
             y, ignored, _ = _label_terms(labels, ignore_index, vocab, start, end)
-            one_hot = torch.nn.functional.one_hot(y, vocab).to(log_p.dtype)
+            one_hot = (torch.arange(vocab, device=y.device) == y[:, None]).to(log_p.dtype)
             g_l = grad_logp[start:end, None]
             live = (g_l != 0) & ~ignored[:, None]
             g = g + torch.where(live, g_l * (one_hot - p), 0)

@@ -180,7 +180,7 @@ def min_p_logprobs_bwd_torch(x, labels, temperature, temperature_scalar, ignore_
         kept_y = kept.gather(-1, y[:, None]).squeeze(-1)
         g_l = grad_logp[start:end, None]
         q = (s - log_norm[start:end, None]).exp()
-        one_hot = torch.nn.functional.one_hot(y, vocab).to(q.dtype)
+        one_hot = (torch.arange(vocab, device=y.device) == y[:, None]).to(q.dtype)
         live = (g_l != 0) & (kept_y & ~ignored)[:, None]
         g = torch.where(live & kept, g_l * (one_hot - q), 0)
         # A bad row or an (unchecked) out-of-range label has a NaN logp: its gradient is NaN too,
