@@ -65,16 +65,39 @@ def positive_int(name: str, v) -> int:
     return int(v)
 
 
-def global_counts(mode: str, dp_size, batch_num_tokens, global_batch_size) -> int:
+def global_counts(mode: str, dp_size, batch_num_tokens, global_batch_size, loss_scale_factor,
+                  device: torch.device) -> int:
     """verl's data-parallel aggregation arguments of a checked ``mode``: ``dp_size`` an int >= 1;
     with ``dp_size > 1``, ``token-mean`` needs ``batch_num_tokens`` and the ``seq-mean-*`` modes
-    ``global_batch_size``. Returns ``dp_size``."""
+    ``global_batch_size``; each count a number or a 0-d tensor (``_count``). Returns ``dp_size``."""
     dp_size = positive_int("dp_size", dp_size)
+    _count("batch_num_tokens", batch_num_tokens, device)
+    _count("global_batch_size", global_batch_size, device)
+    _count("loss_scale_factor", loss_scale_factor, device, positive=True)
     if dp_size > 1 and mode == "token-mean" and batch_num_tokens is None:
         raise ValueError("batch_num_tokens: token-mean with dp_size > 1 needs the global token count")
     if dp_size > 1 and mode.startswith("seq-mean") and global_batch_size is None:
         raise ValueError(f"global_batch_size: {mode} with dp_size > 1 needs the global sequence count")
     return dp_size
+
+
+def _count(name: str, v, device: torch.device, positive: bool = False) -> None:
+    """None, a Python number (>= 0, or > 0 with ``positive``), or a 0-d real tensor on ``device`` or
+    the CPU (a CPU scalar is an operand on any device). Numbers stay numbers in the loss: a tensor
+    made of one on a GPU would be a blocking host-to-device copy."""
+    if v is None:
+        return
+    if isinstance(v, torch.Tensor):
+        if v.dim() != 0 or v.dtype == torch.bool or v.is_complex():
+            raise ValueError(f"{name}: expected a number or a 0-d real tensor, got a {v.dtype} tensor of shape "
+                             f"{list(v.shape)}")
+        if v.device.type != "cpu" and v.device != device:
+            raise ValueError(f"{name}: is on {v.device} but the loss is on {device}; pass a Python number or "
+                             f"move it with .to()")
+        return
+    if not _validate.is_real(v) or not (v > 0 if positive else v >= 0):
+        raise ValueError(f"{name}: expected a Python number {'> 0' if positive else '>= 0'} or a 0-d tensor, "
+                         f"got {v!r}")
 
 
 def ratio(name: str, v, *, low_open: bool = True, high: float = 1.0) -> float:

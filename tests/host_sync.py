@@ -12,7 +12,9 @@ Inside ``no_host_sync()``:
   whose CUDA kernel reads values on the host (``bincount``, ``histc``, ``one_hot`` without
   ``num_classes``);
 - it also fails when the package's own code (a caller in ``entropy_ops``) calls ``tolist()``,
-  ``numpy()`` or ``cpu()`` on a tensor: a copy to the host on a GPU, no aten op on a CPU tensor.
+  ``numpy()`` or ``cpu()`` on a tensor (a copy to the host on a GPU, no aten op on a CPU tensor),
+  or ``torch.tensor`` / ``torch.as_tensor`` on host data with a ``device`` (a blocking copy to the
+  device, which the sync debug mode reports as a sync: pytorch/pytorch#120996).
 
 Not flagged: the host reads of CPU kernels that CUDA does on the device (inside
 ``aten::_assert_async``; inside ``aten::one_hot`` given ``num_classes``, where CUDA relies on
@@ -37,6 +39,7 @@ SYNCING_OPS = frozenset({
     "aten::bincount", "aten::histc",
 })
 HOST_COPIES = ("tolist", "numpy", "cpu")
+FROM_HOST = ("tensor", "as_tensor")
 # Ops whose CPU kernel reads values on the host where the CUDA one asserts on the device.
 DEVICE_SIDE_ON_CUDA = frozenset({"aten::_assert_async"})
 
@@ -69,26 +72,46 @@ def host_syncs(events):
     return found
 
 
-@contextlib.contextmanager
-def _host_copies_from_the_package(found):
-    """Tensor methods that copy to the host, recorded in ``found`` when entropy_ops calls them."""
-    saved = {name: getattr(torch.Tensor, name) for name in HOST_COPIES}
+def _package_caller() -> str:
+    """The module of the caller's caller when it is entropy_ops' code, else ''."""
+    caller = sys._getframe(2).f_globals.get("__name__", "")
+    return caller if caller.split(".")[0] == "entropy_ops" else ""
 
-    def recording(name, method):
+
+@contextlib.contextmanager
+def _copies_from_the_package(found):
+    """Host-to-device and device-to-host copies that entropy_ops' code asks for, recorded in
+    ``found``."""
+    methods = {name: getattr(torch.Tensor, name) for name in HOST_COPIES}
+    factories = {name: getattr(torch, name) for name in FROM_HOST}
+
+    def to_host(name, method):
         def call(self, *args, **kwargs):
-            caller = sys._getframe(1).f_globals.get("__name__", "")
-            if caller.split(".")[0] == "entropy_ops":
+            caller = _package_caller()
+            if caller:
                 found.append(f"Tensor.{name} (in {caller})")
             return method(self, *args, **kwargs)
         return call
 
-    for name, method in saved.items():
-        setattr(torch.Tensor, name, recording(name, method))
+    def to_device(name, factory):
+        def call(data, *args, **kwargs):
+            caller = _package_caller()
+            if caller and kwargs.get("device") is not None and not isinstance(data, torch.Tensor):
+                found.append(f"torch.{name} of host data with device= (in {caller})")
+            return factory(data, *args, **kwargs)
+        return call
+
+    for name, method in methods.items():
+        setattr(torch.Tensor, name, to_host(name, method))
+    for name, factory in factories.items():
+        setattr(torch, name, to_device(name, factory))
     try:
         yield
     finally:
-        for name, method in saved.items():
+        for name, method in methods.items():
             setattr(torch.Tensor, name, method)
+        for name, factory in factories.items():
+            setattr(torch, name, factory)
 
 
 @contextlib.contextmanager
@@ -111,7 +134,7 @@ def no_host_sync():
     ``gpu_code_paths()``."""
     copies = []
     with gpu_code_paths(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof, \
-            _host_copies_from_the_package(copies):
+            _copies_from_the_package(copies):
         yield
     found = copies + host_syncs(prof.events())
     assert not found, f"{len(found)} host synchronization(s) on a GPU: " + "; ".join(dict.fromkeys(found))

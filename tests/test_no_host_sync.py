@@ -14,9 +14,12 @@ import torch.nn.functional as F
 import entropy_ops as eo
 from conftest import skip_unless_available
 from entropy_ops import _value_checks
+from entropy_ops.ops.agg_loss import MODES
 from host_sync import no_host_sync
 
 B, T, V = 3, 10, 300
+# verl's global_batch_info: Python ints, as verl passes them (and a 0-d tensor for one of them).
+GLOBAL_COUNTS = dict(dp_size=2, batch_num_tokens=50, global_batch_size=torch.tensor(7), loss_scale_factor=4)
 
 
 def every_op(x, y, t, mask, logp, old, adv, hidden, weight):
@@ -37,7 +40,7 @@ def every_op(x, y, t, mask, logp, old, adv, hidden, weight):
     clip_rng = eo.clip_cov_policy_loss(logp, old, adv, mask.float(), clip_cov_ratio=0.1, clip_cov_lb=-1.0,
                                        loss_agg_mode="seq-mean-token-sum")
     kl = eo.kl_cov_policy_loss(logp, old, adv, mask, kl_cov_ratio=0.1, weights=adv.abs(),
-                               loss_agg_mode="seq-mean-token-mean")
+                               loss_agg_mode="seq-mean-token-mean", **GLOBAL_COUNTS)
     siren = eo.selective_entropy_loss(x, mask, torch.tensor(1.0))
     losses = (logp_v, h, h1, ht, torch.where(torch.isfinite(lp_min), lp_min, 0), logp_i, h_i, lin_logp, lin_h,
               w, w_packed, clip.loss, clip_rng.loss, kl.loss, siren)
@@ -48,6 +51,7 @@ def every_op(x, y, t, mask, logp, old, adv, hidden, weight):
             eo.masked_quantile(h.detach(), mask, torch.tensor([0.2, 0.9], dtype=torch.float64), per_sequence=False),
             eo.peak_entropy_mask(w.detach(), mask, 0.8), threshold(h.detach(), mask), threshold(h.detach(), mask),
             eo.token_covariance(logp, adv, mask), eo.agg_loss(logp.detach(), mask, "seq-mean-token-sum-norm"),
+            *(eo.agg_loss(logp.detach(), mask, mode, **GLOBAL_COUNTS) for mode in MODES),
             clip.selected, kl.selected, clip.selected_frac, kl.ppo_kl]
 
 
@@ -149,6 +153,19 @@ def test_detector_flags_each_kind_of_sync(name):
     with pytest.raises(AssertionError, match="host synchronization"):
         with no_host_sync():
             SYNCS[name]()
+
+
+@pytest.mark.parametrize("factory", ["tensor", "as_tensor"])
+def test_detector_flags_host_data_put_on_the_device_by_the_package(factory):
+    in_package = eval(f"lambda: torch.{factory}(3, device='cpu')", {"__name__": "entropy_ops.ops.probe", "torch": torch})
+    with pytest.raises(AssertionError, match=f"torch.{factory} of host data with device="):
+        with no_host_sync():
+            in_package()
+    already_there = eval(f"lambda t: torch.{factory}(t, device=t.device)", {"__name__": "entropy_ops.ops.probe",
+                                                                           "torch": torch})
+    with no_host_sync():
+        already_there(x)
+        torch.tensor(3, device="cpu")  # outside the package: the test's own inputs
 
 
 @pytest.mark.parametrize("method", ["tolist", "numpy", "cpu"])

@@ -88,6 +88,38 @@ def test_agg_loss_float_mask_and_global_counts():
            R.agg_loss_ref(x, m, "token-mean", batch_num_tokens=11))
 
 
+@pytest.mark.parametrize("name, value, message", [
+    ("batch_num_tokens", "400", "expected a Python number >= 0 or a 0-d tensor"),
+    ("batch_num_tokens", -1, "expected a Python number >= 0"),
+    ("global_batch_size", torch.tensor([7]), "0-d real tensor, got a torch.int64 tensor of shape \\[1\\]"),
+    ("global_batch_size", torch.tensor(True), "0-d real tensor"),
+    ("global_batch_size", float("nan"), "expected a Python number >= 0"),
+    ("loss_scale_factor", 0, "expected a Python number > 0"),
+    ("loss_scale_factor", torch.tensor(2.0, device="meta"), "is on meta but the loss is on cpu"),
+])
+def test_global_counts_are_numbers_or_0d_tensors(name, value, message):
+    x, m = torch.randn(3, 5), torch.rand(3, 5) > 0.3
+    for call in (lambda: eo.agg_loss(x, m, "seq-mean-token-sum-norm", dp_size=2, **{"batch_num_tokens": 9,
+                                                                                   "global_batch_size": 3,
+                                                                                   name: value}),
+                 lambda: eo.kl_cov_policy_loss(x, x, x, m, loss_agg_mode="token-mean", **{name: value})):
+        with pytest.raises(ValueError, match=f"^{name}: .*{message}"):
+            call()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_global_counts_as_numbers_and_tensors_agree(mode):
+    """A Python count is divided by as a number (verl does so; on a GPU a tensor made of it would be
+    a blocking copy), a 0-d tensor as a tensor, on CPU or on the loss's device: the same loss."""
+    x, m = torch.randn(4, 6, dtype=torch.float64), torch.rand(4, 6) > 0.3
+    counts = dict(batch_num_tokens=30, global_batch_size=9, loss_scale_factor=5)
+    ref = R.agg_loss_ref(x, m, mode, dp_size=3, **counts)
+    _close(eo.agg_loss(x, m, mode, dp_size=3, **counts), ref)
+    _close(eo.agg_loss(x, m, mode, dp_size=3, **{k: torch.tensor(v) for k, v in counts.items()}), ref)
+    zero = dict(batch_num_tokens=0, global_batch_size=torch.tensor(0))  # a count of 0 divides by 1
+    assert eo.agg_loss(x, torch.zeros_like(m), mode, dp_size=3, **zero) == 0
+
+
 # ---- token_covariance ------------------------------------------------------------------------------
 
 def test_token_covariance_matches_reference():

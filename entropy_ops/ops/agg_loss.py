@@ -63,12 +63,19 @@ def agg_loss(loss_mat: Tensor, mask: Tensor, mode: str = "token-mean", dp_size: 
     """
     loss_mat, mask = V.matrix_and_mask(loss_mat, mask, "loss_mat")
     V.choice("mode", mode, MODES)
-    dp_size = V.global_counts(mode, dp_size, batch_num_tokens, global_batch_size)
+    dp_size = V.global_counts(mode, dp_size, batch_num_tokens, global_batch_size, loss_scale_factor, loss_mat.device)
     mask = V.binary_mask(mask)
     if mode.startswith("seq-mean") and loss_mat.dim() != 2:
         raise ValueError(f"loss_mat: {mode} needs a [B, T] loss matrix, got shape {list(loss_mat.shape)}")
     return aggregate_masked(torch.where(mask, loss_mat, 0), mask, mode, dp_size, batch_num_tokens,
                             global_batch_size, loss_scale_factor)
+
+
+def _at_least_one(count):
+    """A count as a divisor, clamped to >= 1 where it is: a Python number stays one (verl divides by
+    it so; a tensor made of it on a GPU would be a blocking host-to-device copy: a sync), a tensor
+    stays on its device (a 0-d CPU tensor is a scalar operand on any device)."""
+    return count.clamp(min=1) if isinstance(count, torch.Tensor) else max(count, 1)
 
 
 def aggregate_masked(masked: Tensor, mask: Tensor, mode: str, dp_size: int = 1, batch_num_tokens=None,
@@ -79,18 +86,16 @@ def aggregate_masked(masked: Tensor, mask: Tensor, mode: str, dp_size: int = 1, 
     if mode == "token-sum":
         return masked.sum() * dp_size
     if mode == "token-mean":
-        if batch_num_tokens is not None:
-            count = torch.as_tensor(batch_num_tokens, device=masked.device)
-        elif count is None:
-            count = mask_count(mask)
-        return masked.sum() / count.clamp(min=1) * dp_size
+        if batch_num_tokens is None:
+            batch_num_tokens = mask_count(mask) if count is None else count
+        return masked.sum() / _at_least_one(batch_num_tokens) * dp_size
     seq_sums = masked.sum(-1, dtype=torch.promote_types(masked.dtype, torch.float32))
     seq_counts = torch.count_nonzero(mask, dim=-1)
     if mode == "seq-mean-token-mean":
         seq_sums = seq_sums / (seq_counts + 1e-8)
     has_tokens = seq_counts > 0
-    n_seqs = has_tokens.sum() if global_batch_size is None else torch.as_tensor(global_batch_size, device=masked.device)
-    loss = torch.where(has_tokens, seq_sums, 0).sum() / n_seqs.clamp(min=1) * dp_size
+    n_seqs = has_tokens.sum() if global_batch_size is None else global_batch_size
+    loss = torch.where(has_tokens, seq_sums, 0).sum() / _at_least_one(n_seqs) * dp_size
     if mode == "seq-mean-token-sum-norm":
         loss = loss / (max(masked.shape[-1], 1) if loss_scale_factor is None else loss_scale_factor)  # T = 0: 0 / 1
     return loss

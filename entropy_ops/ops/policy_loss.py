@@ -83,7 +83,8 @@ def _losses_args(logp, old_logp, advantages, mask, loss_agg_mode, weights, dp_si
     V.choice("loss_agg_mode", loss_agg_mode, MODES)
     if logp.dim() != 2:
         raise ValueError(f"logp: expected a [B, T] tensor, got shape {list(logp.shape)}")
-    dp_size = V.global_counts(loss_agg_mode, dp_size, batch_num_tokens, global_batch_size)
+    dp_size = V.global_counts(loss_agg_mode, dp_size, batch_num_tokens, global_batch_size, loss_scale_factor,
+                              logp.device)
     if process_group is not None and (dp_size != 1 or batch_num_tokens is not None or global_batch_size is not None):
         raise ValueError("dp_size: with process_group the loss computes the global counts itself; leave dp_size, "
                          "batch_num_tokens and global_batch_size unset")
