@@ -46,6 +46,10 @@ def _all_ops(logits, mask, logp, old, adv, keys):
         eo.clip_cov_policy_loss(logp, old, adv, mask, clip_cov_ratio=0.01, clip_cov_lb=0.0, random_keys=keys),
         eo.kl_cov_policy_loss(logp, old, adv, mask, kl_cov_ratio=0.01),
         eo.agg_loss(logp, mask, "seq-mean-token-mean"),
+        # verl's global_batch_info: Python counts (a tensor made of one on the GPU would sync).
+        eo.agg_loss(logp, mask, "token-mean", dp_size=2, batch_num_tokens=3000),
+        eo.kl_cov_policy_loss(logp, old, adv, mask, loss_agg_mode="seq-mean-token-sum-norm", dp_size=2,
+                              global_batch_size=16, loss_scale_factor=256),
         eo.selective_entropy_loss(logits, mask, 1.0),
     )
 
