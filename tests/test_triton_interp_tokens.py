@@ -101,13 +101,13 @@ def test_strided_masks_and_offsets_are_read_as_values():
 def test_unchecked_offsets_never_read_past_the_tokens(monkeypatch):
     """Offsets as CUDA leaves them unchecked (without ENTROPY_OPS_CHECK): past N, or decreasing,
     they are clamped into [0, N] and made non-decreasing before any kernel reads them."""
-    from entropy_ops.ops import _tokens
-    monkeypatch.setattr(_tokens, "_values_checked", lambda device: False)
+    from host_sync import gpu_code_paths
+    monkeypatch.delenv("ENTROPY_OPS_CHECK", raising=False)
     x, mask, _ = make_packed([5, 3], torch.float32, seed=4)
     big = torch.full((64,), 1e6)  # x is a view into a larger buffer: an overrun would read 1e6
     big[:8] = x
     x = big[:8]
-    with eo.use_backend("triton"):
+    with eo.use_backend("triton"), gpu_code_paths():
         for bad, good in (([0, 5, 16], [0, 5, 8]), ([0, 6, 2, 10**9], [0, 6, 6, 8])):
             bad, good = torch.tensor(bad), torch.tensor(good)
             assert torch.equal(eo.window_entropy(x, mask, 4, 1, bad), eo.window_entropy(x, mask, 4, 1, good))
