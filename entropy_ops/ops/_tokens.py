@@ -51,8 +51,8 @@ def check_offsets(cu: torch.Tensor, n_tokens: int) -> None:
     if not _value_checks.enabled(cu.device):
         return
     ok = (cu[0] == 0) & (cu[-1] == n_tokens) & (cu[1:] >= cu[:-1]).all()
-    _value_checks.require(ok, f"cu_seqlens: must start at 0, be non-decreasing and end at N={n_tokens} (the number of "
-               f"packed tokens)")
+    _value_checks.require(ok, f"cu_seqlens: must start at 0, be non-decreasing and end at N={n_tokens} "
+                              f"(the number of packed tokens)")
 
 
 def check_quantiles(q: Optional[torch.Tensor]) -> None:
