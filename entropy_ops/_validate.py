@@ -3,6 +3,7 @@ scalars, each error naming the argument and the fix. Nothing here reads tensor v
 graphs stay whole; value checks (label range, temperature > 0) live inside the ops."""
 import math
 import numbers
+import sys
 from typing import Optional, Tuple
 
 import torch
@@ -12,11 +13,23 @@ LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 LABEL_DTYPES = (torch.int64, torch.int32)
 
 
+def tensor(name: str, t) -> torch.Tensor:
+    """``t`` as the first tensor of an op: a torch.Tensor, and not a DTensor (a custom op on a DTensor
+    needs a sharding rule, which these ops do not register: torch's error would not say what to do)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    dtensor = getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)  # imported only if in use
+    if dtensor is not None and isinstance(t, dtensor):
+        raise TypeError(f"{name}: a DTensor (placements {tuple(t.placements)}) is not supported; pass a local tensor: "
+                        f"{name}.to_local() with process_group= for a sharded one (README, Scale-out), or "
+                        f"{name}.full_tensor()")
+    return t
+
+
 def logits(x, sharded: bool = False) -> Tuple[int, ...]:
     """Check ``logits [..., V]`` and return its leading shape. ``sharded``: a vocab shard (with
     ``process_group``), whose ``V = 0`` the layout check rejects on every rank of the group."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"logits: expected a torch.Tensor, got {type(x).__name__}")
+    tensor("logits", x)
     if x.dtype not in LOGIT_DTYPES:
         raise TypeError(
             f"logits: dtype {x.dtype} is not supported; pass float32, bfloat16, float16 or float64 "

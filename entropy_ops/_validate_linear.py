@@ -10,12 +10,6 @@ from . import _validate
 from ._validate import LABEL_DTYPES, LOGIT_DTYPES
 
 
-def _tensor(name: str, t) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    return t
-
-
 def _same_device(name: str, t: torch.Tensor, hidden: torch.Tensor) -> None:
     if t.device != hidden.device:
         raise ValueError(f"{name}: is on {t.device} but hidden is on {hidden.device}; move it with .to(hidden.device)")
@@ -25,8 +19,8 @@ def hidden_and_weight(hidden, weight, bias, sharded: bool = False) -> Tuple[int,
     """Check ``hidden [..., D]``, ``weight [V, D]``, ``bias [V]`` and return the leading shape.
     ``sharded``: a vocab shard of the head (with ``process_group``), whose ``V = 0`` the layout
     check rejects on every rank of the group."""
-    _tensor("hidden", hidden)
-    _tensor("weight", weight)
+    _validate.tensor("hidden", hidden)
+    _validate.tensor("weight", weight)
     if hidden.dtype not in LOGIT_DTYPES:
         raise TypeError(f"hidden: dtype {hidden.dtype} is not supported; pass float32, bfloat16, float16 or float64")
     if hidden.dim() < 1 or hidden.shape[-1] == 0:
@@ -45,7 +39,7 @@ def hidden_and_weight(hidden, weight, bias, sharded: bool = False) -> Tuple[int,
                         f"(e.g. hidden.to(weight.dtype))")
     _same_device("weight", weight, hidden)
     if bias is not None:
-        _tensor("bias", bias)
+        _validate.tensor("bias", bias)
         if tuple(bias.shape) != (weight.shape[0],):
             raise ValueError(f"bias: expected shape [{weight.shape[0]}] (one value per vocabulary entry), "
                              f"got {list(bias.shape)}")
@@ -57,7 +51,7 @@ def hidden_and_weight(hidden, weight, bias, sharded: bool = False) -> Tuple[int,
 
 def labels(y, hidden: torch.Tensor, leading) -> torch.Tensor:
     """``[...]`` (one label per row) or ``[..., K]`` (K candidate tokens per row, K >= 1)."""
-    _tensor("labels", y)
+    _validate.tensor("labels", y)
     if y.dtype not in LABEL_DTYPES:
         raise TypeError(f"labels: dtype {y.dtype} is not supported; pass int64 or int32 (e.g. labels.long())")
     shape = tuple(y.shape)

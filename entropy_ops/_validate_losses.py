@@ -9,8 +9,7 @@ from . import _validate, _value_checks
 
 
 def _float_tensor(name: str, t) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    _validate.tensor(name, t)
     if not t.is_floating_point():
         raise TypeError(f"{name}: expected a floating point tensor, got {t.dtype}; use {name}.float()")
     return t

@@ -39,8 +39,7 @@ def cu_seqlens(cu, name: str, x: torch.Tensor) -> Optional[torch.Tensor]:
 def tokens(name: str, x, cu, *, allow_flat: bool = False) -> None:
     """``x``: a float tensor ``[B, T]`` (one row per sequence), or ``[N]`` with ``cu_seqlens``;
     ``allow_flat`` also accepts ``[N]`` without ``cu_seqlens`` (reductions over all tokens)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    _validate.tensor(name, x)
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}: dtype {x.dtype} is not supported; pass float32, bfloat16, float16 or "
                         f"float64 (e.g. {name}.float())")

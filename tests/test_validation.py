@@ -236,3 +236,36 @@ def test_flags_take_numpy_bools_but_not_ints(backend, flag):
     for value in (False, True):
         assert torch.equal(call(np.bool_(value)), call(value))
     raises_naming(TypeError, flag, lambda: call(1))
+
+
+def _dtensor_errors(rank, world_size):
+    """The error of each op's first tensor given as a DTensor (a one-rank mesh of this gloo world)."""
+    from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
+
+    mesh = init_device_mesh("cpu", (world_size,))
+    sharded = distribute_tensor(torch.randn(4, 6, 50), mesh, [Shard(2)])
+    tokens = distribute_tensor(torch.randn(4, 6), mesh, [Shard(0)])
+    mask = torch.ones(4, 6, dtype=torch.bool)
+    calls = {"logits": lambda: eo.entropy(sharded),
+             "hidden": lambda: eo.linear_logprobs_and_entropy(sharded, torch.randn(8, 50), torch.zeros(4, 6).long()),
+             "entropy": lambda: eo.window_entropy(tokens, mask),
+             "logp": lambda: eo.kl_cov_policy_loss(tokens, tokens.to_local(), tokens.to_local(), mask)}
+    errors = {}
+    for name, call in calls.items():
+        try:
+            call()
+        except Exception as e:  # noqa: BLE001 (the test checks the type and message)
+            errors[name] = (type(e).__name__, str(e))
+    return errors
+
+
+def test_dtensor_inputs_get_a_named_error_with_the_fix():
+    """A DTensor would reach torch's "no sharding strategy registered" for the custom op; the entry
+    names the argument and says to pass a local tensor (with process_group=) or the full one."""
+    from dist_common import run_world
+
+    (errors,) = run_world(_dtensor_errors, 1)
+    assert errors.keys() == {"logits", "hidden", "entropy", "logp"}
+    for name, (kind, message) in errors.items():
+        assert kind == "TypeError" and message.startswith(f"{name}: a DTensor (placements (Shard(dim="), message
+        assert f"{name}.to_local() with process_group=" in message and f"{name}.full_tensor()" in message, message
