@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import entropy_ops as eo
-from conftest import skip_unless_available
+from conftest import assert_same_bits, skip_unless_available
 from entropy_ops import _value_checks
 from entropy_ops.ops.agg_loss import MODES
 from host_sync import no_host_sync
@@ -80,8 +80,7 @@ def run_every_op(backend, temperature, dtype=torch.float32):
         with no_host_sync():
             got = every_op(*args)
     for k, (a, b) in enumerate(zip(got, expected)):
-        assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num()), \
-            f"output {k} changed under the detector"
+        assert_same_bits(a, b, f"output {k} under the detector vs outside")
 
 
 @pytest.mark.parametrize("checked", [False, True], ids=["unchecked", "ENTROPY_OPS_CHECK"])
