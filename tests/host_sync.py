@@ -6,7 +6,7 @@ Inside ``no_host_sync()``:
   tensor may be read on the host, so the value checks are skipped (or, under
   ``ENTROPY_OPS_CHECK=1``, device asserts);
 - the profiler records every aten op, and the block fails when one of them would bring a CUDA
-  tensor's values to the host: a scalar read (``item()``, ``bool(t)``, ``int(t)``, ``tolist()``:
+  tensor's values to the host: a scalar read (``item()``, ``bool(t)``, ``int(t)``:
   ``aten::_local_scalar_dense``), an output shape that depends on values (``nonzero``, boolean
   indexing, ``masked_select``, ``unique``, ``repeat_interleave`` without ``output_size``), or an op
   whose CUDA kernel reads values on the host (``bincount``, ``histc``, ``one_hot`` without
