@@ -240,13 +240,15 @@ def _empty_batches(rank, world, group):
 
 
 def _worker(rank, world):
+    from dist_vocab_grid import grid_layouts  # it imports this module
     torch.manual_seed(0)
     results = {"layout": _layout_changes(rank, world, dist.group.WORLD),
                "empty": _empty_batches(rank, world, dist.group.WORLD),
                "entropy": _entropy_family(rank, world, dist.group.WORLD),
                "selective": _selective(rank, world, dist.group.WORLD),
                "errors": _errors(rank, world, dist.group.WORLD),
-               "linear": _linear(rank, world, dist.group.WORLD)}
+               "linear": _linear(rank, world, dist.group.WORLD),
+               "grid": grid_layouts(rank, world, dist.group.WORLD)}
     # A group of one rank (every rank must take part in creating each group): the op on the full
     # row through the distributed path, run by rank 0 only.
     solo = [dist.new_group([r]) for r in range(world)][rank]

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import entropy_ops as eo
+from conftest import assert_same_bits
 from dist_common import run_world
 from dist_vocab_cases import (
     BACKENDS, N, V, _emulated_cuda_worker, _grad, _inputs, _linear_cases, _linear_grads, _linear_inputs,
@@ -163,6 +164,24 @@ def test_group_of_one_rank(world):
     _, results = world
     _check_entropy_family([results[0]["solo"]["entropy"]], 1)
     _check_selective([results[0]["solo"]["selective"]], 1)
+
+
+def test_shards_on_a_grid_are_read_in_place_with_the_same_bits(world):
+    """A shard whose leading dims do not collapse (``logits[:, :-1]``, a transposed ``[T, B, V_r]``)
+    is read where it lies, as by the single-process ops: the kernels of the entropy family and
+    token_stats read the view's own memory (no copy of the shard, forward or backward), and every
+    op gives the bits of the same rows packed, values and gradients."""
+    _, results = world
+    for rank, result in enumerate(results):
+        for (backend, layout), (outs, storages, storage) in result["grid"].items():
+            where = f"rank {rank}, {backend}, {layout} layout"
+            assert {name for name, _ in storages} >= {"entropy", "top_p_entropy_bwd", "token_stats"}, where
+            for name, ptr in storages:
+                assert ptr == storage, f"{where}: the {name} kernel read a copy of the shard"
+            base, _, _ = result["grid"][(backend, "contiguous")]
+            for op, values in outs.items():
+                for i, (a, b) in enumerate(zip(values, base[op])):
+                    assert_same_bits(a, b, f"{where}: {op} output {i}")
 
 
 def test_linear_matches_single_process(world):

@@ -43,10 +43,10 @@ class Rows:
             self.x = logits.reshape(-1, self.vocab)
             self.m = self.n
             return
-        row, steps, self.m = grid
+        row, self.steps, self.m = grid
         self.x = logits.as_strided((self.m, self.vocab), (row, 1))
         index = torch.zeros((), dtype=torch.int64, device=logits.device)
-        for i, (size, step) in enumerate(zip(self.leading, steps)):
+        for i, (size, step) in enumerate(zip(self.leading, self.steps)):
             shape = [1] * len(self.leading)
             shape[i] = size
             index = index + torch.arange(size, device=logits.device).mul_(step).view(shape)
@@ -75,6 +75,23 @@ class Rows:
     def out(self, v: torch.Tensor) -> torch.Tensor:
         """A kernel's ``[M]`` output as the leading shape."""
         return (v if self.index is None else v.index_select(0, self.index)).view(self.leading)
+
+    def as_logits(self, buf: torch.Tensor) -> torch.Tensor:
+        """A contiguous ``[M, V]`` buffer written row for row with ``x`` (a gradient, a mask), seen as
+        a tensor of the logits' shape: a view, on a grid too (the rows between are not in it)."""
+        shape = (*self.leading, self.vocab)
+        return buf.view(shape) if self.index is None else _grid_view(buf, shape, self.steps)
+
+    def take(self, start: int, end: int) -> torch.Tensor:
+        """Rows ``start:end`` of the N rows (in the order of the leading dims) as ``[end - start, V]``:
+        a view, or on a grid a copy of those rows only (a chunk, never the whole tensor)."""
+        return self.x[start:end] if self.index is None else self.x.index_select(0, self.index[start:end])
+
+    def pick(self, index: torch.Tensor) -> torch.Tensor:
+        """``x[i, index[i]]`` of every row ``i`` (``index [N]``), or ``x[i, index[i, k]]`` (``[N, K]``)."""
+        cols = index if index.dim() == 2 else index[:, None]
+        picked = self.x.gather(1, cols) if self.index is None else self.x[self.index[:, None], cols]
+        return picked if index.dim() == 2 else picked.squeeze(1)
 
 
 def grid_of(x: torch.Tensor):
@@ -136,7 +153,12 @@ def full_empty(logits: torch.Tensor, dtype=None) -> Tuple[torch.Tensor, torch.Te
         return out, out.view(-1, vocab)
     _, steps, m = grid
     buf = torch.empty((m, vocab), dtype=dtype, device=logits.device)
-    return buf.as_strided(logits.shape, tuple(step * vocab for step in steps) + (1,)), buf
+    return _grid_view(buf, logits.shape, steps), buf
+
+
+def _grid_view(buf: torch.Tensor, shape, steps) -> torch.Tensor:
+    """``buf [M, V]`` (contiguous) as ``shape``, each leading dim ``steps`` rows apart."""
+    return buf.as_strided(shape, tuple(step * shape[-1] for step in steps) + (1,))
 
 
 def leading_empty(logits: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..backends.kernel import acc_dtype
 from .. import _value_checks
-from ..ops._rows import check_values, flat_temperature, per_row, rows
+from ..ops._rows import Rows, check_values, flat_temperature, per_row
 from .layout import Call, ShardLayout, shard_layout
 
 F64 = torch.float64
@@ -58,8 +58,12 @@ def first_order_only(op: str):
 
 
 class Shard(NamedTuple):
-    """The local shard as rows, with its per-row inputs flattened (as the row kernels take them)."""
-    x: Tensor  # [N, V_r], last dim contiguous
+    """The local shard as rows, with its per-row inputs flattened. The shard is read where it lies:
+    ``rows`` views it as the ``[M, V_r]`` rows a kernel reads, a grid of rows for a ``logits[:, :-1]``
+    whose leading dims do not collapse (``ops/_rows.py``; ``kernel_args`` puts the per-row inputs on
+    that grid), and the torch passes take it in chunks of the N rows (``rows.take``). Everything
+    else here, and every collective, is per row of the N rows, the same N on every rank."""
+    rows: Rows  # the shard [..., V_r] (last dim contiguous) as kernel rows
     t: Optional[Tensor]  # [N] acc dtype, or None (the scalar applies)
     t_scalar: float
     mask: Optional[Tensor]  # [N] bool or None
@@ -73,6 +77,16 @@ class Shard(NamedTuple):
         """Per-row temperature in float64 (or the Python float)."""
         return self.t_scalar if self.t is None else self.t.to(F64)
 
+    @property
+    def n(self) -> int:
+        return self.rows.n
+
+    def kernel_args(self):
+        """``(x [M, V_r], temperature [M] or None, mask [M] or None)`` for a row kernel, whose ``[M]``
+        outputs ``self.rows.out(v).view(-1)`` turns into the N rows (``mask`` False between rows)."""
+        r = self.rows
+        return r.x, r.per_row(self.t, fill=1), r.mask(self.mask)
+
 
 def layout_of(op: str, logits: Tensor, temperature, t_scalar: float, mask, group, vocab_start,
               *args: float) -> ShardLayout:
@@ -85,16 +99,17 @@ def layout_of(op: str, logits: Tensor, temperature, t_scalar: float, mask, group
 
 
 def make_shard(logits: Tensor, temperature, t_scalar: float, mask, ignore_index: int = -100) -> Shard:
-    x = rows(logits)
-    n = x.shape[0]
-    t = flat_temperature(temperature, x, n)
+    r = Rows(logits)
+    n = r.n
+    t = flat_temperature(temperature, r.x, n)
     m = per_row(mask, n)
-    check_values(x, None, t, ignore_index, m)
-    live = m if m is not None else torch.ones(n, dtype=torch.bool, device=x.device)
-    row_max = x.amax(-1).to(acc_dtype(x.dtype))  # NaN-propagating
+    check_values(r.x, None, t, ignore_index, m)
+    live = m if m is not None else torch.ones(n, dtype=torch.bool, device=logits.device)
+    # On the logits as they lie (strided leading dims are fine for a reduction: no copy).
+    row_max = logits.amax(-1).reshape(-1).to(acc_dtype(logits.dtype))  # NaN-propagating
     bad = (torch.isnan(row_max) | (row_max == float("inf"))) & live
     present = live & ~bad & (row_max > float("-inf"))
-    return Shard(x, t, t_scalar, m, live, row_max, bad, present)
+    return Shard(r, t, t_scalar, m, live, row_max, bad, present)
 
 
 class Labels(NamedTuple):
@@ -110,7 +125,7 @@ def localize(labels: Tensor, shard: Shard, layout: ShardLayout, ignore_index: in
     """Where each row's global label falls (``labels`` of the leading shape, or ``[N, K]`` with
     ``k_labels``); checks the range against the full V (SPEC §2: raising on CPU tensors, a
     device-side assert under ``ENTROPY_OPS_CHECK=1`` on CUDA)."""
-    n = shard.x.shape[0]
+    n = shard.n
     y = (labels.reshape(n, labels.shape[-1]) if k_labels else per_row(labels, n)).long()
     live = shard.live[:, None] if k_labels else shard.live
     ignored = y == ignore_index
@@ -124,11 +139,10 @@ def localize(labels: Tensor, shard: Shard, layout: ShardLayout, ignore_index: in
     return Labels(local.clamp(0, max(layout.local - 1, 0)), owned, valid, ignored)
 
 
-def gather_raw(x: Tensor, index: Tensor) -> Tensor:
-    """``x[i, index[i]]`` (``index [N]``) or ``x[i, index[i, k]]`` (``[N, K]``) in float64."""
-    if index.dim() == 2:
-        return x.gather(1, index).to(F64)
-    return x.gather(1, index[:, None]).squeeze(1).to(F64)
+def gather_raw(shard: Shard, index: Tensor) -> Tensor:
+    """The raw logit ``x[i, index[i]]`` of every row (``index [N]``), or ``x[i, index[i, k]]``
+    (``[N, K]``), in float64."""
+    return shard.rows.pick(index).to(F64)
 
 
 def all_max(t: Tensor, group) -> Tensor:

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from .. import _backends
 from ..backends.kernel import acc_dtype
+from ..ops._rows import Rows
 from .shard import F64, all_max, all_sum, eager, first_order_only, gather_raw, layout_of, localize, make_shard
 
 
@@ -58,9 +59,10 @@ class LocalState(NamedTuple):
 
 def local_state(shard, labels, backend) -> LocalState:
     """The row kernel on the shard: its entropy and ``log_norm = log s_r``."""
-    h_r, _, log_s = torch.ops.entropy_ops.entropy(shard.x, shard.t, shard.t_scalar, shard.mask, False,
-                                                  backend)
-    x_y = None if labels is None else gather_raw(shard.x, labels.local)
+    x, t, mask = shard.kernel_args()
+    h_r, _, log_s = (shard.rows.out(v).view(-1) for v in
+                     torch.ops.entropy_ops.entropy(x, t, shard.t_scalar, mask, False, backend))
+    x_y = None if labels is None else gather_raw(shard, labels.local)
     return LocalState(shard.m, shard.present, shard.bad, shard.live, shard.temperature64,
                       log_s.to(F64), h_r.to(F64), x_y)
 
@@ -169,10 +171,15 @@ class _VocabParallelEntropy(torch.autograd.Function):
     @first_order_only("entropy ops")
     def backward(ctx, grad_h, grad_logp=None):
         logits, t, mask, row_max, log_norm, h, *label_state = ctx.saved_tensors
-        x = logits.reshape(-1, logits.shape[-1])
-        grad = grad_from_state(x, t, ctx.t_scalar, mask, row_max, log_norm, h,
-                               label_state if ctx.has_labels else None, grad_h, grad_logp, ctx.backend)
-        return grad.view(logits.shape), None, None, None, None, None, None, None, None
+        # The kernel's rows of the shard as it lies (a grid for a logits[:, :-1]: the per-row state
+        # goes onto the grid, the rows between masked out), the gradient a view of its [M, V_r] output.
+        r = Rows(logits)
+        on_rows = r.per_row
+        labels = [on_rows(v) for v in label_state] if ctx.has_labels else None
+        grad = grad_from_state(r.x, on_rows(t, fill=1), ctx.t_scalar, r.mask(mask),
+                               on_rows(row_max, fill=float("-inf")), on_rows(log_norm), on_rows(h), labels,
+                               on_rows(grad_h), on_rows(grad_logp), ctx.backend)
+        return r.as_logits(grad), None, None, None, None, None, None, None, None
 
 
 @eager

@@ -13,12 +13,13 @@ import torch
 
 from ..backends.kernel import acc_dtype
 from ..backends.torch_backend import _chunks
+from ..ops._rows import Rows
 from .shard import F64, all_sum, eager, first_order_only, gather_raw, global_max, layout_of, localize, make_shard
 
 
-def _shifted(x, m_glob, t, t_scalar, start, end):
+def _shifted(rows, m_glob, t, t_scalar, start, end):
     """``s = (x - M) / T`` of a chunk of rows in the accumulation dtype (the torch backend's ``s``)."""
-    raw = x[start:end].to(acc_dtype(x.dtype))
+    raw = rows.take(start, end).to(acc_dtype(rows.x.dtype))
     temperature = t_scalar if t is None else t[start:end, None]
     return (raw - m_glob[start:end, None]) / temperature
 
@@ -32,16 +33,16 @@ class _VocabParallelMinP(torch.autograd.Function):
         y = localize(labels, shard, layout, ignore_index)
         acc = acc_dtype(logits.dtype)
         m_glob = global_max(shard, group)
-        n, vocab = shard.x.shape
+        n, vocab = shard.n, shard.rows.vocab
         kept_mass = torch.zeros(n, dtype=F64, device=logits.device)
         kept_y = torch.zeros(n, dtype=torch.bool, device=logits.device)
         for start, end in _chunks(n, vocab):
-            e = _shifted(shard.x, m_glob, shard.t, t_scalar, start, end).exp()
+            e = _shifted(shard.rows, m_glob, shard.t, t_scalar, start, end).exp()
             e = torch.where(shard.present[start:end, None], e, 0)
             kept = e >= min_p
             kept_mass[start:end] = torch.where(kept, e, 0).sum(-1).to(F64)
             kept_y[start:end] = kept.gather(1, y.local[start:end, None]).squeeze(1)
-        s_y = (gather_raw(shard.x, y.local) - m_glob.to(F64)) / shard.temperature64
+        s_y = (gather_raw(shard, y.local) - m_glob.to(F64)) / shard.temperature64
         sums = all_sum([kept_mass, torch.where(y.owned, s_y, 0), y.owned & kept_y, shard.bad], group)
         log_norm = sums[:, 0].log()
         bad = (sums[:, 3] > 0) | ~(m_glob > float("-inf"))
@@ -58,13 +59,13 @@ class _VocabParallelMinP(torch.autograd.Function):
     @first_order_only("min_p_logprobs")
     def backward(ctx, grad_logp):
         logits, t, mask, m_glob, log_norm, local, owned, live_label, bad = ctx.saved_tensors
-        x = logits.reshape(-1, logits.shape[-1])
-        n, vocab = x.shape
+        rows = Rows(logits)
+        n, vocab = rows.n, rows.vocab
         g_l = torch.where(live_label, grad_logp.reshape(-1).to(log_norm.dtype), 0)
-        grad = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        index = torch.arange(vocab, device=x.device)
+        grad = torch.empty((n, vocab), dtype=logits.dtype, device=logits.device)
+        index = torch.arange(vocab, device=logits.device)
         for start, end in _chunks(n, vocab):
-            s = _shifted(x, m_glob, t, ctx.t_scalar, start, end)
+            s = _shifted(rows, m_glob, t, ctx.t_scalar, start, end)
             kept = s.exp() >= ctx.min_p
             q = (s - log_norm[start:end, None]).exp()
             one_hot = ((index == local[start:end, None]) & owned[start:end, None]).to(q.dtype)

@@ -37,8 +37,9 @@ def token_stats(logits, labels, temperature, t_scalar: float, ignore_index: int,
                        float("nan") if labels is None else ignore_index)
     shard = make_shard(logits, temperature, t_scalar, mask, ignore_index)
     y = None if labels is None else localize(labels, shard, layout, ignore_index)
-    local = TokenStats(*(v.to(F64) for v in torch.ops.entropy_ops.token_stats(
-        shard.x, None, shard.t, t_scalar, ignore_index, shard.mask, backend)))
+    x, t, kernel_mask = shard.kernel_args()
+    local = TokenStats(*(shard.rows.out(v).view(-1).to(F64) for v in torch.ops.entropy_ops.token_stats(
+        x, None, t, t_scalar, ignore_index, kernel_mask, backend)))
     m_glob = global_max(shard, group)
     a = shifted_max(shard, m_glob)
     log_s = -local.max_logp
@@ -61,7 +62,7 @@ def token_stats(logits, labels, temperature, t_scalar: float, ignore_index: int,
                on_shard(s2 * c_r), on_shard(s2 * local.entropy_drift), on_shard(s2 * u_r * c_r),
                sum_z, shard.bad]
     if y is not None:
-        d_r = (gather_raw(shard.x, y.local) - m_glob.to(F64)) / shard.temperature64
+        d_r = (gather_raw(shard, y.local) - m_glob.to(F64)) / shard.temperature64
         columns.append(torch.where(y.owned, d_r, 0))
     sums = all_sum(columns, group)
     total, su, svar, su2, sc2, sdrift2, suc2, zsum, nbad = sums[:, :9].unbind(-1)

@@ -21,6 +21,7 @@ import torch
 from ..backends.kernel import acc_dtype
 from ..backends.torch_backend import _chunks
 from ..backends.torch_selective import _KEY_BITS, _KEY_INT, nucleus_ties_kept
+from ..ops._rows import Rows
 from .shard import F64, all_sum, eager, first_order_only, global_max, layout_of, make_shard
 
 # 64-bin histograms: 5 rounds for float32 keys (30 bits), 512 bytes per row per round; wider
@@ -29,17 +30,16 @@ _DIGIT_BITS = 6
 
 
 def _passes(shard):
-    """What every pass over the shard needs: ``(x, t, t_scalar, present)``."""
-    return shard.x, shard.t, shard.t_scalar, shard.present
+    """What every pass over the shard needs: ``(rows, t, t_scalar, present)``."""
+    return shard.rows, shard.t, shard.t_scalar, shard.present
 
 
 def _e_chunks(passes, m_glob):
     """Yield ``(start, end, s, e)`` per chunk of rows: ``s = (x - M)/T``, ``e = exp(s)`` (0 where the
     shard has no mass in the row), both in the accumulation dtype, the same bits on every pass."""
-    x, t, t_scalar, present = passes
-    n, vocab = x.shape
-    for start, end in _chunks(n, vocab):
-        raw = x[start:end].to(acc_dtype(x.dtype))
+    rows, t, t_scalar, present = passes
+    for start, end in _chunks(rows.n, rows.vocab):
+        raw = rows.take(start, end).to(acc_dtype(rows.x.dtype))
         temperature = t_scalar if t is None else t[start:end, None]
         s = (raw - m_glob[start:end, None]) / temperature
         yield start, end, s, torch.where(present[start:end, None], s.exp(), 0)
@@ -49,9 +49,8 @@ def _histogram(shard, m_glob, prefix, high, low):
     """``[N, 2^(high-low)]`` float64: local mass per digit ``key[low:high]`` among keys with ``prefix``
     above bit ``high`` (summed in the accumulation dtype, as the torch backend does; keys stay in
     their own integer width, int32 for float32, so no pass converts the whole shard twice)."""
-    n = shard.x.shape[0]
-    acc = acc_dtype(shard.x.dtype)
-    hist = torch.zeros(n, 1 << (high - low), dtype=acc, device=shard.x.device)
+    acc = acc_dtype(shard.rows.x.dtype)
+    hist = torch.zeros(shard.n, 1 << (high - low), dtype=acc, device=shard.m.device)
     for start, end, _, e in _e_chunks(_passes(shard), m_glob):
         key = e.view(_KEY_INT[acc])
         active = (key >> high) == prefix[start:end, None]
@@ -63,15 +62,15 @@ def _histogram(shard, m_glob, prefix, high, low):
 def _nucleus(shard, layout, m_glob, top_p: float, inclusive: bool, group):
     """``(cut_e, cut_index, bad)``: the cut of this shard (local indices) by ``kernel.py``'s rule on
     the full row, and the live rows that are bad on some rank (NaN/+inf) or all ``-inf``."""
-    n = shard.x.shape[0]
-    device = shard.x.device
+    n = shard.n
+    device = shard.m.device
     total = torch.zeros(n, dtype=F64, device=device)
     for start, end, _, e in _e_chunks(_passes(shard), m_glob):
         total[start:end] = e.sum(-1).to(F64)
     sums = all_sum([total, shard.bad], group)
     target = top_p * sums[:, 0]
     bad = ((sums[:, 1] > 0) | ~(m_glob > float("-inf"))) & shard.live
-    acc = acc_dtype(shard.x.dtype)
+    acc = acc_dtype(shard.rows.x.dtype)
     prefix = torch.zeros(n, dtype=_KEY_INT[acc], device=device)
     above = torch.zeros(n, dtype=F64, device=device)
     found = torch.ones(n, dtype=torch.bool, device=device)
@@ -109,7 +108,7 @@ def _nucleus(shard, layout, m_glob, top_p: float, inclusive: bool, group):
         index = torch.arange(e.shape[-1], device=device)
         cut_index[start:end] = torch.where(ties & (rank <= mine[start:end, None]), index, -1).amax(-1)
     cut_e = torch.where(keep_all, 0, kappa)
-    cut_index = torch.where(keep_all, shard.x.shape[-1] - 1, cut_index)
+    cut_index = torch.where(keep_all, shard.rows.vocab - 1, cut_index)
     return cut_e, cut_index, bad
 
 
@@ -131,7 +130,7 @@ class _VocabParallelTopP(torch.autograd.Function):
         shard, layout, m_glob = _prepare(("top_p_entropy", (top_p,)), logits, temperature, t_scalar, mask, group,
                                          vocab_start)
         cut_e, cut_index, bad = _nucleus(shard, layout, m_glob, top_p, False, group)
-        n = shard.x.shape[0]
+        n = shard.n
         kept_sum = torch.zeros(n, dtype=F64, device=logits.device)
         kept_sz = torch.zeros_like(kept_sum)
         for start, end, s, e in _e_chunks(_passes(shard), m_glob):
@@ -153,10 +152,10 @@ class _VocabParallelTopP(torch.autograd.Function):
     @first_order_only("top_p_entropy")
     def backward(ctx, grad_h):
         logits, t, present, m_glob, cut_e, cut_index, log_norm, h, bad = ctx.saved_tensors
-        x = logits.reshape(-1, logits.shape[-1])
+        rows = Rows(logits)
         g_h = grad_h.reshape(-1).to(h.dtype)
-        grad = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        for start, end, s, e in _e_chunks((x, t, ctx.t_scalar, present), m_glob):
+        grad = torch.empty((rows.n, rows.vocab), dtype=logits.dtype, device=logits.device)
+        for start, end, s, e in _e_chunks((rows, t, ctx.t_scalar, present), m_glob):
             kept = _kept(e, cut_e[start:end], cut_index[start:end])
             log_q = s - log_norm[start:end, None]
             g_row = g_h[start:end, None]
@@ -181,7 +180,7 @@ def top_p_mask(logits, top_p: float, temperature, t_scalar: float, inclusive: bo
     shard, layout, m_glob = _prepare(("top_p_mask", (top_p, inclusive)), logits, temperature, t_scalar, mask,
                                      group, vocab_start)
     cut_e, cut_index, bad = _nucleus(shard, layout, m_glob, top_p, inclusive, group)
-    out = torch.empty(shard.x.shape, dtype=torch.bool, device=logits.device)
+    out = torch.empty((shard.n, shard.rows.vocab), dtype=torch.bool, device=logits.device)
     for start, end, _, e in _e_chunks(_passes(shard), m_glob):
         row_live = shard.live[start:end] & ~bad[start:end]
         out[start:end] = _kept(e, cut_e[start:end], cut_index[start:end]) & row_live[:, None]
