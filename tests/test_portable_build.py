@@ -49,9 +49,7 @@ def aarch64(tmp_path_factory):
     the objects, the CPU objects)."""
     setup = load_setup_py()
     out = tmp_path_factory.mktemp("aarch64")
-    compat = out / "glibcxx_compat.h"
-    compat.write_text(setup.GLIBCXX_COMPAT_H)
-    flags = [*setup.host_cxx_flags("aarch64"), "-include", str(compat), "-Icsrc/include", "-Icsrc"]
+    flags = [*setup.host_cxx_flags("aarch64"), "-Icsrc/include", "-Icsrc"]
     py_include = sysconfig.get_paths()["include"]
     import pybind11
 
