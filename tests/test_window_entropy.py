@@ -134,6 +134,22 @@ def test_masked_nan_never_leaks():
     assert not torch.isnan(xg.grad).any() and (xg.grad[~mask] == 0).all()
 
 
+@pytest.mark.parametrize("window", [4, 17, 40])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_infinite_value_gives_infinite_mean(dtype, window):
+    # A window holding one +inf (or -inf) averages to +inf (-inf), never NaN; windows without it
+    # stay finite. (The cpu kernel's compensated block sums of windows over 16 made every partial
+    # sum after an inf NaN: c = inf - inf.)
+    for value in (float("inf"), float("-inf")):
+        x = torch.rand(2, 48, dtype=dtype, generator=torch.Generator().manual_seed(3))
+        x[0, 30] = value
+        x[1, 5] = value
+        out = eo.window_entropy(x, None, window, 0)
+        ref = R.window_entropy_ref(x, None, window, 0)
+        assert not out.isnan().any()
+        torch.testing.assert_close(out.double(), ref, **_tol(dtype))
+
+
 @pytest.mark.parametrize("layout", ["rows", "packed"])
 @pytest.mark.parametrize("window, offset", [(4, 1), (3, 0), (9, 2)])
 def test_gradcheck_float64(layout, window, offset):

@@ -55,11 +55,12 @@ struct Kahan {
   void add(Acc v) {
     const Acc y = v - c;
     const Acc t = sum + y;
-    c = (t - sum) - y;
+    // Once the sum is infinite (or NaN) it is the answer: c would be NaN (inf - inf) and, kept,
+    // would make every later partial sum NaN (a window holding an inf gave NaN, not inf).
+    c = isfinite(t) ? (t - sum) - y : Acc(0);
     sum = t;
   }
-  // An infinite sum makes c NaN (inf - inf): the sum itself is the answer then.
-  Acc value() const { return isinf(sum) ? sum : sum - c; }
+  Acc value() const { return isfinite(sum) ? sum - c : sum; }
 };
 
 // Valid tokens in [lo, hi), windows visited with non-decreasing lo and hi: O(1) amortized.
