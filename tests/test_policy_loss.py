@@ -88,6 +88,29 @@ def test_agg_loss_float_mask_and_global_counts():
            R.agg_loss_ref(x, m, "token-mean", batch_num_tokens=11))
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype, count_dtype", [(torch.bfloat16, torch.float32), (torch.float32, torch.float64)],
+                         ids=str)
+def test_float_count_tensors_keep_the_documented_dtype(mode, dtype, count_dtype):
+    """0-d float count tensors (batch_num_tokens, global_batch_size, loss_scale_factor) divide the
+    loss, but do not promote it: loss_mat's dtype for the token modes, >= float32 for seq-mean."""
+    loss_mat, old, adv, mask, keys = _batch(B=3, T=7, seed=4)
+    counts = dict(dp_size=2, batch_num_tokens=torch.tensor(30.0, dtype=count_dtype),
+                  global_batch_size=torch.tensor(6.0, dtype=count_dtype),
+                  loss_scale_factor=torch.tensor(3.0, dtype=count_dtype))
+    expected = dtype if mode.startswith("token") else torch.promote_types(dtype, torch.float32)
+    x = loss_mat.to(dtype).requires_grad_(True)
+    ours = eo.agg_loss(x, mask, mode, **counts)
+    assert ours.dtype == expected
+    _close(ours, R.agg_loss_ref(x.detach(), mask, mode, **counts), tol=1e-2 if dtype == torch.bfloat16 else 1e-6)
+    ours.backward()
+    assert x.grad.dtype == dtype
+    logp, old, adv = (t.to(dtype) for t in (loss_mat, old, adv))
+    assert eo.kl_cov_policy_loss(logp, old, adv, mask, loss_agg_mode=mode, **counts).loss.dtype == expected
+    assert eo.clip_cov_policy_loss(logp, old, adv, mask, loss_agg_mode=mode, random_keys=keys,
+                                   **counts).loss.dtype == expected
+
+
 @pytest.mark.parametrize("name, value, message", [
     ("batch_num_tokens", "400", "expected a Python number >= 0 or a 0-d tensor"),
     ("batch_num_tokens", -1, "expected a Python number >= 0"),

@@ -88,8 +88,11 @@ def aggregate_masked(masked: Tensor, mask: Tensor, mode: str, dp_size: int = 1, 
     if mode == "token-mean":
         if batch_num_tokens is None:
             batch_num_tokens = mask_count(mask) if count is None else count
-        return masked.sum() / _at_least_one(batch_num_tokens) * dp_size
-    seq_sums = masked.sum(-1, dtype=torch.promote_types(masked.dtype, torch.float32))
+        # A 0-d float count tensor (float32 against a bf16 loss, float64 against a float32 one)
+        # would promote the 0-d result: the documented dtype is loss_mat's.
+        return (masked.sum() / _at_least_one(batch_num_tokens) * dp_size).to(masked.dtype)
+    seq_dtype = torch.promote_types(masked.dtype, torch.float32)
+    seq_sums = masked.sum(-1, dtype=seq_dtype)
     seq_counts = torch.count_nonzero(mask, dim=-1)
     if mode == "seq-mean-token-mean":
         seq_sums = seq_sums / (seq_counts + 1e-8)
@@ -98,7 +101,7 @@ def aggregate_masked(masked: Tensor, mask: Tensor, mode: str, dp_size: int = 1, 
     loss = torch.where(has_tokens, seq_sums, 0).sum() / _at_least_one(n_seqs) * dp_size
     if mode == "seq-mean-token-sum-norm":
         loss = loss / (max(masked.shape[-1], 1) if loss_scale_factor is None else loss_scale_factor)  # T = 0: 0 / 1
-    return loss
+    return loss.to(seq_dtype)  # a float64 0-d count or scale tensor must not promote a float32 loss
 
 
 __all__ = ["MODES", "agg_loss", "aggregate_masked", "mask_count", "masked_mean", "masked_sum"]
