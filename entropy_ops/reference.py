@@ -332,13 +332,14 @@ def entropy_threshold_ref(batches, q=0.95, momentum=0.99, cu_seqlens=None):
     mask)`` pairs), in float64 from its definition: per-sequence q-quantile, median over the
     sequences that have one (linear interpolation: the mean of the two middle values), then
     ``value = new`` on the first update and ``momentum * value + (1 - momentum) * new`` after;
-    unchanged by a step without valid tokens; NaN before any update."""
+    unchanged by a step whose ``new`` is NaN (no valid tokens, or +-inf entropies whose median is
+    NaN); NaN before any update."""
     value, initialized, values = float("nan"), False, []
     for entropy, mask in batches:
         per_sequence = masked_quantile_ref(entropy, mask, q, True, cu_seqlens).reshape(-1)
         live = per_sequence[~torch.isnan(per_sequence)]
-        if live.numel():
-            new = float(torch.quantile(live, 0.5))
+        new = float(torch.quantile(live, 0.5)) if live.numel() else float("nan")
+        if not math.isnan(new):
             value = new if not initialized else momentum * value + (1 - momentum) * new
             initialized = True
         values.append(value)

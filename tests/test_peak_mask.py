@@ -2,6 +2,8 @@
 per sequence and over all tokens, [B, T] and packed, all-masked rows and single valid tokens; the
 threshold's EMA over steps vs a hand computation with ``torch.nanquantile`` and numpy's nanmedian,
 steps without any valid token, eval mode, ``torch.compile`` of both, and bad arguments."""
+import math
+
 import pytest
 import torch
 
@@ -98,6 +100,17 @@ def test_threshold_ema_matches_reference():
         torch.testing.assert_close(got.double(), torch.tensor(want, dtype=torch.float64), rtol=1e-6, atol=1e-6)
     assert ours[2] == ours[1], "a step without valid tokens leaves the value unchanged"
     assert module.initialized
+
+
+def test_threshold_skips_a_step_whose_median_is_nan():
+    """An infinite entropy can make the per-sequence quantile NaN (torch.nanquantile's lerp of
+    -inf): that step leaves the value unchanged, in the module and in the reference alike."""
+    steps = [(torch.tensor([[5e-5, float("-inf")]]), torch.ones(1, 2, dtype=torch.bool)),
+             (torch.tensor([[-1.25, 0.5]]), torch.tensor([[False, True]]))]
+    module = eo.EntropyThreshold(q=0.5, momentum=0.5)
+    ours = [module(x, mask).item() for x, mask in steps]
+    want = R.entropy_threshold_ref(steps, 0.5, 0.5)
+    assert math.isnan(ours[0]) and math.isnan(want[0]) and ours[1] == want[1] == 0.5, (ours, want)
 
 
 def test_threshold_median_averages_the_middle_values():

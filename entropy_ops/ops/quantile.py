@@ -158,7 +158,8 @@ class EntropyThreshold(torch.nn.Module):
 
         value = new                                        on the first update (``initialized`` False)
         value = momentum * value + (1 - momentum) * new    afterwards
-        value unchanged                                    when every sequence is empty (new is NaN)
+        value unchanged                                    when new is NaN (every sequence empty, or
+                                                           +-inf entropies whose median is NaN)
 
     computed in float64 and stored in ``value``'s dtype: float32, or float64 after ``.double()``;
     a conversion to a 16-bit dtype (``model.to(torch.bfloat16)``, ``.half()``) keeps it float32,
