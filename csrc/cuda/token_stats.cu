@@ -70,7 +70,9 @@ token_stats_kernel(RowArgs r, StatsOut o) {
       for (int e = 0; e < kVecWidth<Code>; ++e) {
         if (e >= n) continue;  // padding would add -inf to the sum of x - max
         const float d = x[e] - st.max;
-        group_d += d;
+        // x - max rounded to fp32 would put the same rounding into every one of many equal
+        // logits (a row masked with one value): in double the difference is exact.
+        group_d += double(x[e]) - double(st.max);
         const float lp = fmaf(d, s, -log_s);
         if (lp < kExpFloor) continue;  // p_j = 0 terms add exactly 0
         const float p = eo_exp(lp);
