@@ -168,6 +168,30 @@ def test_k_labels_match_single_labels(backend):
     assert one.shape == (h.shape[0], 1)
 
 
+@pytest.mark.parametrize("vocab", (1, 7))
+def test_k_labels_on_a_certain_token_at_a_low_temperature(backend, vocab):
+    """Every candidate on the row's argmax, p = 1 at T = 1e-3 (found by a differential fuzzer): the
+    gradient is ~0 (exactly 0 at V = 1), as eager's; formed as total p / T minus a scatter of
+    g_k / T it was ulp(total) / T off, 5e-4."""
+    g = torch.Generator().manual_seed(1)
+    h, w = torch.randn(8, 4, generator=g), torch.randn(vocab, 4, generator=g)
+    y = (h @ w.T).argmax(-1, keepdim=True).repeat(1, 3)
+    weights = (torch.randn(8, 3, generator=g), torch.randn(8, generator=g))
+
+    def grads(fn, dtype):
+        hh, ww = h.to(dtype).requires_grad_(True), w.to(dtype).requires_grad_(True)
+        logp, ent = fn(hh, ww)
+        return torch.autograd.grad((logp * weights[0].to(dtype)).sum() + (ent * weights[1].to(dtype)).sum(), [hh, ww])
+
+    ours = grads(lambda a, c: eo.linear_logprobs_and_entropy(a, c, y, temperature=1e-3), torch.float32)
+    ref = grads(lambda a, c: R.linear_logprobs_and_entropy_ref(a, c, y, temperature=1e-3), torch.float64)
+    eager_ = grads(lambda a, c: eager(a, c, y, temperature=1e-3), torch.float32)
+    for name, o, r, e in zip(("hidden", "weight"), ours, ref, eager_):
+        assert_within_eager_bound(o, r, e, what=f"grad {name}")
+        if vocab == 1:
+            assert (o == 0).all(), f"grad {name}: a one-token head has constant logp and H"
+
+
 def test_leading_dims_and_empty(backend):
     h, w, b, y = make_inputs(n=12)
     logp, ent = eo.linear_logprobs_and_entropy(h.view(3, 4, -1), w, y.view(3, 4), b)
