@@ -5,8 +5,11 @@ decided by rounding: the reference's cumulative mass stays > ``MARGIN`` away fro
 every position (SPEC §3.1), and no ``p_j / max p`` sits within a relative ``MARGIN`` of ``min_p``.
 Equal probabilities are tested on rows built exactly (``tied_rows``).
 """
+import math
+
 import torch
 
+import entropy_ops as eo
 from conftest import eager_z, acc_dtype
 from entropy_ops import reference as R
 
@@ -146,3 +149,43 @@ def check_min_p_bad_rows_have_a_nan_gradient(min_p, device="cpu"):
     out, g = out.cpu(), g.cpu()
     assert torch.isnan(out[:3]).all() and out[3] == 0 and torch.isfinite(out[4])
     assert torch.isnan(g[:3]).all() and (g[3] == 0).all() and torch.isfinite(g[4]).all()
+
+
+def many_equal_logits_rows():
+    """``(x, T)`` rows where most logits share one value (a vocabulary masked with -40 or -1e4; a
+    max whose ``-40 - max`` is halfway between two fp32 values): any rounding of ``x - max`` or of
+    the ``1/V`` and ``1/T`` scalings repeats in every term of self_certainty's mean of ``z`` and
+    does not average out (found by a differential fuzzer: 4.5e-5 off at T = 0.05, SPEC's bound 4.3e-5)."""
+    idx = [385, 1352, 2102, 4584, 5314, 6267, 8449, 8877, 9725, 11380, 11990, 12139, 12140, 12220, 14543, 15735]
+    val = [-2.427734375, 1.45098876953125, 2.0932395458221436, 2.5984694957733154, 2.533547878265381,
+           -2.8469395637512207, 4.888757705688477, 0.08172424137592316, 1.674838900566101, 3.450935125350952,
+           -2.2151529788970947, -10.01122760772705, 2.201066732406616, 0.7368154525756836, 0.4640354514122009,
+           -3.330998420715332]
+    fuzzed = torch.full((1, 16385), -40.0)
+    fuzzed[0, idx] = torch.tensor(val)
+    halfway = torch.full((1, 4096), -40.0)
+    halfway[0, 7] = 4.0 + 2.0 ** -19
+    masked = torch.full((3, 4096), -1e4)
+    masked[:, :64] = torch.randn(3, 64, generator=torch.Generator().manual_seed(0)) * 2
+    return [(fuzzed, 0.05), (halfway, 1.0 / 64), (masked, 1.0)]
+
+
+def check_self_certainty_of_many_equal_logits(device="cpu"):
+    """token_stats' self_certainty on ``many_equal_logits_rows`` (fp32 and bf16) within SPEC §2's
+    bound of the float64 reference, and fp32's first row within one rounding of it."""
+    from conftest import assert_within_eager_bound
+    from test_token_stats import eager_token_stats
+
+    for i, (x, temperature) in enumerate(many_equal_logits_rows()):
+        for dtype in (torch.float32, torch.bfloat16):
+            xd = x.to(dtype)
+            got = eo.token_stats(xd.to(device), None, temperature).self_certainty.cpu()
+            ref = R.token_stats_ref(xd, None, temperature).self_certainty
+            eager = eager_token_stats(xd, None, temperature).self_certainty
+            assert_within_eager_bound(got, ref, eager, what=f"self_certainty, rows {i}, {dtype}")
+    x, temperature = many_equal_logits_rows()[0]
+    got = eo.token_stats(x.to(device), None, temperature).self_certainty.cpu().double().item()
+    ref = R.token_stats_ref(x, None, temperature).self_certainty.item()
+    ulp = torch.finfo(torch.float32).eps * 2.0 ** math.floor(math.log2(abs(ref)))
+    assert abs(got - ref) <= ulp, f"self_certainty {got} vs {ref}: more than one rounding off"
+

@@ -15,7 +15,7 @@ from conftest import (
 from entropy_ops import reference as R
 from entropy_ops.backends import cpu_backend as K
 from selective_common import (
-    all_outputs, clear_of_min_p_cut, clear_of_top_p_cut, eager_min_p_logprobs,
+    all_outputs, check_self_certainty_of_many_equal_logits, clear_of_min_p_cut, clear_of_top_p_cut, eager_min_p_logprobs,
     eager_top_p_entropy, masked_bad_shifted_rows, with_clear_cuts, within,
 )
 from test_token_stats import eager_token_stats
@@ -291,3 +291,12 @@ def test_wrappers_follow_the_kernel_contract(native):
     assert not out[1:3].any() and out[0].any()
     empty = K.top_p_entropy_fwd_cpu(x[:0], None, 1.0, 0.8, None)
     assert all(v.shape == (0,) for v in empty)
+
+
+def test_each_isa_self_certainty_of_many_equal_logits(isas):
+    """Rows where most logits share one value (``selective_common.many_equal_logits_rows``): the
+    mean of ``x - max`` exact (TwoSum, power-of-two scaling, the 1/T in double) on every ISA."""
+    for isa, use in isas:
+        use()
+        check_self_certainty_of_many_equal_logits()
+

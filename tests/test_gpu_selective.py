@@ -23,7 +23,8 @@ from gpu_common import (  # noqa: F401 (pytestmark: the gpu marks)
     BIG_BATCH, DEVICE, GPU_BACKENDS, GPU_DTYPES, MANY_ROWS, VOCABS, assert_same_bits, needs_real_gpu, pytestmark, sync_debug_error,
 )
 from selective_common import (
-    all_outputs, check_min_p_bad_rows_have_a_nan_gradient, clear_of_min_p_cut, clear_of_top_p_cut, eager_min_p_logprobs,
+    all_outputs, check_min_p_bad_rows_have_a_nan_gradient, check_self_certainty_of_many_equal_logits,
+    clear_of_min_p_cut, clear_of_top_p_cut, eager_min_p_logprobs,
     eager_top_p_entropy, masked_bad_shifted_rows, with_clear_cuts, within,
 )
 from test_token_stats import eager_token_stats
@@ -113,26 +114,10 @@ def test_min_p_and_token_stats_match_reference(sel_backend, dtype, vocab):
                                               getattr(eager, name), row_kinds or None, what=name)
 
 
-def test_self_certainty_of_a_row_of_many_equal_logits(sel_backend):
-    """A row of 16369 logits at -40 and 16 others, T = 0.05 (found by a differential fuzzer): the
-    mean of x - max summed from fp32 differences puts the same rounding of -40 - max (1.9e-6, / T)
-    into every term, 4.5e-5 off where eager torch is 1.6e-5 off. In double the differences are
-    exact and self_certainty is within a rounding of the reference."""
-    if sel_backend == "triton":
-        pytest.skip("triton: its token_stats kernel still sums x - max in fp32")
-    vocab = 16385
-    idx = [385, 1352, 2102, 4584, 5314, 6267, 8449, 8877, 9725, 11380, 11990, 12139, 12140, 12220, 14543, 15735]
-    val = [-2.427734375, 1.45098876953125, 2.0932395458221436, 2.5984694957733154, 2.533547878265381,
-           -2.8469395637512207, 4.888757705688477, 0.08172424137592316, 1.674838900566101, 3.450935125350952,
-           -2.2151529788970947, -10.01122760772705, 2.201066732406616, 0.7368154525756836, 0.4640354514122009,
-           -3.330998420715332]
-    x = torch.full((1, vocab), -40.0)
-    x[0, idx] = torch.tensor(val)
-    got = _cpu(eo.token_stats(x.to(DEVICE), None, 0.05).self_certainty)
-    ref = R.token_stats_ref(x, None, 0.05).self_certainty
-    assert_within_eager_bound(got, ref, eager_token_stats(x, None, 0.05).self_certainty, what="self_certainty")
-    ulp = torch.finfo(torch.float32).eps * 2.0 ** math.floor(math.log2(abs(ref.item())))
-    assert abs(got.double().item() - ref.item()) <= ulp, "self_certainty: more than one rounding off"
+def test_self_certainty_of_many_equal_logits(sel_backend):
+    """Rows where most logits share one value (``selective_common.many_equal_logits_rows``): the
+    mean of ``x - max`` free of roundings that every term would repeat."""
+    check_self_certainty_of_many_equal_logits(DEVICE)
 
 
 @pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)

@@ -345,6 +345,13 @@ def test_token_stats_matches_reference(vocab, dtype):
     assert all(getattr(stats, name)[5] == 0 for name in stats._fields)
 
 
+def test_token_stats_self_certainty_of_many_equal_logits():
+    """Rows where most logits share one value (``selective_common.many_equal_logits_rows``): the
+    mean of ``x - max`` free of roundings that every term would repeat."""
+    from selective_common import check_self_certainty_of_many_equal_logits
+    check_self_certainty_of_many_equal_logits()
+
+
 # ---- every op ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("vocab", (1023, 9000))

@@ -41,7 +41,7 @@ def token_stats_kernel(
         m, s, sz = block_update(m, s, sz, x, k)
     m_row, s_row, sz_row = reduce_lanes(m, s, sz, k)
     entropy, ln_s = finalize(m_row, s_row, sz_row, inv_t)
-    # Divisions by T where a large value is scaled (m / T, the summed shifted row), correctly
+    # Division by T where a large value is scaled (m / T), correctly
     # rounded: m * (1 / T) rounds twice, off by ~1e-3 on rows shifted by 1e4.
     if HAS_TEMP:
         temperature = tl.load(temp_ptr + row).to(tl.float32)
@@ -53,11 +53,20 @@ def token_stats_kernel(
     bad = ln_s != ln_s
 
     base = safe_max(m_row)
-    inv_v = 1.0 / V.to(tl.float32)
+    # The mean of x - base is kept free of roundings that every term would repeat on a row of many
+    # equal logits (a vocabulary masked with one value): x - base with its rounding error
+    # (TwoSum), each term scaled by 2^-k > 1/V exactly (from V's fp32 exponent; it keeps a sum of
+    # finfo.min entries finite), a compensated (Kahan) sum per lane, the lanes and 2^k / V and T
+    # in float64 at the end.
+    v_bits = V.to(tl.float32).to(tl.int32, bitcast=True)
+    scale = ((253 - ((v_bits >> 23) & 255)) << 23).to(tl.float32, bitcast=True)
     collision = tl.zeros([BLOCK], tl.float32)
     varentropy = tl.zeros([BLOCK], tl.float32)
     drift = tl.zeros([BLOCK], tl.float32)
-    shifted_sum = tl.zeros([BLOCK], tl.float32)
+    d_sum = tl.zeros([BLOCK], tl.float32)
+    d_comp = tl.zeros([BLOCK], tl.float32)
+    d_rounding = tl.zeros([BLOCK], tl.float32)
+    neg_inf = tl.zeros([BLOCK], tl.int32)
     for off in range(0, tl.where(bad, 0, read_end), BLOCK):
         cols = off + tl.arange(0, BLOCK)
         x = tl.load(row_ptr + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
@@ -69,23 +78,33 @@ def token_stats_kernel(
         collision += p * p
         varentropy += tl.where(live, p * centred * centred, 0.0)
         drift += tl.where(live, p * p * centred, 0.0)
-        # Each term over V: a lane's sum of finfo.min entries (masked_fill's idiom) stays finite.
-        shifted_sum += tl.where(cols < V, d * inv_v, 0.0)
+        part = d - x
+        err = (x - (d - part)) + (-base - part)
+        summed = (cols < V) & (d > float("-inf"))
+        y = tl.where(summed, d * scale, 0.0) - d_comp
+        t = d_sum + y
+        d_comp = (t - d_sum) - y
+        d_sum = t
+        d_rounding += tl.where(summed, err * scale, 0.0)
+        neg_inf = tl.maximum(neg_inf, tl.where((cols < V) & (d == float("-inf")), 1, 0))
 
-    mean_shifted = tl.math.div_rn(tl.sum(shifted_sum, axis=0), temperature)
+    lanes = (d_sum.to(tl.float64) - d_comp.to(tl.float64)) + d_rounding.to(tl.float64)
+    t64 = row_temperature(row, temp_ptr, temp_scalar, temp_lo, HAS_TEMP)
+    mean_z = tl.sum(lanes, axis=0) / scale.to(tl.float64) / V.to(tl.float64) / t64
+    # The mean is over all V entries: -inf (so +inf here) when the row has -inf logits.
+    mean_z = tl.where(tl.max(neg_inf, axis=0) > 0, float("-inf"), mean_z)
+    self_certainty = (ln_s.to(tl.float64) - mean_z - log_v).to(tl.float32)
     _store_stat(lse_ptr, row, lse, active, bad)
     _store_stat(entropy_ptr, row, entropy, active, bad)
     _store_stat(max_logp_ptr, row, -ln_s, active, bad)
     _store_stat(collision_ptr, row, tl.sum(collision, axis=0), active, bad)
     _store_stat(varentropy_ptr, row, tl.sum(varentropy, axis=0), active, bad)
-    # The mean is over all V entries: -inf (so +inf here) when the row has -inf logits.
-    _store_stat(self_certainty_ptr, row, ln_s - mean_shifted - log_v, active, bad)
+    _store_stat(self_certainty_ptr, row, self_certainty, active, bad)
     _store_stat(entropy_drift_ptr, row, tl.sum(drift, axis=0), active, bad)
     if HAS_LABELS:
         y = tl.load(labels_ptr + row).to(tl.int64)
         in_range = (y >= 0) & (y < V)
         x_y = tl.load(row_ptr + y, mask=in_range & active, other=0.0).to(tl.float32)
-        t64 = row_temperature(row, temp_ptr, temp_scalar, temp_lo, HAS_TEMP)
         logp = tl.where(in_range & (~bad), label_log_prob(x_y, m_row, t64, ln_s), float("nan"))
         logp = tl.where(y == ignore_index, 0.0, logp)
         tl.store(logp_ptr + row, tl.where(active, logp, 0.0))

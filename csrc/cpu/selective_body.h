@@ -3,6 +3,7 @@
 // Same inclusion rules as selective_passes.h.
 #pragma once
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -138,36 +139,45 @@ void min_p_bwd_row(const void* row, void* grad, int64_t n, const MinPBwdArgs<typ
 }
 
 // token_stats' second pass: with lp = d - log S and c = lp + H, the sums of p^2, p c^2, p^2 c
-// (p = 0 terms left out, never 0 * -inf) and the mean of d over all V entries. The mean is a
-// compensated (Kahan) sum, its lanes added in double: d runs to -100s on rows with far-off
-// logits, where a plain fp32 sum of V terms loses more than SPEC §2 allows. Its terms are
-// (x - max) / V, the 1/T applied in double at the end: a few finfo.min entries (masked_fill's
-// idiom) would overflow a sum of x - max, or (x - max) / T at T < 1, to -inf.
+// (p = 0 terms left out, never 0 * -inf) and the mean of x - max over all V entries, in raw-logit
+// units (the driver divides by T in double). That mean is exact to about a double rounding,
+// because a row of many equal logits (a vocabulary masked with one value) would repeat any
+// rounding in every term (SPEC §2's bound missed by 5% at T = 0.05 before):
+//   - x - max is taken with its rounding error (TwoSum, exact in fp32), summed on the side;
+//   - each term is scaled by 2^-k >= 1/V, exactly (1/V would round every term alike), so that a
+//     sum of finfo.min entries (masked_fill's idiom) stays finite; 2^k / V is applied in double;
+//   - the terms go into a compensated (Kahan) sum per lane, the lanes added in double.
 template <class S, int Code>
 StatsSums stats_sums_row(const void* row, int64_t n, typename S::Acc max, typename S::Acc inv_t,
                          typename S::Acc log_sum, typename S::Acc entropy) {
   using V = typename S::V;
   using M = typename S::M;
   using Acc = typename S::Acc;
-  const V m = S::set1(max), s = S::set1(inv_t), floor = S::set1(S::kFloor);
+  const V m = S::set1(max), neg_m = S::set1(-max), s = S::set1(inv_t), floor = S::set1(S::kFloor);
   const V neg_log_sum = S::set1(-log_sum), h = S::set1(entropy);
   const V ninf = S::set1(-static_cast<Acc>(INFINITY));
-  const V inv_n = S::set1(static_cast<Acc>(1) / static_cast<Acc>(n));
+  const int scale_bits = 64 - __builtin_clzll(static_cast<unsigned long long>(n));  // 2^k > n
+  const V scale = S::set1(static_cast<Acc>(ldexp(1.0, -scale_bits)));
   double total[3] = {0, 0, 0};
-  V ks = S::zero(), kc = ks;
+  V ks = S::zero(), kc = ks, rounding = ks;
   M neg = S::none();
   for (int64_t b = 0; b < n; b += sum_block<S>()) {
     const int64_t b_end = b + sum_block<S>() < n ? b + sum_block<S>() : n;
     V coll = S::zero(), var = coll, drift = coll;
     for (int64_t j = b; j < b_end; j += S::W) {
-      const V dx = S::sub(load_row<S, Code>(row, j, n), m);
+      const V x = load_row<S, Code>(row, j, n);
+      const V dx = S::sub(x, m);
+      const V part = S::sub(dx, x);  // TwoSum of x and -max: dx + err is x - max exactly
+      const V err = S::add(S::sub(x, S::sub(dx, part)), S::sub(neg_m, part));
       const V d = S::mul(dx, s);
       const M valid = lanes_upto<S>(j, n - 1);
       neg = S::mor(neg, S::mand(valid, S::eq(dx, ninf)));
-      const V y = S::sub(S::maskz(S::mand(valid, S::gt(dx, ninf)), S::mul(dx, inv_n)), kc);
+      const M summed = S::mand(valid, S::gt(dx, ninf));
+      const V y = S::sub(S::maskz(summed, S::mul(dx, scale)), kc);
       const V t = S::add(ks, y);
       kc = S::sub(S::sub(t, ks), y);
       ks = t;
+      rounding = S::add(rounding, S::maskz(summed, S::mul(err, scale)));
       const V lp = S::add(d, neg_log_sum);
       const M live = S::ge(lp, floor);
       const V p = S::maskz(live, S::exp(S::max(floor, lp)));
@@ -180,13 +190,14 @@ StatsSums stats_sums_row(const void* row, int64_t n, typename S::Acc max, typena
     total[1] += S::hsum(var);
     total[2] += S::hsum(drift);
   }
-  Acc lanes_s[S::W], lanes_c[S::W];
+  Acc lanes_s[S::W], lanes_c[S::W], lanes_r[S::W];
   S::storeu(lanes_s, ks);
   S::storeu(lanes_c, kc);
-  double sum_s = 0;
-  for (int i = 0; i < S::W; ++i) sum_s += static_cast<double>(lanes_s[i]) - lanes_c[i];
+  S::storeu(lanes_r, rounding);
+  double sum_d = 0;
+  for (int i = 0; i < S::W; ++i) sum_d += (static_cast<double>(lanes_s[i]) - lanes_c[i]) + lanes_r[i];
   return {total[0], total[1], total[2],
-          S::any(neg) ? -static_cast<double>(INFINITY) : sum_s * static_cast<double>(inv_t)};
+          S::any(neg) ? -static_cast<double>(INFINITY) : sum_d * (ldexp(1.0, scale_bits) / static_cast<double>(n))};
 }
 
 // constexpr, and so are the tables built from it: they are constant-initialized (data in the

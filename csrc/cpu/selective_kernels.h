@@ -63,7 +63,7 @@ struct StatsSums {  // in double whatever the compute type, for the drivers' fin
   double collision;      // sum p^2
   double varentropy;     // sum p (log p + H)^2
   double entropy_drift;  // sum p^2 (log p + H)
-  double mean_s;         // mean_j (x_j - max) / T over all V entries (-inf with a -inf logit)
+  double mean_d;         // mean_j (x_j - max) over all V entries, raw units (-inf with a -inf logit)
 };
 
 // One ISA's kernels for one dtype.

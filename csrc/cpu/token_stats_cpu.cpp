@@ -45,8 +45,8 @@ void stats_rows(const RowsArgs& r, FwdRowFn<Acc> fwd, const SelectiveRowOps<Acc>
           v[kCollision] = static_cast<Acc>(k.collision);
           v[kVarentropy] = static_cast<Acc>(k.varentropy);
           // lse - mean_j z_j - log V, the shift cancelling (+inf with any -inf logit), in double
-          // and rounded once.
-          v[kSelfCertainty] = static_cast<Acc>(static_cast<double>(log_s) - k.mean_s -
+          // (the mean divided by T itself, not multiplied by a rounded 1/T) and rounded once.
+          v[kSelfCertainty] = static_cast<Acc>(static_cast<double>(log_s) - k.mean_d / t -
                                                log(static_cast<double>(r.vocab)));
           v[kDrift] = static_cast<Acc>(k.entropy_drift);
           v[kLogp] = (y < 0 || y >= r.vocab)
