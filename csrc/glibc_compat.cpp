@@ -76,7 +76,8 @@ EO_OLD_VERSION(dlvsym, "GLIBC_2.2.5")
 // glibc 2.34 (librt before)
 EO_OLD_VERSION(shm_open, "GLIBC_2.2.5")
 EO_OLD_VERSION(shm_unlink, "GLIBC_2.2.5")
-// glibc 2.29 (libm): new versions of the same functions (faster, the same results to an ulp)
+// glibc 2.29 (libm): new versions without the SVID error-handling wrapper that the older ones
+// keep (it acts on overflow and underflow only, setting errno; the values come from the same code)
 EO_OLD_VERSION(exp, "GLIBC_2.2.5")
 EO_OLD_VERSION(log, "GLIBC_2.2.5")
 // GLIBCXX_3.4.30 (gcc 12): condition_variable::wait got a new default version, same function
