@@ -55,9 +55,9 @@ def token_stats_kernel(
     base = safe_max(m_row)
     # The mean of x - base is kept free of roundings that every term would repeat on a row of many
     # equal logits (a vocabulary masked with one value): x - base with its rounding error
-    # (TwoSum), each term scaled by 2^-k > 1/V exactly (from V's fp32 exponent; it keeps a sum of
-    # finfo.min entries finite), a compensated (Kahan) sum per lane, the lanes and 2^k / V and T
-    # in float64 at the end.
+    # (TwoSum), each term scaled by 2^-k with 2^k > V, exactly (from V's fp32 exponent; it keeps a
+    # sum of finfo.min entries finite), a compensated (Kahan) sum per lane, the lanes and 2^k / V
+    # and T in float64 at the end.
     v_bits = V.to(tl.float32).to(tl.int32, bitcast=True)
     scale = ((253 - ((v_bits >> 23) & 255)) << 23).to(tl.float32, bitcast=True)
     collision = tl.zeros([BLOCK], tl.float32)

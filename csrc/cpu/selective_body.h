@@ -144,8 +144,9 @@ void min_p_bwd_row(const void* row, void* grad, int64_t n, const MinPBwdArgs<typ
 // because a row of many equal logits (a vocabulary masked with one value) would repeat any
 // rounding in every term (SPEC §2's bound missed by 5% at T = 0.05 before):
 //   - x - max is taken with its rounding error (TwoSum, exact in fp32), summed on the side;
-//   - each term is scaled by 2^-k >= 1/V, exactly (1/V would round every term alike), so that a
-//     sum of finfo.min entries (masked_fill's idiom) stays finite; 2^k / V is applied in double;
+//   - each term is scaled by 2^-k with 2^k > V, exactly (1/V would round every term alike), so
+//     that a sum of finfo.min entries (masked_fill's idiom) stays finite; 2^k / V is applied in
+//     double;
 //   - the terms go into a compensated (Kahan) sum per lane, the lanes added in double.
 template <class S, int Code>
 StatsSums stats_sums_row(const void* row, int64_t n, typename S::Acc max, typename S::Acc inv_t,
