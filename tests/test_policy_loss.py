@@ -1,155 +1,23 @@
-"""``agg_loss``, ``token_covariance``, ``clip_cov_policy_loss`` and ``kl_cov_policy_loss`` (SPEC §3.2)
-vs float64 references written from the formulas: every aggregation mode, empty masks, a single
-valid token, ties in covariance, k = 1 and k beyond the candidates, importance weights, gradients,
-uniformity of Clip-Cov's random choice, ``torch.compile(fullgraph=True)`` and bad arguments."""
+"""``token_covariance``, ``clip_cov_policy_loss`` and ``kl_cov_policy_loss`` (SPEC §3.2) vs float64
+references written from the formulas: empty masks, a single valid token, ties in covariance, k = 1
+and k beyond the candidates, importance weights, gradients, uniformity of Clip-Cov's random choice,
+``torch.compile(fullgraph=True)`` and bad arguments (``agg_loss``: test_agg_loss.py)."""
 import pytest
 import torch
 
 import entropy_ops as eo
 from entropy_ops import reference as R
 from entropy_ops.ops.agg_loss import MODES
-
-KEY_HIGH = 2**62
-
-
-def _batch(B=4, T=40, seed=0, p_valid=0.8, dtype=torch.float32):
-    gen = torch.Generator().manual_seed(seed)
-    logp = -torch.rand(B, T, generator=gen, dtype=torch.float64).mul(3).to(dtype)
-    old = (logp.double() + 0.2 * torch.randn(B, T, generator=gen, dtype=torch.float64)).to(dtype)
-    adv = (torch.randn(B, T, generator=gen, dtype=torch.float64) * 3).to(dtype)
-    mask = torch.rand(B, T, generator=gen) < p_valid
-    keys = torch.randint(0, KEY_HIGH, (B, T), generator=gen)
-    return logp, old, adv, mask, keys
-
-
-def _close(a, b, tol=1e-6):
-    torch.testing.assert_close(a.double(), b.double(), rtol=tol, atol=tol)
-
-
-# ---- agg_loss --------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("extra", [{}, {"dp_size": 2, "batch_num_tokens": 50, "global_batch_size": 7},
-                                   {"loss_scale_factor": 3.0}])
-def test_agg_loss_matches_reference(mode, extra):
-    loss_mat, _, _, mask, _ = _batch(B=5, T=9, seed=1)
-    mask[2] = False  # a sequence without valid tokens
-    loss_mat[~mask] = float("nan")  # padding must never reach the loss
-    x = loss_mat.clone().requires_grad_(True)
-    ours = eo.agg_loss(x, mask, mode, **extra)
-    ref = R.agg_loss_ref(loss_mat.nan_to_num(), mask, mode, **extra)
-    _close(ours, ref)
-    (g,) = torch.autograd.grad(ours, x)
-    assert torch.isfinite(g).all() and (g[~mask] == 0).all()
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_agg_loss_empty_mask_is_zero_with_zero_gradient(mode):
-    x = torch.randn(3, 5, requires_grad=True)
-    loss = eo.agg_loss(x, torch.zeros(3, 5, dtype=torch.bool), mode)
-    assert loss.item() == 0
-    (g,) = torch.autograd.grad(loss, x)
-    assert (g == 0).all()
-
-
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("shape", [(3, 0), (0, 5), (0, 0)])
-def test_agg_loss_empty_shapes_are_zero(mode, shape):
-    x = torch.randn(shape, requires_grad=True)
-    loss = eo.agg_loss(x, torch.ones(shape, dtype=torch.bool), mode)
-    assert loss.item() == 0
-    assert torch.autograd.grad(loss, x)[0].shape == shape
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_agg_loss_half_precision_accumulates_like_verl(mode):
-    """bf16 loss matrices: the seq-mean modes sum each sequence in float32 and return float32 (verl's
-    float sequence mask promotes them); the token modes keep the dtype. Errors vs float64."""
-    loss_mat, _, _, mask, _ = _batch(B=64, T=512, seed=2)
-    x = loss_mat.bfloat16()
-    ours = eo.agg_loss(x, mask, mode)
-    ref = R.agg_loss_ref(x.double(), mask, mode)
-    assert ours.dtype == (torch.float32 if mode.startswith("seq-mean") else torch.bfloat16)
-    tol = 1e-4 if mode.startswith("seq-mean") else 1e-2
-    _close(ours, ref, tol=tol)
-
-
-def test_agg_loss_float_mask_and_global_counts():
-    x = torch.randn(3, 5)
-    m = torch.rand(3, 5) > 0.3
-    _close(eo.agg_loss(x, m.float(), "token-mean"), eo.agg_loss(x, m, "token-mean"))
-    with pytest.raises(ValueError, match="^mask:"):
-        eo.agg_loss(x, m.float() * 0.5, "token-mean")
-    with pytest.raises(ValueError, match="^batch_num_tokens:"):
-        eo.agg_loss(x, m, "token-mean", dp_size=2)
-    with pytest.raises(ValueError, match="^global_batch_size:"):
-        eo.agg_loss(x, m, "seq-mean-token-mean", dp_size=2)
-    _close(eo.agg_loss(x, m, "token-mean", batch_num_tokens=torch.tensor(11)),
-           R.agg_loss_ref(x, m, "token-mean", batch_num_tokens=11))
-
-
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("dtype, count_dtype", [(torch.bfloat16, torch.float32), (torch.float32, torch.float64)],
-                         ids=str)
-def test_float_count_tensors_keep_the_documented_dtype(mode, dtype, count_dtype):
-    """0-d float count tensors (batch_num_tokens, global_batch_size, loss_scale_factor) divide the
-    loss, but do not promote it: loss_mat's dtype for the token modes, >= float32 for seq-mean."""
-    loss_mat, old, adv, mask, keys = _batch(B=3, T=7, seed=4)
-    counts = dict(dp_size=2, batch_num_tokens=torch.tensor(30.0, dtype=count_dtype),
-                  global_batch_size=torch.tensor(6.0, dtype=count_dtype),
-                  loss_scale_factor=torch.tensor(3.0, dtype=count_dtype))
-    expected = dtype if mode.startswith("token") else torch.promote_types(dtype, torch.float32)
-    x = loss_mat.to(dtype).requires_grad_(True)
-    ours = eo.agg_loss(x, mask, mode, **counts)
-    assert ours.dtype == expected
-    _close(ours, R.agg_loss_ref(x.detach(), mask, mode, **counts), tol=1e-2 if dtype == torch.bfloat16 else 1e-6)
-    ours.backward()
-    assert x.grad.dtype == dtype
-    logp, old, adv = (t.to(dtype) for t in (loss_mat, old, adv))
-    assert eo.kl_cov_policy_loss(logp, old, adv, mask, loss_agg_mode=mode, **counts).loss.dtype == expected
-    assert eo.clip_cov_policy_loss(logp, old, adv, mask, loss_agg_mode=mode, random_keys=keys,
-                                   **counts).loss.dtype == expected
-
-
-@pytest.mark.parametrize("name, value, message", [
-    ("batch_num_tokens", "400", "expected a Python number >= 0 or a 0-d tensor"),
-    ("batch_num_tokens", -1, "expected a Python number >= 0"),
-    ("global_batch_size", torch.tensor([7]), "0-d real tensor, got a torch.int64 tensor of shape \\[1\\]"),
-    ("global_batch_size", torch.tensor(True), "0-d real tensor"),
-    ("global_batch_size", float("nan"), "expected a Python number >= 0"),
-    ("loss_scale_factor", 0, "expected a Python number > 0"),
-    ("loss_scale_factor", torch.tensor(2.0, device="meta"), "is on meta but the loss is on cpu"),
-])
-def test_global_counts_are_numbers_or_0d_tensors(name, value, message):
-    x, m = torch.randn(3, 5), torch.rand(3, 5) > 0.3
-    for call in (lambda: eo.agg_loss(x, m, "seq-mean-token-sum-norm", dp_size=2, **{"batch_num_tokens": 9,
-                                                                                   "global_batch_size": 3,
-                                                                                   name: value}),
-                 lambda: eo.kl_cov_policy_loss(x, x, x, m, loss_agg_mode="token-mean", **{name: value})):
-        with pytest.raises(ValueError, match=f"^{name}: .*{message}"):
-            call()
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_global_counts_as_numbers_and_tensors_agree(mode):
-    """A Python count is divided by as a number (verl does so; on a GPU a tensor made of it would be
-    a blocking copy), a 0-d tensor as a tensor, on CPU or on the loss's device: the same loss."""
-    x, m = torch.randn(4, 6, dtype=torch.float64), torch.rand(4, 6) > 0.3
-    counts = dict(batch_num_tokens=30, global_batch_size=9, loss_scale_factor=5)
-    ref = R.agg_loss_ref(x, m, mode, dp_size=3, **counts)
-    _close(eo.agg_loss(x, m, mode, dp_size=3, **counts), ref)
-    _close(eo.agg_loss(x, m, mode, dp_size=3, **{k: torch.tensor(v) for k, v in counts.items()}), ref)
-    zero = dict(batch_num_tokens=0, global_batch_size=torch.tensor(0))  # a count of 0 divides by 1
-    assert eo.agg_loss(x, torch.zeros_like(m), mode, dp_size=3, **zero) == 0
+from token_common import KEY_HIGH, assert_close64, policy_batch
 
 
 # ---- token_covariance ------------------------------------------------------------------------------
 
 def test_token_covariance_matches_reference():
-    logp, _, adv, mask, _ = _batch(seed=2)
+    logp, _, adv, mask, _ = policy_batch(seed=2)
     cov = eo.token_covariance(logp.requires_grad_(True), adv, mask)
     assert not cov.requires_grad
-    _close(cov, R.token_covariance_ref(logp, adv, mask))
+    assert_close64(cov, R.token_covariance_ref(logp, adv, mask))
     assert (eo.token_covariance(logp, adv, torch.zeros_like(mask)) == 0).all()
 
 
@@ -168,14 +36,14 @@ def _clip_cov(logp, old, adv, mask, keys, **kw):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("clip_cov_ratio", [1e-4, 0.05, 0.5, 1.0])
 def test_clip_cov_matches_reference(mode, clip_cov_ratio):
-    logp, old, adv, mask, keys = _batch(seed=3)
+    logp, old, adv, mask, keys = policy_batch(seed=3)
     out, ref, g, gr = _clip_cov(logp, old, adv, mask, keys, clip_cov_ratio=clip_cov_ratio,
                                 clip_cov_lb=0.1, clip_cov_ub=4.0, loss_agg_mode=mode)
     assert torch.equal(out.selected, ref[2])
-    _close(out.loss, ref[0])
-    _close(out.ppo_kl, ref[1])
-    _close(out.selected_frac, ref[3])
-    _close(g, gr)
+    assert_close64(out.loss, ref[0])
+    assert_close64(out.ppo_kl, ref[1])
+    assert_close64(out.selected_frac, ref[3])
+    assert_close64(g, gr)
     assert (g[out.selected] == 0).all(), "chosen tokens get no gradient"
     n_cand = ((R.token_covariance_ref(logp, adv, mask) > 0.1) & (R.token_covariance_ref(logp, adv, mask) < 4.0)).sum()
     k = max(int(clip_cov_ratio * int(mask.sum())), 1)
@@ -183,21 +51,21 @@ def test_clip_cov_matches_reference(mode, clip_cov_ratio):
 
 
 def test_clip_cov_defaults_asymmetric_clip_and_weights():
-    logp, old, adv, mask, keys = _batch(seed=4, T=400)
+    logp, old, adv, mask, keys = policy_batch(seed=4, T=400)
     w = torch.rand(logp.shape, generator=torch.Generator().manual_seed(9)) + 0.5
     for kw in ({}, {"clip_ratio_low": 0.1, "clip_ratio_high": 0.28}, {"weights": w}):
         out, ref, g, gr = _clip_cov(logp, old, adv, mask, keys, **kw)
         assert torch.equal(out.selected, ref[2])
-        _close(out.loss, ref[0])
-        _close(g, gr)
+        assert_close64(out.loss, ref[0])
+        assert_close64(g, gr)
 
 
 def test_clip_cov_single_valid_token_and_empty_mask():
-    logp, old, adv, mask, keys = _batch(seed=5)
+    logp, old, adv, mask, keys = policy_batch(seed=5)
     one = torch.zeros_like(mask)
     one[1, 3] = True
     out, ref, g, gr = _clip_cov(logp, old, adv, one, keys)
-    _close(out.loss, ref[0])
+    assert_close64(out.loss, ref[0])
     assert out.selected.sum() == 0  # its covariance is exactly 0: never inside (lb, ub) = (1, 5)
     out, _, g, _ = _clip_cov(logp, old, adv, torch.zeros_like(mask), keys)
     assert out.loss.item() == out.ppo_kl.item() == out.selected_frac.item() == 0
@@ -227,7 +95,7 @@ def test_clip_cov_choice_is_uniform_among_candidates():
 
 
 def test_clip_cov_generator_reproducible():
-    logp, old, adv, mask, _ = _batch(seed=6, T=400)
+    logp, old, adv, mask, _ = policy_batch(seed=6, T=400)
     kw = dict(clip_cov_ratio=0.01, clip_cov_lb=0.0, clip_cov_ub=100.0)
     a = eo.clip_cov_policy_loss(logp, old, adv, mask, generator=torch.Generator().manual_seed(3), **kw)
     b = eo.clip_cov_policy_loss(logp, old, adv, mask, generator=torch.Generator().manual_seed(3), **kw)
@@ -237,7 +105,7 @@ def test_clip_cov_generator_reproducible():
 
 def test_clip_cov_generator_keys_are_the_documented_stream():
     # generator=g is random_keys = splitmix64(seed, flat index) >> 2, seed = randint(0, 2**62, (1,), g).
-    logp, old, adv, mask, _ = _batch(seed=10, T=300)
+    logp, old, adv, mask, _ = policy_batch(seed=10, T=300)
     kw = dict(clip_cov_ratio=0.02, clip_cov_lb=0.0, clip_cov_ub=100.0)
     seed = int(torch.randint(0, KEY_HIGH, (1,), generator=torch.Generator().manual_seed(5)))
     keys = R.random_keys_ref(seed, 0, logp.numel()).view(logp.shape)
@@ -254,7 +122,7 @@ def test_clip_cov_generator_keys_are_the_documented_stream():
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kl_cov_ratio", [1e-4, 0.05, 1.0])
 def test_kl_cov_matches_reference(mode, kl_cov_ratio):
-    logp, old, adv, mask, _ = _batch(seed=7)
+    logp, old, adv, mask, _ = policy_batch(seed=7)
     w = torch.rand(logp.shape, generator=torch.Generator().manual_seed(1)) + 0.5
     for weights in (None, w):
         x = logp.clone().requires_grad_(True)
@@ -264,10 +132,10 @@ def test_kl_cov_matches_reference(mode, kl_cov_ratio):
         ref = R.kl_cov_policy_loss_ref(xr, old, adv, mask, kl_cov_ratio, 0.7, mode, weights)
         assert torch.equal(out.selected, ref[2])
         assert out.selected.sum() == max(int(kl_cov_ratio * int(mask.sum())), 1)
-        _close(out.loss, ref[0])
-        _close(out.ppo_kl, ref[1])
-        _close(out.selected_frac, ref[3])
-        _close(torch.autograd.grad(out.loss, x)[0], torch.autograd.grad(ref[0], xr)[0])
+        assert_close64(out.loss, ref[0])
+        assert_close64(out.ppo_kl, ref[1])
+        assert_close64(out.selected_frac, ref[3])
+        assert_close64(torch.autograd.grad(out.loss, x)[0], torch.autograd.grad(ref[0], xr)[0])
 
 
 def test_kl_cov_ties_go_to_the_lowest_index():
@@ -281,7 +149,7 @@ def test_kl_cov_ties_go_to_the_lowest_index():
 
 
 def test_kl_cov_empty_mask():
-    logp, old, adv, _, _ = _batch(seed=8)
+    logp, old, adv, _, _ = policy_batch(seed=8)
     x = logp.clone().requires_grad_(True)
     out = eo.kl_cov_policy_loss(x, old, adv, torch.zeros(logp.shape, dtype=torch.bool))
     assert out.loss.item() == out.ppo_kl.item() == out.selected_frac.item() == 0
@@ -296,7 +164,7 @@ GLOBAL_INFO = dict(dp_size=2, batch_num_tokens=400, global_batch_size=12, loss_s
 @pytest.mark.parametrize("mode", MODES)
 def test_losses_take_verls_global_batch_counts(mode):
     # verl aggregates each rank's loss matrix with the counts of the global batch (global_batch_info).
-    logp, old, adv, mask, keys = _batch(seed=12)
+    logp, old, adv, mask, keys = policy_batch(seed=12)
     w = torch.rand(logp.shape, generator=torch.Generator().manual_seed(2)) + 0.5
     for name in ("clip", "kl"):
         x = logp.clone().requires_grad_(True)
@@ -310,15 +178,15 @@ def test_losses_take_verls_global_batch_counts(mode):
             out = eo.kl_cov_policy_loss(x, old, adv, mask, **kw, **GLOBAL_INFO)
             ref = R.kl_cov_policy_loss_ref(xr, old, adv, mask, **kw, **GLOBAL_INFO)
         assert torch.equal(out.selected, ref[2]) and out.selected.any()
-        _close(out.loss, ref[0])
-        _close(torch.autograd.grad(out.loss, x)[0], torch.autograd.grad(ref[0], xr)[0])
+        assert_close64(out.loss, ref[0])
+        assert_close64(torch.autograd.grad(out.loss, x)[0], torch.autograd.grad(ref[0], xr)[0])
         local = (R.clip_cov_policy_loss_ref(xr, old, adv, mask, keys, **kw) if name == "clip"
                  else R.kl_cov_policy_loss_ref(xr, old, adv, mask, **kw))[0]
         assert not torch.isclose(ref[0], local)  # the counts change the loss: the case has teeth
 
 
 def test_global_batch_counts_errors():
-    logp, old, adv, mask, _ = _batch(seed=13)
+    logp, old, adv, mask, _ = policy_batch(seed=13)
     with pytest.raises(ValueError, match="^batch_num_tokens:"):
         eo.kl_cov_policy_loss(logp, old, adv, mask, dp_size=2)
     with pytest.raises(ValueError, match="^global_batch_size:"):
@@ -333,7 +201,7 @@ def test_global_batch_counts_errors():
 
 def test_losses_compile_fullgraph():
     torch._dynamo.reset()
-    logp, old, adv, mask, keys = _batch(seed=9)
+    logp, old, adv, mask, keys = policy_batch(seed=9)
 
     def fn(logp, old, adv, mask, keys):
         a = eo.clip_cov_policy_loss(logp, old, adv, mask, clip_cov_ratio=0.05, clip_cov_lb=0.1, random_keys=keys)
@@ -353,7 +221,7 @@ def test_losses_compile_fullgraph():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64], ids=str)
 def test_other_dtypes(dtype):
-    logp, old, adv, mask, keys = _batch(seed=10, dtype=dtype)
+    logp, old, adv, mask, keys = policy_batch(seed=10, dtype=dtype)
     out = eo.kl_cov_policy_loss(logp, old, adv, mask, kl_cov_ratio=0.05)
     ref = R.kl_cov_policy_loss_ref(logp, old, adv, mask, 0.05)
     assert out.loss.dtype == dtype
@@ -376,7 +244,7 @@ def test_other_dtypes(dtype):
     (lambda l, o, a, m: eo.agg_loss(l, m, "token-mean", dp_size=0), ValueError, "dp_size"),
 ])
 def test_bad_arguments_name_themselves(call, error, name):
-    logp, old, adv, mask, _ = _batch(B=3, T=6)
+    logp, old, adv, mask, _ = policy_batch(B=3, T=6)
     with pytest.raises(error, match=f"^{name}:"):
         call(logp, old, adv, mask)
 
@@ -389,7 +257,7 @@ TOP_K_BACKENDS = ["torch", "cpu"]
 @pytest.mark.parametrize("backend", TOP_K_BACKENDS)
 def test_losses_on_every_backend(backend):
     # The same selection and loss whichever backend selects, eager and compiled (fullgraph).
-    logp, old, adv, mask, keys = _batch(B=8, T=300, seed=11)
+    logp, old, adv, mask, keys = policy_batch(B=8, T=300, seed=11)
 
     def fn(logp, old, adv, mask, keys):
         a = eo.clip_cov_policy_loss(logp, old, adv, mask, clip_cov_ratio=0.05, clip_cov_lb=0.1, random_keys=keys)
@@ -413,7 +281,7 @@ def test_losses_on_every_backend(backend):
 def test_non_finite_padding_gives_zero_gradient(backend, mode, padding):
     """NaN / inf at masked tokens (an inference engine's padding) never reaches the loss or the
     gradient (SPEC §2: masked entries contribute exactly 0), in both losses."""
-    logp, old, adv, mask, keys = _batch(seed=12)
+    logp, old, adv, mask, keys = policy_batch(seed=12)
     weights = torch.rand(logp.shape, generator=torch.Generator().manual_seed(1)) + 0.5
     clean = dict(logp=logp, old_logp=old, advantages=adv, weights=weights)
     dirty = dict(clean, **{padding: torch.where(mask, clean[padding], torch.tensor([float("nan"), float("inf"),

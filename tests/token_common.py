@@ -1,4 +1,4 @@
-"""Inputs shared by the token-level op tests (window entropy, quantiles, peak masks)."""
+"""Inputs shared by the token-level op tests (window entropy, quantiles, peak masks, losses)."""
 import torch
 
 TOKEN_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
@@ -75,3 +75,23 @@ def check_strided_layouts(device="cpu"):
         for strided, contiguous in zip(outs[0], outs[1]):
             assert torch.equal(strided.nan_to_num(-7.0), contiguous.nan_to_num(-7.0)), (strided, contiguous)
         assert torch.equal(grads[0], grads[1])
+
+
+KEY_HIGH = 2**62
+
+
+def policy_batch(B=4, T=40, seed=0, p_valid=0.8, dtype=torch.float32):
+    """``(logp, old_logp, advantages, mask, keys)`` of shape ``[B, T]``: log-probs in (-3, 0],
+    old log-probs 0.2 away, advantages ~ N(0, 9), about ``p_valid`` of the tokens valid, and int64
+    random keys in [0, 2^62) for Clip-Cov's choice."""
+    gen = torch.Generator().manual_seed(seed)
+    logp = -torch.rand(B, T, generator=gen, dtype=torch.float64).mul(3).to(dtype)
+    old = (logp.double() + 0.2 * torch.randn(B, T, generator=gen, dtype=torch.float64)).to(dtype)
+    adv = (torch.randn(B, T, generator=gen, dtype=torch.float64) * 3).to(dtype)
+    mask = torch.rand(B, T, generator=gen) < p_valid
+    keys = torch.randint(0, KEY_HIGH, (B, T), generator=gen)
+    return logp, old, adv, mask, keys
+
+
+def assert_close64(a, b, tol=1e-6):
+    torch.testing.assert_close(a.double(), b.double(), rtol=tol, atol=tol)
