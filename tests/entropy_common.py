@@ -7,6 +7,8 @@ SPEC §2's eager bound:
 - ``check_low_temperature_grads`` / ``check_far_label_logps``: low temperatures, where a rounded
   lse or ``1/T`` would show;
 - ``check_layouts_give_the_same_bits``: a row's bits do not depend on its memory layout;
+- ``check_inplace_backward_on_a_grid``: ``inplace_backward`` of ``logits[:, :-1]`` and of a transpose
+  writes into the view's own rows only;
 - ``check_bad_rows_get_nan_gradients``: NaN stays in its row, gradients included;
 - ``check_labels_at_chunk_edges``: labels on the first and last token of a backend's chunks.
 """
@@ -263,6 +265,38 @@ def check_layouts_give_the_same_bits(device="cpu", shapes=((3, 1000, 16), (2, 40
             for i, (a, b) in enumerate(zip(outs, base)):
                 for j in range(_COPIES):
                     assert_same_bits(a[:, j], b, f"{name} layout, copy {j}, output {i}, V={vocab}")
+
+
+def check_inplace_backward_on_a_grid(device="cpu", shapes=((3, 1000, 16), (2, 4099, 0)), dtype=torch.bfloat16):
+    """``inplace_backward`` on the ``_grid_layouts`` views of an intermediate: the gradient, the same
+    bits as out of place, lands in the view's own rows; the rows between (NaN, the last position of
+    each sequence in ``shifted``) and the padding keep their bits. Returns the in-place runs'
+    ``(logits, labels, upstream weights)`` for callers that check more (memory)."""
+    runs = []
+    for n, vocab, pad in shapes:
+        gen = torch.Generator().manual_seed(vocab + 1)
+        x = (torch.randn(n, vocab, generator=gen) * 3).to(dtype).to(device)
+        y = torch.randint(0, vocab, (n, _COPIES), generator=gen).to(device)
+        a, b = (torch.randn(n, _COPIES, generator=gen).to(device) for _ in range(2))
+        for name, view in _grid_layouts(x, pad).items():
+            base = view._base if view._base is not None else view
+            grads = []
+            for inplace in (False, True):
+                leaf = base.clone().requires_grad_(True)
+                inter = leaf * 1.0  # an intermediate: its buffer may take the gradient
+                logits = inter.as_strided(view.shape, view.stride(), view.storage_offset())
+                logp, h = eo.logprobs_and_entropy(logits, y, 0.7, inplace_backward=inplace)
+                grads.append(torch.autograd.grad((a * logp + b * h).sum(), leaf)[0])
+                if inplace:
+                    runs.append((logits, y, (a, b)))
+            what = f"{name} layout, V={vocab}"
+            grad_view = grads[1].as_strided(view.shape, view.stride(), view.storage_offset())
+            assert_same_bits(grads[1], grads[0], f"{what}: in place vs out of place")
+            assert_same_bits(logits.detach(), grad_view, f"{what}: the gradient is in the view")
+            outside = torch.ones_like(base, dtype=torch.bool)
+            outside.as_strided(view.shape, view.stride(), view.storage_offset()).fill_(False)
+            assert_same_bits(inter.detach()[outside], base[outside], f"{what}: the rows between")
+    return runs
 
 
 def check_bad_rows_get_nan_gradients(device="cpu", vocab=300):

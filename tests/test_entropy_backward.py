@@ -16,7 +16,11 @@ from conftest import (
     ours_grad,
     reference_grad,
 )
-from entropy_common import check_bad_rows_get_nan_gradients, check_low_temperature_grads
+from entropy_common import (
+    check_bad_rows_get_nan_gradients,
+    check_inplace_backward_on_a_grid,
+    check_low_temperature_grads,
+)
 from entropy_ops.reference import entropy_ref, logprobs_and_entropy_ref
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
@@ -258,22 +262,36 @@ def test_temperature_requiring_grad_gets_none(backend, per_row):
     assert_within_eager_bound(h_only, entropy_ref(x, t.detach()), eager_entropy(x.detach(), t.detach()))
 
 
-def test_inplace_backward_on_a_grid_leaves_the_rows_between_alone(backend):
-    """``logits[:, :-1]`` is read in place on a grid (``ops/_rows.py``); its in-place gradient goes
-    into the view's own rows, never into the rows between (the last position of each sequence)."""
-    base = torch.randn(3, 5, 40, generator=torch.Generator().manual_seed(3))
-    grads = []
-    for inplace in (False, True):
-        leaf = base.clone().requires_grad_(True)
-        inter = leaf * 1.0
-        w = inter[:, :-1]
-        y = torch.arange(12).reshape(3, 4)
-        logp, h = eo.logprobs_and_entropy(w, y, inplace_backward=inplace)
-        grads.append(torch.autograd.grad((logp + 0.5 * h).sum(), leaf)[0])
-        assert torch.equal(inter[:, -1].detach(), base[:, -1])
-        if inplace:
-            assert torch.equal(inter[:, :-1].detach(), grads[1][:, :-1]), "the gradient lands in the view"
-    assert torch.equal(grads[1], grads[0]) and (grads[0][:, -1] == 0).all()
+def test_inplace_backward_on_a_grid(backend):
+    """``logits[:, :-1]`` and a transpose are read in place on a grid (``ops/_rows.py``); their
+    in-place gradient goes into the view's own rows, never into the rows between."""
+    check_inplace_backward_on_a_grid()
+
+
+def test_inplace_backward_on_a_grid_allocates_no_nv_buffer():
+    """On the ``cpu`` backend the in-place backward of a grid view allocates no ``[N, V]`` buffer: it
+    writes over the grid and saves only the rows between (one per sequence)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with eo.use_backend("cpu"):
+        for logits, y, (a, b) in check_inplace_backward_on_a_grid():
+            logp, h = eo.logprobs_and_entropy(logits, y, 0.7, inplace_backward=True)
+            n, vocab = logits.shape[:-1].numel(), logits.shape[-1]
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                torch.autograd.grad((a * logp + b * h).sum(), logits)
+            ops = {e.name for e in prof.events()}
+            assert "entropy_ops::entropy_bwd_" in ops and "entropy_ops::entropy_bwd" not in ops, ops
+            inside = [e for e in prof.events() if _under(e, "entropy_ops::entropy_bwd_")]
+            biggest = max((e.cpu_memory_usage for e in inside), default=0)
+            assert biggest < n * vocab * logits.element_size() // 2, (tuple(logits.shape), biggest)
+
+
+def _under(event, name):
+    while event is not None:
+        if event.name == name:
+            return True
+        event = event.cpu_parent
+    return False
 
 
 @pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])

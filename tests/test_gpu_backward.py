@@ -15,7 +15,12 @@ from conftest import (
     ours_grad,
     reference_grad,
 )
-from entropy_common import check_bad_rows_get_nan_gradients, check_labels_at_chunk_edges, check_low_temperature_grads
+from entropy_common import (
+    check_bad_rows_get_nan_gradients,
+    check_inplace_backward_on_a_grid,
+    check_labels_at_chunk_edges,
+    check_low_temperature_grads,
+)
 from entropy_ops.reference import entropy_ref, logprobs_and_entropy_ref
 from gpu_common import (  # noqa: F401, F811 (pytestmark applies the gpu marks; gpu_backend is a fixture)
     BIG_BATCH,
@@ -166,6 +171,12 @@ def test_inplace_backward(gpu_backend, dtype, shape):
     v = shape[-1]
     check(grad_in.reshape(-1, v), reference_grad(logprobs_and_entropy_ref, base, y, 0.9, weights=weights).reshape(-1, v),
           eager_grad(eager_logprobs_and_entropy, base, y, 0.9, weights=weights).reshape(-1, v), what="inplace grad")
+
+
+def test_inplace_backward_on_a_grid(gpu_backend):
+    """``logits[:, :-1]`` and a transpose, on the warp, one-chunk and split paths: the in-place
+    gradient lands in the view's own rows only."""
+    check_inplace_backward_on_a_grid(DEVICE, shapes=((3, 1000, 16), (2, 4099, 0), (2, 40000, 8)))
 
 
 def test_inplace_backward_of_shifted_rows_on_the_split_path(gpu_backend):

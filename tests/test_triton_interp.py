@@ -25,6 +25,7 @@ from entropy_common import (
     check_bad_rows_get_nan_gradients,
     check_far_label_logps,
     check_finfo_masked_rows,
+    check_inplace_backward_on_a_grid,
     check_labels_at_chunk_edges,
     check_layouts_give_the_same_bits,
     check_low_temperature_grads,
@@ -104,6 +105,12 @@ def test_entropy_backward_and_inplace():
     assert_within_eager_bound(base.grad, ref, eager, what="inplace grad",
                               abs_tol=_interpreter_rounding(ref, torch.bfloat16))
     assert torch.equal(base.grad, ours_grad(eo.entropy, x, 0.7, weights=(torch.ones(6),)))
+
+
+def test_inplace_backward_on_a_grid():
+    """``logits[:, :-1]`` and a transpose, one-program and split rows: the in-place gradient lands in
+    the view's own rows only."""
+    check_inplace_backward_on_a_grid(shapes=((3, 300, 16), (2, 9000, 0)))
 
 
 def test_inplace_backward_of_shifted_split_rows():

@@ -56,6 +56,12 @@ class Rows:
     def on_grid(self) -> bool:
         return self.index is not None
 
+    def between(self) -> torch.Tensor:
+        """On a grid, the ``[M - N]`` grid rows that are not rows of the tensor, ascending (found by a
+        stable sort, not ``nonzero``: no host sync)."""
+        on = torch.zeros(self.m, dtype=torch.uint8, device=self.x.device).index_fill_(0, self.index, 1)
+        return torch.argsort(on, stable=True)[: self.m - self.n]
+
     def per_row(self, t: Optional[torch.Tensor], dtype=None, fill=0) -> Optional[torch.Tensor]:
         """:func:`per_row` of ``t`` on the kernel's rows (``fill`` on the grid rows between)."""
         t = per_row(t, self.n, dtype)

@@ -104,7 +104,18 @@ def _entropy_bwd_inplace_op(logits: Tensor, labels: Optional[Tensor], temperatur
             entropy, grad_entropy, grad_logp, backend)
     if collapses(logits):  # its own rows: written over as they are read
         _backward_into(logits.view(-1, logits.shape[-1]), *args)
-    else:  # a grid (its rows between are not the op's to write) or a copy: compute aside, copy back
+        return
+    r = Rows(logits)
+    if r.on_grid:
+        # The grid's rows, written over as they are read. The kernel also writes the rows between
+        # (masked rows get zeros), which are not the op's: they are saved first and put back, in
+        # stream order. That costs M - N <= N / 4 rows (one per sequence for ``logits[:, :-1]``),
+        # not the [N, V] buffer of computing aside.
+        between = r.between()
+        saved = r.x.index_select(0, between)
+        _backward_into(r.x, *args)
+        r.x.index_copy_(0, between, saved)
+    else:  # rows far apart, read through a copy: compute aside, copy back
         logits.copy_(_entropy_bwd_op(*args))
 
 
@@ -183,9 +194,10 @@ def entropy(logits: Tensor, temperature=1.0, *, mask: Optional[Tensor] = None,
         inplace_backward: write the gradient into ``logits``' own buffer (saves one ``[N, V]``
             allocation; ``logits`` must not be needed afterwards). Not with ``process_group``.
             Written out of place instead where rows share memory (an expanded or unfolded view)
-            and under ``create_graph=True``. On a view whose rows do not collapse
-            (``logits[:, :-1]``, a transpose) the gradient ends in the view's own rows but is
-            computed aside and copied there: no allocation is saved.
+            and under ``create_graph=True``. On a view whose rows sit on one grid
+            (``logits[:, :-1]``, a transpose) it is written in place too; the grid rows between
+            (one per sequence for ``logits[:, :-1]``) are saved first and put back. Rows far apart
+            are computed aside and copied there: no allocation is saved.
         process_group: vocab parallel (SPEC §3.3): ``logits`` is this rank's shard ``[..., V_r]`` of
             the vocabulary (Megatron layout) and every rank gets the unsharded result; all ranks
             call with the same leading shape, temperature and mask. See ``parallel/vocab.py``.
