@@ -1,0 +1,32 @@
+"""The user-facing documentation against the code: README's API section names every public name, and
+the repository paths it cites exist."""
+import os
+import re
+
+import entropy_ops
+
+from conftest import REPO_ROOT
+
+
+def _readme():
+    with open(os.path.join(REPO_ROOT, "README.md")) as f:
+        return f.read()
+
+
+def _section(text, title):
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end >= 0 else len(text)]
+
+
+def test_readme_api_section_names_every_public_name():
+    api = _section(_readme(), "API")
+    missing = [name for name in entropy_ops.__all__ if f"`{name}" not in api]
+    assert not missing, f"README's API section does not mention {missing}"
+
+
+def test_repository_paths_the_readme_cites_exist():
+    cited = set(re.findall(r"`((?:tests|\.ci|csrc|entropy_ops|benchmarks)/[\w./-]+)`", _readme()))
+    assert len(cited) > 10
+    missing = sorted(p for p in cited if not os.path.exists(os.path.join(REPO_ROOT, p)))
+    assert not missing, f"README cites paths that do not exist: {missing}"
