@@ -1,9 +1,10 @@
-"""The user-facing documentation against the code: README's API section names every public name, and
-the repository paths it cites exist."""
+"""The user-facing documentation against the code: README's API section names every public name, its
+demo paragraph every `demo` option, and the repository paths it cites exist."""
 import os
 import re
 
 import entropy_ops
+from entropy_ops.__main__ import main
 
 from conftest import REPO_ROOT
 
@@ -23,6 +24,22 @@ def test_readme_api_section_names_every_public_name():
     api = _section(_readme(), "API")
     missing = [name for name in entropy_ops.__all__ if f"`{name}" not in api]
     assert not missing, f"README's API section does not mention {missing}"
+
+
+def _options(command, capsys):
+    try:
+        main([command, "--help"])
+    except SystemExit:
+        pass
+    return set(re.findall(r"(--[a-z][a-z-]*)", capsys.readouterr().out)) - {"--help"}
+
+
+def test_readme_names_every_demo_option(capsys):
+    text = _readme()
+    paragraph = text[text.index("`python -m entropy_ops demo`"):]
+    paragraph = paragraph[:paragraph.index("\n\n")]
+    missing = sorted(o for o in _options("demo", capsys) if f"`{o}" not in paragraph)
+    assert not missing, f"README's demo paragraph does not name {missing}"
 
 
 def test_repository_paths_the_readme_cites_exist():
