@@ -47,3 +47,13 @@ def test_repository_paths_the_readme_cites_exist():
     assert len(cited) > 10
     missing = sorted(p for p in cited if not os.path.exists(os.path.join(REPO_ROOT, p)))
     assert not missing, f"README cites paths that do not exist: {missing}"
+
+
+def test_loss_docstrings_give_formulas_shapes_and_dtypes():
+    """STYLE: docstrings give shapes and dtypes of every output, and the formula."""
+    returns = entropy_ops.clip_cov_policy_loss.__doc__.split("Returns:")[1]
+    assert "0-d" in returns and "dtype" in returns and "bool" in returns
+    assert "clip_cov_policy_loss" in entropy_ops.kl_cov_policy_loss.__doc__.split("Returns:")[1]
+    doc = " ".join(entropy_ops.agg_loss.__doc__.split())
+    for mode in ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"):
+        assert f"``{mode}`` = " in doc, mode

@@ -42,7 +42,13 @@ def masked_mean(values: Tensor, mask: Tensor, count: Optional[Tensor] = None) ->
 
 def agg_loss(loss_mat: Tensor, mask: Tensor, mode: str = "token-mean", dp_size: int = 1,
              batch_num_tokens=None, global_batch_size=None, loss_scale_factor=None) -> Tensor:
-    """Aggregate ``loss_mat`` over the valid tokens, as verl's ``agg_loss``.
+    """Aggregate ``loss_mat`` over the valid tokens, as verl's ``agg_loss``. With ``M`` the mask, ``L``
+    ``loss_mat``, ``S_b = sum_t M L``, ``n_b = sum_t M``, ``s_b = [n_b > 0]``, ``N`` =
+    ``batch_num_tokens or sum M``, ``G`` = ``global_batch_size or sum_b s_b``:
+    ``token-mean`` = ``dp_size * sum M L / N``; ``token-sum`` = ``dp_size * sum M L``;
+    ``seq-mean-token-sum`` = ``dp_size * sum_b s_b S_b / G``; ``seq-mean-token-mean`` =
+    ``dp_size * sum_b s_b S_b / (n_b + 1e-8) / G``; ``seq-mean-token-sum-norm`` =
+    ``seq-mean-token-sum / (loss_scale_factor or T)``. A count of 0 divides as 1 (an empty mask gives 0).
 
     Args:
         loss_mat: ``[B, T]`` floating point.

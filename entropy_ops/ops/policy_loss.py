@@ -142,7 +142,9 @@ def clip_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mas
     Returns:
         :class:`PolicyLossOutput`: ``loss``; ``ppo_kl`` = masked mean of ``old_logp - logp``;
         ``selected`` the detached tokens; ``selected_frac`` = selected / n_valid. An empty mask gives
-        0 for the scalars, with a zero gradient.
+        0 for the scalars, with a zero gradient. ``loss``, ``ppo_kl``, ``selected_frac`` are 0-d in
+        ``logp``'s dtype (``loss`` at least float32 for the ``seq-mean-*`` modes, as in
+        :func:`agg_loss`); ``selected`` is bool of ``logp``'s shape.
     """
     mask, agg = _losses_args(logp, old_logp, advantages, mask, loss_agg_mode, weights, dp_size, batch_num_tokens,
                              global_batch_size, loss_scale_factor, process_group)
@@ -202,7 +204,8 @@ def kl_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask:
 
     Returns:
         :class:`PolicyLossOutput`: ``loss``; ``ppo_kl`` = masked mean of ``|logp - old_logp|``;
-        ``selected`` the penalized tokens; ``selected_frac`` = selected / n_valid.
+        ``selected`` the penalized tokens; ``selected_frac`` = selected / n_valid. Shapes and dtypes
+        as in :func:`clip_cov_policy_loss`.
     """
     mask, agg = _losses_args(logp, old_logp, advantages, mask, loss_agg_mode, weights, dp_size, batch_num_tokens,
                              global_batch_size, loss_scale_factor, process_group)
