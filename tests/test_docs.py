@@ -57,3 +57,11 @@ def test_loss_docstrings_give_formulas_shapes_and_dtypes():
     doc = " ".join(entropy_ops.agg_loss.__doc__.split())
     for mode in ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"):
         assert f"``{mode}`` = " in doc, mode
+
+
+def test_linear_docstring_states_the_backward_chunks_the_driver_keeps():
+    """The public docstring's memory claim is the chunked driver's (backends/torch_linear.py)."""
+    from entropy_ops.backends import torch_linear
+    assert "up to four" in torch_linear.__doc__
+    doc = " ".join(entropy_ops.linear_logprobs_and_entropy.__doc__.split())
+    assert "one chunk of float32 logits (up to four in a backward with ``softcap`` and K > 1 labels)" in doc

@@ -154,10 +154,11 @@ def linear_logprobs_and_entropy(hidden: Tensor, weight: Tensor, labels: Tensor, 
         ``(logp, H)``: ``logp [...]`` or ``[..., K]`` and ``H [...]``, float32 (float64 for float64
         input), with ``lse = log sum_j exp(z_j / T)``, ``H = lse - sum_j p_j z_j / T``,
         ``logp_y = z_y / T - lse``. Gradients flow to ``hidden``, ``weight`` and ``bias``.
-        Extra memory beyond inputs, outputs and gradients: one chunk of logits, O(N) row states, and
-        a float32 ``grad_weight`` accumulator for half-precision heads (plus, on CPU, a float32 copy
-        of such a head; the Triton backward keeps a float32 ``[N, D]`` ``grad_hidden`` accumulator
-        instead). Double backward is not supported.
+        Extra memory beyond inputs, outputs and gradients: one chunk of float32 logits (up to four in
+        a backward with ``softcap`` and K > 1 labels), O(N) row states, and a float32 ``grad_weight``
+        accumulator for half-precision heads (plus, on CPU, a float32 copy of such a head; the
+        Triton backward keeps a float32 ``[N, D]`` ``grad_hidden`` accumulator instead). Double
+        backward is not supported.
 
     Vocab parallel (``process_group``, ``vocab_start`` as in :func:`entropy`): ``weight [V_r, D]``
     and ``bias [V_r]`` are this rank's vocab shard (Megatron's ColumnParallelLinear), ``hidden`` and
