@@ -1,5 +1,6 @@
 """The user-facing documentation against the code: README's API section names every public name, its
-demo paragraph every `demo` option, and the repository paths it cites exist."""
+demo paragraph every `demo` option, its Layout table every top-level directory, and the repository paths it
+cites exist; docstrings give formulas, shapes and dtypes."""
 import os
 import re
 
@@ -65,3 +66,12 @@ def test_linear_docstring_states_the_backward_chunks_the_driver_keeps():
     assert "up to four" in torch_linear.__doc__
     doc = " ".join(entropy_ops.linear_logprobs_and_entropy.__doc__.split())
     assert "one chunk of float32 logits (up to four in a backward with ``softcap`` and K > 1 labels)" in doc
+
+
+def test_readme_layout_names_every_top_level_directory():
+    ignored = {".git", ".venv", "build", "dist", "__pycache__", ".pytest_cache", ".hypothesis", ".benchmarks"}
+    layout = _section(_readme(), "Layout")
+    dirs = [d for d in os.listdir(REPO_ROOT) if os.path.isdir(os.path.join(REPO_ROOT, d))
+            and d not in ignored and not d.endswith(".egg-info")]
+    missing = sorted(d for d in dirs if f"`{d}/`" not in layout)
+    assert not missing, f"README's Layout table does not name {missing}"
