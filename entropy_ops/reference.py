@@ -349,7 +349,7 @@ def entropy_threshold_ref(batches, q=0.95, momentum=0.99, cu_seqlens=None):
 def selective_entropy_loss_ref(logits, mask, anchor, top_p=0.8, peak_q=0.8, coef=0.005, temperature=1.0,
                                cu_seqlens=None):
     """SIREN's regularizer in float64 from its formula: ``coef * (mean of the nucleus entropy over
-    each sequence's peak tokens - anchor)^2``, 0 when there is no peak token; packed ``[N, V]``
+    all peak tokens - anchor)^2`` (peaks chosen per sequence), 0 when there is no peak token; packed ``[N, V]``
     logits with ``cu_seqlens`` take each sequence's own quantile."""
     h = top_p_entropy_ref(logits, top_p, temperature, mask)
     peak = peak_entropy_mask_ref(h.detach(), mask, peak_q, True, cu_seqlens)

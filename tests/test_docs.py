@@ -75,3 +75,20 @@ def test_readme_layout_names_every_top_level_directory():
             and d not in ignored and not d.endswith(".egg-info")]
     missing = sorted(d for d in dirs if f"`{d}/`" not in layout)
     assert not missing, f"README's Layout table does not name {missing}"
+
+
+def test_selective_entropy_loss_docs_say_one_mean_over_all_peak_tokens():
+    """The loss pools the batch's peak tokens (not a mean of per-sequence means), as its docs say."""
+    import torch
+    torch.manual_seed(0)
+    logits, mask = torch.randn(3, 10, 9), torch.ones(3, 10, dtype=torch.bool)
+    mask[0, 5:] = False  # sequences with different numbers of peaks: the two means differ
+    h = entropy_ops.top_p_entropy(logits, 0.8)
+    peak = entropy_ops.peak_entropy_mask(h, mask, 0.5)
+    pooled = 0.005 * (h[peak].mean() - 0.3) ** 2
+    per_sequence = 0.005 * (torch.stack([h[i][peak[i]].mean() for i in range(3)]).mean() - 0.3) ** 2
+    loss = entropy_ops.selective_entropy_loss(logits, mask, 0.3, peak_q=0.5)
+    assert torch.allclose(loss, pooled) and not torch.allclose(loss, per_sequence)
+    row = next(line for line in _readme().splitlines() if line.startswith("| `selective_entropy_loss("))
+    for doc in (row, entropy_ops.selective_entropy_loss.__doc__, entropy_ops.reference.selective_entropy_loss_ref.__doc__):
+        assert "all peak tokens" in " ".join(doc.split())

@@ -21,7 +21,7 @@ from .top_p import top_p_entropy
 def selective_entropy_loss(logits: Tensor, mask: Tensor, anchor, *, top_p: float = 0.8,
                            peak_q: float = 0.8, coef: float = 0.005, temperature=1.0,
                            cu_seqlens: Optional[Tensor] = None) -> Tensor:
-    """SIREN's regularizer: pull the mean top-p entropy of each sequence's peak tokens to ``anchor``.
+    """SIREN's regularizer: pull the mean top-p entropy of all peak tokens to ``anchor``.
 
     Args:
         logits: ``[B, T, V]`` (or packed ``[N, V]`` with ``cu_seqlens``), float32/bfloat16/float16/float64.
