@@ -92,3 +92,23 @@ def test_selective_entropy_loss_docs_say_one_mean_over_all_peak_tokens():
     row = next(line for line in _readme().splitlines() if line.startswith("| `selective_entropy_loss("))
     for doc in (row, entropy_ops.selective_entropy_loss.__doc__, entropy_ops.reference.selective_entropy_loss_ref.__doc__):
         assert "all peak tokens" in " ".join(doc.split())
+
+
+def test_files_the_package_sources_cite_exist():
+    """A comment or docstring naming a source file (``x.py``, ``x.cu``, ...) names one that exists."""
+    names = set()
+    for directory, _, files in os.walk(REPO_ROOT):
+        names.update(files)
+    cite = re.compile(r"``([\w./-]+\.(?:py|cu|cuh|cpp|h|md))``|\(([\w./-]+\.(?:py|cu|cuh|cpp|h|md))\)")
+    stale = []
+    for package in ("entropy_ops", "triton_kernels"):
+        for directory, _, files in os.walk(os.path.join(REPO_ROOT, package)):
+            for name in (f for f in files if f.endswith(".py")):
+                path = os.path.join(directory, name)
+                with open(path) as f:
+                    for number, line in enumerate(f, 1):
+                        for cited in cite.findall(line):
+                            cited = cited[0] or cited[1]
+                            if not cited.startswith(("verl/", "trl/")) and os.path.basename(cited) not in names:
+                                stale.append(f"{os.path.relpath(path, REPO_ROOT)}:{number}: {cited}")
+    assert not stale, f"stale file references: {stale}"

@@ -1,7 +1,8 @@
 """``linear_logprobs_and_entropy`` chunked over rows: the product of one chunk of hidden rows with
 the LM head (``torch.mm``: MKL/oneDNN on CPU, cuBLAS on CUDA), then a backend's row kernels
 (:class:`RowKernel`) on that chunk of logits. The ``torch``, ``cpu`` and ``cuda`` backends are this
-driver with their own row kernels; ``triton`` has a fused kernel of its own (triton_linear.py).
+driver with their own row kernels; ``triton`` has fused kernels of its own
+(``triton_kernels/linear_entropy.py``).
 
 Memory beyond inputs, outputs and gradients: one ``[rows, V]`` chunk of float32 logits in the
 forward; in the backward up to four with ``softcap`` and ``K > 1`` labels (the logits, softcap's
