@@ -18,6 +18,12 @@ def tensor(name: str, t) -> torch.Tensor:
     needs a sharding rule, which these ops do not register: torch's error would not say what to do)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    return not_dtensor(name, t)
+
+
+def not_dtensor(name: str, t: torch.Tensor) -> torch.Tensor:
+    """Every tensor argument, not only the first: a DTensor anywhere gets this error, not torch's
+    "mixed torch.Tensor and DTensor" one."""
     dtensor = getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)  # imported only if in use
     if dtensor is not None and isinstance(t, dtensor):
         raise TypeError(f"{name}: a DTensor (placements {tuple(t.placements)}) is not supported; pass a local tensor: "
@@ -108,6 +114,7 @@ def temperature(t, x: torch.Tensor, leading, source: str = "logits") -> Tuple[Op
         if not 0 < t < math.inf:
             raise ValueError(f"temperature: must be a finite float > 0, got {t}")
         return None, float(normal_range("temperature", t, x.dtype))
+    not_dtensor("temperature", t)
     if not t.is_floating_point():
         raise TypeError(f"temperature: tensor dtype {t.dtype} is not floating point; use a float tensor")
     if t.dim() != 0:
@@ -120,6 +127,7 @@ def temperature(t, x: torch.Tensor, leading, source: str = "logits") -> Tuple[Op
 def labels(y, x: torch.Tensor, leading) -> torch.Tensor:
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"labels: expected an int64 or int32 tensor, got {type(y).__name__}")
+    not_dtensor("labels", y)
     if y.dtype not in LABEL_DTYPES:
         raise TypeError(f"labels: dtype {y.dtype} is not supported; pass int64 or int32 (e.g. labels.long())")
     _leading("labels", y, leading, "the leading shape of logits")
@@ -133,6 +141,7 @@ def row_mask(m, x: torch.Tensor, leading) -> Optional[torch.Tensor]:
     if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
         got = m.dtype if isinstance(m, torch.Tensor) else type(m).__name__
         raise TypeError(f"mask: expected a bool tensor (True = compute the row), got {got}; use mask.bool()")
+    not_dtensor("mask", m)
     _leading("mask", m, leading, "the leading shape of logits")
     _same_device("mask", m, x)
     return m

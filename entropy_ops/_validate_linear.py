@@ -73,6 +73,7 @@ def row_mask(m, hidden: torch.Tensor, leading) -> Optional[torch.Tensor]:
     if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
         got = m.dtype if isinstance(m, torch.Tensor) else type(m).__name__
         raise TypeError(f"mask: expected a bool tensor (True = compute the row), got {got}; use mask.bool()")
+    _validate.not_dtensor("mask", m)
     if tuple(m.shape) != leading:
         raise ValueError(f"mask: expected shape {list(leading)} (hidden's leading shape), got {list(m.shape)}")
     _same_device("mask", m, hidden)

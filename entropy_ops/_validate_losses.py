@@ -31,6 +31,7 @@ def matrix_and_mask(values, mask, name: str) -> Tuple[torch.Tensor, torch.Tensor
     _float_tensor(name, values)
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"mask: expected a bool (or 0/1 float) tensor, got {type(mask).__name__}")
+    _validate.not_dtensor("mask", mask)
     if mask.dtype != torch.bool and not mask.is_floating_point():
         raise TypeError(f"mask: expected a bool or 0/1 floating point tensor, got {mask.dtype}; use mask.bool()")
     if tuple(mask.shape) != tuple(values.shape):
@@ -87,6 +88,7 @@ def _count(name: str, v, device: torch.device, positive: bool = False) -> None:
     if v is None:
         return
     if isinstance(v, torch.Tensor):
+        _validate.not_dtensor(name, v)
         if v.dim() != 0 or v.dtype == torch.bool or v.is_complex():
             raise ValueError(f"{name}: expected a number or a 0-d real tensor, got a {v.dtype} tensor of shape "
                              f"{list(v.shape)}")

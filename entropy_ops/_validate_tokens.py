@@ -29,6 +29,7 @@ def cu_seqlens(cu, name: str, x: torch.Tensor) -> Optional[torch.Tensor]:
     if not isinstance(cu, torch.Tensor) or cu.dtype not in OFFSET_DTYPES:
         raise TypeError(f"cu_seqlens: expected an int32 or int64 tensor of sequence offsets, got "
                         f"{_dtype_or_type(cu)}; e.g. cu_seqlens.to(torch.int32)")
+    _validate.not_dtensor("cu_seqlens", cu)
     if cu.dim() != 1 or cu.numel() == 0:
         raise ValueError(f"cu_seqlens: expected a 1-d tensor [S + 1] of offsets [0, ..., N], got shape "
                          f"{list(cu.shape)}")
@@ -60,6 +61,7 @@ def mask(m, name: str, x: torch.Tensor) -> Optional[torch.Tensor]:
     if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
         raise TypeError(f"mask: expected a bool tensor (True = valid token), got {_dtype_or_type(m)}; "
                         f"use mask.bool()")
+    _validate.not_dtensor("mask", m)
     if m.shape != x.shape:
         raise ValueError(f"mask: expected shape {list(x.shape)} (the shape of {name}), got {list(m.shape)}")
     _same_device("mask", m, name, x)
@@ -84,6 +86,7 @@ def quantile(q, x: torch.Tensor, *, allow_vector: bool) -> Tuple[Optional[torch.
     """``q``: a Python float in [0, 1] -> ``(None, q)``; a float tensor (0-d, or 1-d when
     ``allow_vector``) -> ``(q as float64, 0.0)``, its values checked inside the op."""
     if isinstance(q, torch.Tensor):
+        _validate.not_dtensor("q", q)
         if not q.is_floating_point():
             raise TypeError(f"q: tensor dtype {q.dtype} is not floating point; use a float tensor")
         if q.dim() > (1 if allow_vector else 0):

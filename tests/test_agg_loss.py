@@ -26,6 +26,16 @@ def test_agg_loss_matches_reference(mode, extra):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_agg_loss_float64_matches_reference_to_the_last_bits(mode):
+    """float64 losses aggregate in float64: ``n_b + 1e-8`` of seq-mean-token-mean included (int64
+    counts plus 1e-8 would round to float32, where the 1e-8 vanishes: 1e-8 / n_b off)."""
+    loss_mat, _, _, mask, _ = policy_batch(B=5, T=9, seed=3, dtype=torch.float64)
+    ours, ref = eo.agg_loss(loss_mat, mask, mode), R.agg_loss_ref(loss_mat, mask, mode)
+    assert ours.dtype == torch.float64
+    torch.testing.assert_close(ours, ref, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_agg_loss_empty_mask_is_zero_with_zero_gradient(mode):
     x = torch.randn(3, 5, requires_grad=True)
     loss = eo.agg_loss(x, torch.zeros(3, 5, dtype=torch.bool), mode)

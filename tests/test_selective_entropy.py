@@ -90,6 +90,10 @@ def test_compile_fullgraph(backend):
     (lambda x, m: eo.selective_entropy_loss(x, m, 0.5, top_p=0.0), ValueError, "top_p"),
     (lambda x, m: eo.selective_entropy_loss(x, m, 0.5, peak_q=1.5), ValueError, "peak_q"),
     (lambda x, m: eo.selective_entropy_loss(x.long(), m, 0.5), TypeError, "logits"),
+    (lambda x, m: eo.selective_entropy_loss(x[0], m[0], 0.5), ValueError, "logits"),  # [T, V], no cu_seqlens
+    (lambda x, m: eo.selective_entropy_loss(x, m, 0.5, cu_seqlens=torch.tensor([0, 8])), ValueError, "logits"),
+    (lambda x, m: eo.selective_entropy_loss(x.flatten(0, 1), m.flatten(), 0.5, cu_seqlens=torch.tensor([0.0, 8.0])),
+     TypeError, "cu_seqlens"),
 ])
 def test_bad_arguments_name_themselves(call, error, name):
     x, mask = _batch(B=2, T=4, V=10)

@@ -238,34 +238,74 @@ def test_flags_take_numpy_bools_but_not_ints(backend, flag):
     raises_naming(TypeError, flag, lambda: call(1))
 
 
+def _dtensor_calls(d):
+    """``{(op, argument): call}``: every tensor argument of every public op, given as the DTensor
+    ``d(t)`` while the others stay plain tensors."""
+    x, y, t = torch.randn(4, 6, 50), torch.zeros(4, 6).long(), torch.full((4, 6), 0.7)
+    rows = torch.ones(4, 6, dtype=torch.bool)
+    hid, w, b = torch.randn(4, 6, 8), torch.randn(50, 8), torch.randn(50)
+    h, m, cu = torch.rand(10), torch.ones(10, dtype=torch.bool), torch.tensor([0, 4, 10])
+    lp, keys = -torch.rand(4, 6), torch.randint(0, 2**62, (4, 6))
+    n = torch.tensor(20)
+    vocab = {
+        "entropy": lambda x=x, t=t, m=rows: eo.entropy(x, t, mask=m),
+        "logprobs_and_entropy": lambda x=x, y=y, t=t, m=rows: eo.logprobs_and_entropy(x, y, t, mask=m),
+        "token_stats": lambda x=x, y=y, t=t: eo.token_stats(x, y, t),
+        "top_p_entropy": lambda x=x, t=t, m=rows: eo.top_p_entropy(x, 0.8, t, mask=m),
+        "top_p_mask": lambda x=x, t=t: eo.top_p_mask(x, 0.8, t),
+        "min_p_logprobs": lambda x=x, y=y, t=t, m=rows: eo.min_p_logprobs(x, y, 0.1, t, mask=m),
+        "linear_logprobs_and_entropy": lambda hidden=hid, weight=w, labels=y, bias=b, temperature=t, mask=rows:
+            eo.linear_logprobs_and_entropy(hidden, weight, labels, bias, temperature, mask=mask),
+        "window_entropy": lambda entropy=h, mask=m, cu_seqlens=cu: eo.window_entropy(entropy, mask, cu_seqlens=cu_seqlens),
+        "masked_quantile": lambda values=h, mask=m, q=torch.tensor(0.5), cu_seqlens=cu:
+            eo.masked_quantile(values, mask, q, cu_seqlens=cu_seqlens),
+        "peak_entropy_mask": lambda entropy=h, mask=m, q=torch.tensor(0.5), cu_seqlens=cu:
+            eo.peak_entropy_mask(entropy, mask, q, cu_seqlens=cu_seqlens),
+        "EntropyThreshold": lambda entropy=h, mask=m, cu_seqlens=cu: eo.EntropyThreshold()(entropy, mask, cu_seqlens),
+        "token_covariance": lambda logp=lp, advantages=lp, mask=rows: eo.token_covariance(logp, advantages, mask),
+        "clip_cov_policy_loss": lambda logp=lp, old_logp=lp, advantages=lp, mask=rows, weights=lp, random_keys=keys,
+            batch_num_tokens=n: eo.clip_cov_policy_loss(logp, old_logp, advantages, mask, weights=weights,
+                                                        random_keys=random_keys, batch_num_tokens=batch_num_tokens),
+        "kl_cov_policy_loss": lambda logp=lp, old_logp=lp, advantages=lp, mask=rows, weights=lp:
+            eo.kl_cov_policy_loss(logp, old_logp, advantages, mask, weights=weights),
+        "agg_loss": lambda loss_mat=lp, mask=rows, batch_num_tokens=n, global_batch_size=n, loss_scale_factor=n:
+            eo.agg_loss(loss_mat, mask, "seq-mean-token-sum-norm", 1, batch_num_tokens, global_batch_size,
+                        loss_scale_factor),
+        "selective_entropy_loss": lambda logits=x, mask=rows, anchor=torch.tensor(1.0), temperature=t:
+            eo.selective_entropy_loss(logits, mask, anchor, temperature=temperature),
+    }
+    calls = {}
+    for op, call in vocab.items():
+        names = call.__code__.co_varnames[:call.__code__.co_argcount]
+        short = {"x": "logits", "y": "labels", "t": "temperature", "m": "mask"}
+        for arg, value in zip(names, call.__defaults__):
+            calls[op, short.get(arg, arg)] = lambda call=call, arg=arg, value=value: call(**{arg: d(value)})
+    return calls
+
+
 def _dtensor_errors(rank, world_size):
-    """The error of each op's first tensor given as a DTensor (a one-rank mesh of this gloo world)."""
-    from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
+    """The error of each op given each tensor argument as a DTensor (a one-rank mesh of this gloo world)."""
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor, init_device_mesh
 
     mesh = init_device_mesh("cpu", (world_size,))
-    sharded = distribute_tensor(torch.randn(4, 6, 50), mesh, [Shard(2)])
-    tokens = distribute_tensor(torch.randn(4, 6), mesh, [Shard(0)])
-    mask = torch.ones(4, 6, dtype=torch.bool)
-    calls = {"logits": lambda: eo.entropy(sharded),
-             "hidden": lambda: eo.linear_logprobs_and_entropy(sharded, torch.randn(8, 50), torch.zeros(4, 6).long()),
-             "entropy": lambda: eo.window_entropy(tokens, mask),
-             "logp": lambda: eo.kl_cov_policy_loss(tokens, tokens.to_local(), tokens.to_local(), mask)}
     errors = {}
-    for name, call in calls.items():
+    for key, call in _dtensor_calls(lambda t: distribute_tensor(t, mesh, [Shard(0) if t.dim() else Replicate()])).items():
         try:
             call()
+            errors[key] = ("no error", "")
         except Exception as e:  # noqa: BLE001 (the test checks the type and message)
-            errors[name] = (type(e).__name__, str(e))
+            errors[key] = (type(e).__name__, str(e))
     return errors
 
 
 def test_dtensor_inputs_get_a_named_error_with_the_fix():
-    """A DTensor would reach torch's "no sharding strategy registered" for the custom op; the entry
-    names the argument and says to pass a local tensor (with process_group=) or the full one."""
+    """A DTensor would reach torch's "no sharding strategy registered" for the custom op (or its
+    "mixed torch.Tensor and DTensor" error); the entry names the argument, whichever it is, and says
+    to pass a local tensor (with process_group=) or the full one."""
     from dist_common import run_world
 
     (errors,) = run_world(_dtensor_errors, 1)
-    assert errors.keys() == {"logits", "hidden", "entropy", "logp"}
-    for name, (kind, message) in errors.items():
-        assert kind == "TypeError" and message.startswith(f"{name}: a DTensor (placements (Shard(dim="), message
+    assert len(errors) == 63, len(errors)  # the 17 public ops above, each tensor argument
+    for (op, name), (kind, message) in errors.items():
+        assert kind == "TypeError" and message.startswith(f"{name}: a DTensor (placements ("), (op, name, kind, message)
         assert f"{name}.to_local() with process_group=" in message and f"{name}.full_tensor()" in message, message

@@ -101,7 +101,7 @@ def aggregate_masked(masked: Tensor, mask: Tensor, mode: str, dp_size: int = 1, 
     seq_sums = masked.sum(-1, dtype=seq_dtype)
     seq_counts = torch.count_nonzero(mask, dim=-1)
     if mode == "seq-mean-token-mean":
-        seq_sums = seq_sums / (seq_counts + 1e-8)
+        seq_sums = seq_sums / (seq_counts.to(seq_dtype) + 1e-8)  # int64 + 1e-8 would be float32: n_b + 1e-8 == n_b
     has_tokens = seq_counts > 0
     n_seqs = has_tokens.sum() if global_batch_size is None else global_batch_size
     loss = torch.where(has_tokens, seq_sums, 0).sum() / _at_least_one(n_seqs) * dp_size

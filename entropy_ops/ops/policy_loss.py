@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import _backends, _validate_losses as V
+from .. import _backends, _validate, _validate_losses as V
 from ._policy_terms import (centred_product, clip_cov_loss_matrix, clip_cov_terms, count_k, kl_cov_loss_matrix,
                             masked_inputs, selected_frac)
 from ._types import PolicyLossOutput
@@ -160,6 +160,7 @@ def clip_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mas
             raise ValueError("random_keys: pass either random_keys or generator, not both")
         if not isinstance(random_keys, torch.Tensor) or random_keys.dtype != torch.int64:
             raise TypeError("random_keys: expected an int64 tensor from torch.randint(0, 2**62, logp.shape)")
+        _validate.not_dtensor("random_keys", random_keys)
         if tuple(random_keys.shape) != tuple(logp.shape) or random_keys.device != logp.device:
             raise ValueError(f"random_keys: expected shape {list(logp.shape)} on {logp.device}, "
                              f"got {list(random_keys.shape)} on {random_keys.device}")

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import _validate, _validate_losses
+from .. import _validate, _validate_losses, _validate_tokens
 from .quantile import peak_entropy_mask
 from .top_p import top_p_entropy
 
@@ -38,11 +38,22 @@ def selective_entropy_loss(logits: Tensor, mask: Tensor, anchor, *, top_p: float
         anchor)^2``; 0 with a zero gradient when no token is a peak.
     """
     _validate.logits(logits)
+    # Every argument checked before top_p_entropy runs, each error naming the caller's argument.
+    if cu_seqlens is None and logits.dim() != 3:
+        raise ValueError(f"logits: expected shape [B, T, V] (one row of tokens per sequence) without cu_seqlens, "
+                         f"got {list(logits.shape)}; pass packed [N, V] logits with cu_seqlens for the "
+                         f"padding-free layout")
+    if cu_seqlens is not None and logits.dim() != 2:
+        raise ValueError(f"logits: with cu_seqlens the tokens are packed and must be [N, V], got shape "
+                         f"{list(logits.shape)}; pass [B, T, V] logits without cu_seqlens")
+    _validate_tokens.cu_seqlens(cu_seqlens, "logits", logits)
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         raise TypeError("mask: expected a bool tensor of the leading shape of logits; use mask.bool()")
+    _validate.not_dtensor("mask", mask)
     coef = _validate_losses.number("coef", coef)
     peak_q = _validate.probability("peak_q", peak_q, open_low=False)
     if isinstance(anchor, torch.Tensor):
+        _validate.not_dtensor("anchor", anchor)
         if anchor.dim() != 0 or not anchor.is_floating_point():
             raise ValueError(f"anchor: expected a Python float or a 0-d float tensor, got shape {list(anchor.shape)}")
         anchor = anchor.detach()
