@@ -310,7 +310,8 @@ def masked_quantile_ref(values, mask, q, per_sequence=True, cu_seqlens=None):
     keep = ~torch.isnan(v) if mask is None else mask.reshape(-1) & ~torch.isnan(v)
     qs = torch.as_tensor(q, dtype=torch.float64).reshape(-1)
     spans = _sequences_ref(values, cu_seqlens) if per_sequence else [(0, v.numel())]
-    out = torch.stack([_quantile_ref(v[s:e][keep[s:e]], qs) for s, e in spans], dim=-1)
+    per_span = [_quantile_ref(v[s:e][keep[s:e]], qs) for s, e in spans]
+    out = torch.stack(per_span, dim=-1) if per_span else qs.new_empty(qs.shape[0], 0)  # no sequence: [Q, 0]
     out = out if per_sequence else out[:, 0]
     return out if torch.as_tensor(q).dim() == 1 else out[0]
 

@@ -102,6 +102,10 @@ def test_flat_values_over_all_and_empty_inputs():
     assert torch.isnan(eo.masked_quantile(torch.empty(3, 0), None, 0.5)).all()
     assert torch.isnan(eo.masked_quantile(torch.empty(0), None, torch.tensor([0.5, 0.7]), False)).all()
     assert eo.masked_quantile(torch.empty(0), None, 0.5, cu_seqlens=torch.tensor([0])).shape == (0,)
+    for q in (0.5, torch.tensor([0.5, 0.7])):  # no sequence at all: the reference agrees
+        no_seq = dict(cu_seqlens=torch.tensor([0]))
+        ours, ref = eo.masked_quantile(torch.empty(0), None, q, **no_seq), R.masked_quantile_ref(torch.empty(0), None, q, **no_seq)
+        assert ours.shape == ref.shape == ((2, 0) if isinstance(q, torch.Tensor) else (0,))
     assert torch.isnan(eo.masked_quantile(torch.empty(0), None, 0.5, cu_seqlens=torch.tensor([0, 0]))).all()
 
 
