@@ -239,6 +239,51 @@ def _empty_batches(rank, world, group):
     return out
 
 
+def bad_row_inputs(world):
+    """``(x, y, w_logp, w_h)``: rows that are bad on some ranks only (SPEC §2: NaN in the row's
+    gradient wherever its upstream gradient is nonzero, on every shard): all -inf; rank 0's shard
+    all -inf with NaN on the last rank; NaN on rank 0 only; +inf on the last rank; a NaN row with a
+    zero upstream (its gradient stays 0); a good row; a NaN row whose label is ignored and whose
+    entropy has a zero upstream (0 too)."""
+    v = 12
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(7, v, generator=gen)
+    last = v - v // world
+    x[0] = float("-inf")
+    x[1, :v // world] = float("-inf")
+    x[1, last + 1] = float("nan")
+    x[2, 1] = float("nan")
+    x[3, last] = float("inf")
+    x[4, 2] = float("nan")
+    x[6, 0] = float("nan")
+    y = torch.tensor([1, v - 1, v - 1, 0, 2, 3, -100])
+    w_logp = torch.tensor([1.0, 1, 1, 1, 0, 1, 1])
+    w_h = torch.tensor([1.0, 1, 1, 1, 0, 1, 0])
+    return x, y, w_logp, w_h
+
+
+def bad_row_grads(x, y, w_logp, w_h, group=None):
+    """The gradients of the row ops on ``x`` (this rank's shard with ``group``), by backend and op."""
+    kw = {} if group is None else dict(process_group=group)
+    calls = {"entropy": (lambda v: eo.entropy(v, **kw), (w_h,)),
+             "logprobs_and_entropy": (lambda v: eo.logprobs_and_entropy(v, y, **kw), (w_logp, w_h)),
+             "logp_only": (lambda v: eo.logprobs_and_entropy(v, y, **kw), (w_logp, None)),
+             "min_p_logprobs": (lambda v: eo.min_p_logprobs(v, y, 0.1, **kw), (w_logp,)),
+             "top_p_entropy": (lambda v: eo.top_p_entropy(v, 0.9, **kw), (w_h,))}
+    out = {}
+    for backend in BACKENDS:
+        with eo.use_backend(backend):
+            for name, (fn, weights) in calls.items():
+                out[backend, name] = _grad(fn, x, weights)[1]
+    return out
+
+
+def _bad_rows(rank, world, group):
+    x, y, w_logp, w_h = bad_row_inputs(world)
+    xl, _ = _local(x, [x.shape[-1] // world] * world, rank)
+    return bad_row_grads(xl, y, w_logp, w_h, group)
+
+
 def _worker(rank, world):
     from dist_vocab_grid import grid_layouts  # it imports this module
     torch.manual_seed(0)
@@ -248,7 +293,8 @@ def _worker(rank, world):
                "selective": _selective(rank, world, dist.group.WORLD),
                "errors": _errors(rank, world, dist.group.WORLD),
                "linear": _linear(rank, world, dist.group.WORLD),
-               "grid": grid_layouts(rank, world, dist.group.WORLD)}
+               "grid": grid_layouts(rank, world, dist.group.WORLD),
+               "bad_rows": _bad_rows(rank, world, dist.group.WORLD)}
     # A group of one rank (every rank must take part in creating each group): the op on the full
     # row through the distributed path, run by rank 0 only.
     solo = [dist.new_group([r]) for r in range(world)][rank]

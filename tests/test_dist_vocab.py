@@ -19,7 +19,7 @@ from conftest import assert_same_bits
 from dist_common import run_world
 from dist_vocab_cases import (
     BACKENDS, N, V, _emulated_cuda_worker, _grad, _inputs, _linear_cases, _linear_grads, _linear_inputs,
-    _nccl_worker, _row_cases, _sync_free, _temperature, _triton_worker, _worker,
+    _nccl_worker, _row_cases, _sync_free, _temperature, _triton_worker, _worker, bad_row_grads, bad_row_inputs,
 )
 from entropy_ops import reference as R
 from gpu_common import EMULATED
@@ -209,6 +209,22 @@ def _check_linear(results, world_size):
             _as_good(per_rank[0][k], single[k], ref[k], f"{name} {what}")
         for k, what in ((3, "grad_weight"), (4, "grad_bias")):
             _as_good(torch.cat([r[k] for r in per_rank]), single[k], ref[k], f"{name} {what}")
+
+
+def test_bad_rows_get_nan_gradients_on_every_shard(world):
+    """SPEC §2 (tests/entropy_common.py::check_bad_rows_get_nan_gradients): a row that is bad on some
+    ranks only (or all -inf) has a NaN gradient on every shard where its upstream gradient is
+    nonzero, as the single-process op; the shards without mass in that row and the label entries
+    used to get a silent 0 (and the label entry its one-hot 1 / T); min-p, a 0 when the label was
+    not kept. A zero upstream, or an ignored label, still gives exactly 0."""
+    world_size, results = world
+    x, y, w_logp, w_h = bad_row_inputs(world_size)
+    single = bad_row_grads(x, y, w_logp, w_h)
+    for key, want in single.items():
+        got = _full_grad([r["bad_rows"][key] for r in results])
+        assert torch.isnan(want[:4]).all() and (want[[4, 6]] == 0).all(), key  # the single-process contract
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, equal_nan=True,
+                                   msg=lambda m: f"{key} world={world_size}: {m}")
 
 
 def test_layout_changes_on_some_ranks_only(world):

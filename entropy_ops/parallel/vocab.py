@@ -108,6 +108,7 @@ def grad_from_state(x, t, t_scalar, mask, row_max, log_norm, h, label_state, gra
     acc = acc_dtype(x.dtype)
     g_h = torch.zeros(n, dtype=F64, device=x.device) if grad_h is None else grad_h.reshape(-1).to(F64)
     g_l = torch.zeros_like(g_h)
+    g_k = None
     if label_state is not None and grad_logp is not None:
         k = label_state[0].shape[-1] if label_state[0].dim() == 2 else 1  # not -1: N may be 0
         logp, local, owned, valid = (v.reshape(n, k) for v in label_state)
@@ -125,7 +126,12 @@ def grad_from_state(x, t, t_scalar, mask, row_max, log_norm, h, label_state, gra
         torch.full((n,), vocab - 1, dtype=torch.int32, device=x.device), log_norm, g.to(acc), backend)
     if label_state is not None and grad_logp is not None:
         _write_label_entries(grad, t, t_scalar, h, g_h, g_l, g_k, logp.to(F64), local, owned)
-    return grad
+    # SPEC §2: a bad row (NaN/+inf on some rank, or all -inf: its saved log_norm is NaN) has a NaN
+    # gradient wherever its upstream gradient is nonzero, on every shard: also where this shard holds
+    # no mass (not read by the kernel) and at the label entries (written above from a NaN logp).
+    bad = torch.isnan(log_norm) if mask is None else torch.isnan(log_norm) & mask
+    upstream = g_h != 0 if g_k is None else (g_h != 0) | (g_k != 0).any(-1)
+    return grad.masked_fill_((bad & upstream)[:, None], float("nan"))
 
 
 def _write_label_entries(grad, t, t_scalar, h, g_h, g_l, g_k, logp, local, owned):

@@ -50,8 +50,9 @@ class _VocabParallelMinP(torch.autograd.Function):
         logp = torch.where(kept_y, sums[:, 1] - log_norm, float("-inf"))
         logp = torch.where(y.valid & ~bad, logp, float("nan"))
         logp = torch.where(y.ignored | ~shard.live, 0, logp).to(acc)
+        # A bad row's valid label takes its upstream gradient (kept or not): NaN over the row (SPEC §2).
         ctx.save_for_backward(logits, shard.t, shard.mask, m_glob, log_norm.to(acc), y.local, y.owned,
-                              y.valid & kept_y, bad)
+                              y.valid & (kept_y | bad), bad)
         ctx.t_scalar, ctx.min_p = t_scalar, min_p
         return logp.view(logits.shape[:-1])
 
