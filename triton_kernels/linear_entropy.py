@@ -131,6 +131,13 @@ def linear_entropy_fwd_kernel(
 
 
 @triton.jit
+def _entropy_grad(p, log_p, g_h, h):
+    """``gH * (-p (log p + H))``, exactly 0 where ``p = 0`` or ``gH = 0`` (a bad row's NaN p stays NaN)."""
+    d_h = tl.where(p == 0, 0.0, -p * (log_p + h))
+    return tl.where(g_h != 0, g_h * d_h, 0.0)
+
+
+@triton.jit
 def linear_entropy_bwd_kernel(
     h_ptr, stride_h, w_ptr, stride_w, b_ptr, N, V, D, v_off,
     temp_ptr, temp_scalar, labels_ptr, K, mask_ptr, logit_scale, softcap,
@@ -158,15 +165,36 @@ def linear_entropy_bwd_kernel(
     if HAS_GRAD_ENTROPY:
         g_h = tl.load(grad_entropy_ptr + rows, mask=row_ok, other=0.0)
         h = tl.load(entropy_ptr + rows, mask=row_ok, other=0.0)
-        d_h = tl.where(p == 0, 0.0, -p * (log_p + h[:, None]))  # a bad row's NaN p stays NaN
-        g += tl.where(g_h[:, None] != 0, g_h[:, None] * d_h, 0.0)
+        g += _entropy_grad(p, log_p, g_h[:, None], h[:, None])
     if HAS_GRAD_LOGP:
         total = tl.load(grad_total_ptr + rows, mask=row_ok, other=0.0)
         g -= tl.where(total[:, None] != 0, total[:, None] * p, 0.0)
+        # A label column y_j is rewritten as c_j (1 - p) - o_j p (plus its entropy term), c_j the
+        # upstream gradient of the candidates naming y_j and o_j that of the others, as
+        # torch_linear._label_grads: G p minus a sum of the candidates' g_k cancels only to ulp(G)
+        # where p ~ 1 (every candidate on the argmax at a low T: 5e-4 off at T = 1e-3, where the
+        # gradient is ~0). p is recomputed there from where(hit, z, 0), the same formula on the same
+        # bits: a loop-invariant p or log p would keep a second [BLOCK_M, BLOCK_N] tile alive across
+        # the loop (ptxas spills on float32 heads). Duplicates get the same value; a row whose g_k
+        # are all 0 gets none (its p may be NaN).
         for j in range(0, K):
             y = tl.load(labels_ptr + rows * K + j, mask=row_ok, other=-1).to(tl.int64)
-            g_y = tl.load(grad_logp_ptr + rows * K + j, mask=row_ok, other=0.0)
-            g += tl.where(cols[None, :] + v_off == y[:, None], g_y[:, None], 0.0)
+            c = tl.zeros([BLOCK_M], tl.float32)
+            o = tl.zeros([BLOCK_M], tl.float32)
+            any_g = tl.zeros([BLOCK_M], tl.int1)
+            for i in range(0, K):
+                y_i = tl.load(labels_ptr + rows * K + i, mask=row_ok, other=-1).to(tl.int64)
+                g_i = tl.load(grad_logp_ptr + rows * K + i, mask=row_ok, other=0.0)
+                c += tl.where(y_i == y, g_i, 0.0)
+                o += tl.where(y_i == y, 0.0, g_i)
+                any_g = any_g | (g_i != 0)
+            hit = cols[None, :] + v_off == y[:, None]
+            log_p_y = (tl.where(hit, z, 0.0) - shift[:, None]) * inv_t[:, None] - log_s[:, None]
+            p_y = tl.exp(log_p_y)
+            g_y = tl.where(any_g[:, None], c[:, None] * (1.0 - p_y) - o[:, None] * p_y, 0.0)
+            if HAS_GRAD_ENTROPY:
+                g_y = _entropy_grad(p_y, log_p_y, g_h[:, None], h[:, None]) + g_y
+            g = tl.where(hit, g_y, g)
     g = g * inv_t[:, None]
     if SOFTCAP:
         t = z / softcap
