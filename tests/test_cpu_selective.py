@@ -15,8 +15,8 @@ from conftest import (
 from entropy_ops import reference as R
 from entropy_ops.backends import cpu_backend as K
 from selective_common import (
-    all_outputs, check_self_certainty_of_many_equal_logits, clear_of_min_p_cut, clear_of_top_p_cut, eager_min_p_logprobs,
-    eager_top_p_entropy, masked_bad_shifted_rows, with_clear_cuts, within,
+    all_outputs, check_lse_of_shifted_rows, check_self_certainty_of_many_equal_logits, clear_of_min_p_cut,
+    clear_of_top_p_cut, eager_min_p_logprobs, eager_top_p_entropy, masked_bad_shifted_rows, with_clear_cuts, within,
 )
 from test_token_stats import eager_token_stats
 
@@ -299,4 +299,11 @@ def test_each_isa_self_certainty_of_many_equal_logits(isas):
     for isa, use in isas:
         use()
         check_self_certainty_of_many_equal_logits()
+
+
+def test_each_isa_lse_of_shifted_rows(isas):
+    """token_stats' lse on rows shifted by 1e4 at T = 1.3: finished in double, rounded once."""
+    for isa, use in isas:
+        use()
+        check_lse_of_shifted_rows()
 

@@ -23,8 +23,8 @@ from gpu_common import (  # noqa: F401 (pytestmark: the gpu marks)
     BIG_BATCH, DEVICE, GPU_BACKENDS, GPU_DTYPES, MANY_ROWS, VOCABS, assert_same_bits, needs_real_gpu, pytestmark, sync_debug_error,
 )
 from selective_common import (
-    all_outputs, check_min_p_bad_rows_have_a_nan_gradient, check_self_certainty_of_many_equal_logits,
-    clear_of_min_p_cut, clear_of_top_p_cut, eager_min_p_logprobs,
+    all_outputs, check_lse_of_shifted_rows, check_min_p_bad_rows_have_a_nan_gradient,
+    check_self_certainty_of_many_equal_logits, clear_of_min_p_cut, clear_of_top_p_cut, eager_min_p_logprobs,
     eager_top_p_entropy, masked_bad_shifted_rows, with_clear_cuts, within,
 )
 from test_token_stats import eager_token_stats
@@ -118,6 +118,11 @@ def test_self_certainty_of_many_equal_logits(sel_backend):
     """Rows where most logits share one value (``selective_common.many_equal_logits_rows``): the
     mean of ``x - max`` free of roundings that every term would repeat."""
     check_self_certainty_of_many_equal_logits(DEVICE)
+
+
+def test_token_stats_lse_of_shifted_rows(sel_backend):
+    """lse = max / T + log S on rows shifted by 1e4 at T = 1.3, rounded once (both GPU backends)."""
+    check_lse_of_shifted_rows(DEVICE)
 
 
 @pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)

@@ -41,13 +41,11 @@ def token_stats_kernel(
         m, s, sz = block_update(m, s, sz, x, k)
     m_row, s_row, sz_row = reduce_lanes(m, s, sz, k)
     entropy, ln_s = finalize(m_row, s_row, sz_row, inv_t)
-    # Division by T where a large value is scaled (m / T), correctly
-    # rounded: m * (1 / T) rounds twice, off by ~1e-3 on rows shifted by 1e4.
-    if HAS_TEMP:
-        temperature = tl.load(temp_ptr + row).to(tl.float32)
-    else:
-        temperature = temp_scalar
-    lse = tl.math.div_rn(m_row, temperature) + ln_s
+    # lse = m / T + ln_s finished in float64 with T as given and rounded once, as the cpu and cuda
+    # kernels: in float32, m / T and the sum round apart (on rows shifted by 1e4, |lse| ~ 8e3,
+    # that is an ulp of lse, 4.9e-4, where eager is within half of one).
+    t64 = row_temperature(row, temp_ptr, temp_scalar, temp_lo, HAS_TEMP)
+    lse = (m_row.to(tl.float64) / t64 + ln_s.to(tl.float64)).to(tl.float32)
     # NaN/+inf entries, or an all -inf row (finalize's log of a NaN or 0 sum); not an lse that
     # overflows to -inf (a row of finfo.min at T < 1 is a uniform distribution).
     bad = ln_s != ln_s
@@ -89,7 +87,6 @@ def token_stats_kernel(
         neg_inf = tl.maximum(neg_inf, tl.where((cols < V) & (d == float("-inf")), 1, 0))
 
     lanes = (d_sum.to(tl.float64) - d_comp.to(tl.float64)) + d_rounding.to(tl.float64)
-    t64 = row_temperature(row, temp_ptr, temp_scalar, temp_lo, HAS_TEMP)
     mean_z = tl.sum(lanes, axis=0) / scale.to(tl.float64) / V.to(tl.float64) / t64
     # The mean is over all V entries: -inf (so +inf here) when the row has -inf logits.
     mean_z = tl.where(tl.max(neg_inf, axis=0) > 0, float("-inf"), mean_z)
