@@ -190,7 +190,6 @@ def check_self_certainty_of_many_equal_logits(device="cpu"):
     assert abs(got - ref) <= ulp, f"self_certainty {got} vs {ref}: more than one rounding off"
 
 
-
 def check_lse_of_shifted_rows(device="cpu"):
     """token_stats' lse on rows shifted by +-1e4 (|lse| ~ 8e3, an fp32 ulp of 4.9e-4) at temperatures
     that are not powers of two: ``max / T + log S`` finished in double and rounded once, so within

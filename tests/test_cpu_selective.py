@@ -306,4 +306,3 @@ def test_each_isa_lse_of_shifted_rows(isas):
     for isa, use in isas:
         use()
         check_lse_of_shifted_rows()
-

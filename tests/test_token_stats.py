@@ -165,6 +165,13 @@ def test_entropy_drift_predicts_policy_gradient_step(backend):
             assert measured == pytest.approx(predicted, rel=1e-3), (advantage, y)
 
 
+def test_lse_of_shifted_rows(backend):
+    """lse = max / T + log S on rows shifted by 1e4 at temperatures that are not powers of two,
+    rounded once (the torch path rounded twice in float32: up to 1.5 ulp off)."""
+    from selective_common import check_lse_of_shifted_rows
+    check_lse_of_shifted_rows()
+
+
 def test_chunked_equals_unchunked(monkeypatch):
     from entropy_ops.backends import torch_backend
     x, kinds = make_rows(40, 111, seed=21)

@@ -145,7 +145,10 @@ def token_stats_torch(x, labels, temperature, temperature_scalar, ignore_index, 
         # varentropy as sum p (log p + H)^2: equal to sum p (log p)^2 - H^2, never negative, and
         # free of the cancellation between two terms of size H^2.
         centred = log_p + h
-        lse = (m / _temperature(temperature, temperature_scalar, start, end) + log_s).squeeze(-1)
+        # m / T + log s finished in float64 and rounded once, as the native kernels: in float32 the
+        # two round apart, up to 1.5 ulp of lse off on rows shifted by 1e4.
+        t = _temperature(temperature, temperature_scalar, start, end)
+        lse = (m.double() / (t.double() if isinstance(t, torch.Tensor) else t) + log_s.double()).squeeze(-1).to(acc)
         # NaN/+inf entries, or an all -inf row; not an lse that overflows to -inf (a row of
         # finfo.min at T < 1 is a uniform distribution, as on cpu and cuda).
         bad = torch.isnan(log_s.squeeze(-1)) | torch.isneginf(m.squeeze(-1))
