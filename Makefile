@@ -79,19 +79,18 @@ $(TRAINERS_STAMP): $(VENV_STAMP)
 	$(PIP) install --no-deps --target $(TRAINERS_DIR) $(TRAINERS)
 	touch $@
 
-# Three runs, all always happen, side by side (each is about one busy core; this machine has two):
-# the Triton kernels under the Triton interpreter, the GPU tests (`-m gpu`: on the GPU where torch
-# sees one, else on the CUDA emulator, tests/cuda_emu: csrc/cuda compiled for the CPU, with
-# AddressSanitizer and UBSan; skipped where no CUDA headers are installed), and in the foreground
-# the CPU suite. The first two print their logs when all three are done. pytest's exit code 5
-# (nothing collected) is fine for them.
+# Three runs, all always happen: the CPU suite; then, side by side (each is one busy core), the
+# Triton kernels under the Triton interpreter and the GPU tests (`-m gpu`): on the GPU where torch
+# sees one, else on the CUDA emulator (tests/cuda_emu: csrc/cuda compiled for the CPU, with
+# AddressSanitizer and UBSan; skipped where no CUDA headers are installed).
+# Their logs print when both are done. pytest's exit code 5 (nothing collected) is fine for them.
 # A fresh torch.compile cache per run: torch's FX-graph / AOTAutograd caches do not key custom-op
 # schemas (pytorch/pytorch#144344), so after an op's signature changes a warm cache replays a
 # graph that calls it the old way.
 test: install $(TRAINERS_STAMP)
 	@status=0; tmp=$$(mktemp -d); export TORCHINDUCTOR_CACHE_DIR=$$tmp/inductor; \
-	{ TORCHINDUCTOR_CACHE_DIR=$$tmp/inductor-interp TRITON_INTERPRET=1 \
-	    $(PYTEST) -m triton_interp > $$tmp/interp.log 2>&1; echo $$? > $$tmp/interp.rc; } & \
+	$(PYTEST) -m "not gpu and not triton_interp" || status=$$?; \
+	{ TRITON_INTERPRET=1 $(PYTEST) -m triton_interp > $$tmp/interp.log 2>&1; echo $$? > $$tmp/interp.rc; } & \
 	{ if [ "$$($(VPY) -c 'import torch; print(int(torch.cuda.is_available()))')" = 1 ]; then \
 	    echo "(a GPU is visible: -m gpu runs on it)" > $$tmp/emu.log; \
 	    $(PYTEST) -m gpu >> $$tmp/emu.log 2>&1; echo $$? > $$tmp/emu.rc; \
@@ -100,7 +99,6 @@ test: install $(TRAINERS_STAMP)
 	    TORCHINDUCTOR_CACHE_DIR=$$tmp/inductor-emu ENTROPY_OPS_CUDA_EMULATOR=$$emu \
 	      $(PYTEST) -m gpu --capture=sys >> $$tmp/emu.log 2>&1; echo $$? > $$tmp/emu.rc; \
 	  else echo $$? > $$tmp/emu.rc; fi; } & \
-	$(PYTEST) -m "not gpu and not triton_interp" || status=$$?; \
 	wait; \
 	for stage in interp emu; do \
 	  echo "== $$stage: $$([ $$stage = interp ] && echo 'Triton interpreter (-m triton_interp)' || \
